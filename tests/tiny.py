@@ -1,0 +1,53 @@
+"""Tiny BART models built through fairseq's own argument parsing, for the tests."""
+from __future__ import annotations
+
+import torch
+from fairseq import options
+from fairseq.data import Dictionary
+from fairseq.models import build_model
+from fairseq.tasks.translation import TranslationTask
+
+import unifairseq.models  # noqa: F401  (registers the architectures)
+
+TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32",
+        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+        "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+        "--max-source-positions", "128", "--max-target-positions", "128"]
+
+
+def tiny_dict(n_words: int = 40) -> Dictionary:
+    d = Dictionary()
+    for i in range(n_words):
+        d.add_symbol(f"w{i}")
+    d.pad_to_multiple_(8)
+    return d
+
+
+def tiny_args(arch: str, flags=(), dims=TINY):
+    parser = options.get_training_parser()
+    argv = ["unused-data-dir", "--task", "translation", "--arch", arch, *dims, *flags]
+    return options.parse_args_and_arch(parser, argv)
+
+
+def tiny_model(arch: str, flags=(), dictionary: Dictionary = None, seed: int = 0):
+    torch.manual_seed(seed)
+    d = dictionary or tiny_dict()
+    args = tiny_args(arch, flags)
+    task = TranslationTask(args, d, d)
+    model = build_model(args, task)
+    return model, task, args
+
+
+def random_batch(d: Dictionary, bsz: int = 3, src_len: int = 7, tgt_len: int = 5, seed: int = 1):
+    """Left-padded source, right-shifted target as fairseq's collater makes them."""
+    g = torch.Generator().manual_seed(seed)
+    lo = d.nspecial
+    src = torch.randint(lo, len(d), (bsz, src_len), generator=g)
+    src[:, -1] = d.eos()
+    lengths = torch.full((bsz,), src_len)
+    for b in range(1, bsz):  # different lengths -> left padding
+        src[b, :b] = d.pad()
+        lengths[b] = src_len - b
+    tgt = torch.randint(lo, len(d), (bsz, tgt_len), generator=g)
+    prev = torch.cat([torch.full((bsz, 1), d.eos()), tgt[:, :-1]], dim=1)
+    return src, lengths, prev, tgt

@@ -1,0 +1,183 @@
+"""Multi-head attention with the attention-side deltas.
+
+fairseq's `MultiheadAttention.forward` has a fast path that hands `q_proj.weight`
+etc. straight to `F.multi_head_attention_forward`, which would silently bypass any
+delta on a projection (LoRA) and has no place for prefixes. This subclass keeps
+fairseq's module (names, incremental-state buffers, reordering) and replaces only
+`forward` with one attention computation that every method goes through, in
+training, in a full forward and in incremental decoding alike.
+
+Head-level deltas (modified representation = attention heads), per head with
+q = x W_q / sqrt(d_h), context K = C W_k, V = C W_v and prefix P_k, P_v (l x d_h):
+
+  concat        softmax(q [P_k; K]^T) [P_v; V]                         (prefix tuning)
+  gate_add      (1 - λ) softmax(q K^T) V + λ softmax(q P_k^T) P_v       (its gated form, §3.1)
+                λ = Σ exp(q P_k^T) / (Σ exp(q P_k^T) + Σ exp(q K^T))
+  add           softmax(q K^T) V + softmax(q P_k^T) P_v                 (prefix, no gate)
+  relu          softmax(q K^T) V + ReLU(q P_k^T) P_v                    (multi-head parallel adapter)
+
+Padding and causal masks apply to the context logits only; prefixes are always visible.
+Attention-output deltas (parallel / sequential adapter) act on the out_proj output.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fairseq.modules.multihead_attention import MultiheadAttention
+
+from .config import DeltaConfig
+from .deltas import Adapter, LoRALinear
+from .prefix import PrefixProvider
+
+
+def head_form(delta: DeltaConfig) -> Optional[str]:
+    """How the heads are modified: concat | gate_add | add | relu, or None."""
+    if not delta.head_delta:
+        return None
+    if delta.attn_option in ("cross_attn_relu", "mh_adapter"):
+        return "relu"
+    if delta.attn_option == "concat":
+        return "concat"
+    return delta.attn_composition  # cross_attn: add or gate_add
+
+
+class DeltaMultiheadAttention(MultiheadAttention):
+    def __init__(self, embed_dim: int, num_heads: int, *, delta: DeltaConfig, layer_idx: int,
+                 prefix: Optional[PrefixProvider] = None, out_adapter: Optional[Adapter] = None,
+                 **mha_kwargs):
+        super().__init__(embed_dim, num_heads, **mha_kwargs)
+        if self.use_xformers or self.bias_k is not None or self.add_zero_attn:
+            raise ValueError("unifairseq deltas do not support xformers, add_bias_kv or add_zero_attn attention")
+        if delta.attn_mode == "lora":  # LoRA on W_q and W_v (Hu et al.), s = alpha / r
+            self.q_proj = LoRALinear.from_linear(self.q_proj, delta.attn_bn, delta.lora_alpha, delta.lora_dropout)
+            self.v_proj = LoRALinear.from_linear(self.v_proj, delta.attn_bn, delta.lora_alpha, delta.lora_dropout)
+        self.head_form = head_form(delta)
+        assert (self.head_form is None) == (prefix is None)
+        # shared by all layers of this attention kind and registered on the encoder/decoder:
+        # keep a plain reference so its parameters are not registered (and saved) L times
+        object.__setattr__(self, "prefix_source", prefix)
+        self.layer_idx = layer_idx
+        self.delta_out = out_adapter
+
+    def set_beam_size(self, beam_size):
+        # fairseq's beamable cross-attention keeps one K/V per source sentence and reorders
+        # with that layout in mind; this module keeps K/V per hypothesis, so stay at 1.
+        self.beam_size = 1
+
+    def prefix_kv(self) -> Tuple[Tensor, Tensor]:
+        """This layer's P_k, P_v, each H x l x d_h."""
+        P = self.prefix_source(self.layer_idx)  # 2 x l x C
+        l = P.size(1)
+        P = P.view(2, l, self.num_heads, self.head_dim).transpose(1, 2)
+        return P[0], P[1]
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        if before_softmax:
+            raise NotImplementedError("before_softmax is not supported by unifairseq attention")
+        need_weights = need_weights or need_head_weights
+        T, B, C = query.size()
+        H, D = self.num_heads, self.head_dim
+
+        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
+        q = self.q_proj(query) * self.scaling  # T x B x C
+        if saved is not None and static_kv and "prev_key" in saved:
+            k = v = None  # encoder K/V were computed at the first decoding step
+        elif self.self_attention:
+            k, v = self.k_proj(query), self.v_proj(query)
+        else:
+            k, v = self.k_proj(key), self.v_proj(value)
+
+        q = q.contiguous().view(T, B * H, D).transpose(0, 1)  # (B*H) x T x D
+        if k is not None:
+            k = k.contiguous().view(-1, B * H, D).transpose(0, 1)  # (B*H) x S x D
+            v = v.contiguous().view(-1, B * H, D).transpose(0, 1)
+
+        if saved is not None:
+            if "prev_key" in saved:
+                prev_k = saved["prev_key"].view(B * H, -1, D)
+                prev_v = saved["prev_value"].view(B * H, -1, D)
+                k = prev_k if static_kv else torch.cat([prev_k, k], dim=1)
+                v = prev_v if static_kv else torch.cat([prev_v, v], dim=1)
+            key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
+                key_padding_mask=key_padding_mask, prev_key_padding_mask=saved.get("prev_key_padding_mask"),
+                batch_size=B, src_len=k.size(1), static_kv=static_kv)
+            saved["prev_key"] = k.view(B, H, -1, D)
+            saved["prev_value"] = v.view(B, H, -1, D)
+            saved["prev_key_padding_mask"] = key_padding_mask
+            self._set_input_buffer(incremental_state, saved)
+        S = k.size(1)
+
+        logits = torch.bmm(q, k.transpose(1, 2))  # (B*H) x T x S
+        if attn_mask is not None:
+            logits = logits + attn_mask.unsqueeze(0)
+        if key_padding_mask is not None and key_padding_mask.dim() > 0:  # fairseq uses a 0-dim tensor for none
+            logits = logits.view(B, H, T, S).masked_fill(
+                key_padding_mask.view(B, 1, 1, S).to(torch.bool), float("-inf")).view(B * H, T, S)
+
+        if self.head_form is None:
+            probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(logits)
+            attn = torch.bmm(self.dropout_module(probs), v)
+        else:
+            attn, probs = self._head_delta(q, logits, v, B)
+
+        attn = attn.transpose(0, 1).contiguous().view(T, B, C)  # T x B x C
+        out = self.out_proj(attn)
+        if self.delta_out is not None:  # adapter on the attention output; parallel reads the input x
+            out = self.delta_out(out, query)
+
+        weights: Optional[Tensor] = None
+        if need_weights:
+            weights = probs.view(B, H, T, S).transpose(1, 0)  # H x B x T x S
+            if not need_head_weights:
+                weights = weights.mean(dim=0)
+        return out, weights
+
+    def _head_delta(self, q: Tensor, logits: Tensor, v: Tensor, B: int) -> Tuple[Tensor, Tensor]:
+        """q: (B*H) x T x D, logits: (B*H) x T x S, v: (B*H) x S x D -> attn (B*H) x T x D and
+        the probabilities over the S context positions (for need_weights)."""
+        H, D = self.num_heads, self.head_dim
+        T = q.size(1)
+        P_k, P_v = self.prefix_kv()  # H x l x D each
+        P_k, P_v = P_k.to(q.dtype), P_v.to(q.dtype)
+        l = P_k.size(1)
+
+        def over_prefix(weights_p: Tensor) -> Tensor:  # (B*H) x T x l  ->  (B*H) x T x D
+            return torch.einsum("bhtl,hld->bhtd", weights_p.view(B, H, T, l), P_v).reshape(B * H, T, D)
+
+        logits_p = torch.einsum("bhtd,hld->bhtl", q.view(B, H, T, D), P_k).reshape(B * H, T, l)
+
+        if self.head_form == "concat":
+            probs = F.softmax(torch.cat([logits_p, logits], dim=-1), dim=-1, dtype=torch.float32).type_as(q)
+            dropped = self.dropout_module(probs)
+            attn = torch.bmm(dropped[..., l:], v) + over_prefix(dropped[..., :l])
+            return attn, probs[..., l:]
+
+        probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(q)
+        attn = torch.bmm(self.dropout_module(probs), v)
+        if self.head_form == "relu":
+            return attn + over_prefix(F.relu(logits_p)), probs
+
+        probs_p = F.softmax(logits_p, dim=-1, dtype=torch.float32).type_as(q)
+        delta = over_prefix(self.dropout_module(probs_p))
+        if self.head_form == "add":
+            return attn + delta, probs
+        # gate_add: λ(x) = Σ exp(prefix logits) / (Σ exp(prefix logits) + Σ exp(context logits))
+        lam = torch.sigmoid(torch.logsumexp(logits_p.float(), -1) - torch.logsumexp(logits.float(), -1))
+        lam = lam.unsqueeze(-1).type_as(q)
+        return (1 - lam) * attn + lam * delta, probs

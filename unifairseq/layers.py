@@ -1,0 +1,203 @@
+"""fairseq Transformer layers and stacks with deltas, built through fairseq's hooks.
+
+Nothing here copies a fairseq `forward`: the layers override `build_self_attention`,
+`build_encoder_attention`, `build_fc1` and `build_fc2`; the stacks override
+`build_encoder_layer` / `build_decoder_layer`. The only `forward` override is the
+encoder's, for prompt tuning, which prepends l learned vectors to the token
+embeddings and then calls fairseq's own forward.
+
+Where each FFN delta reads and writes (fairseq's FFN is fc2(act(fc1(x))) with x the
+FFN input):
+  parallel adapter    reads x (what fc1 reads), adds s * f(x) to fc2's output
+  sequential adapter  h + f(h) on fc2's output (Pfeiffer; Houlsby adds one after self-attention)
+  LoRA                on W_1 and W_2 themselves
+In a post-LN model (BART, RoBERTa) x is the residual stream after the previous layer
+norm, as in the paper's code. In a pre-LN model (mBART) x is final_layer_norm(residual).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from fairseq.distributed import fsdp_wrap
+from fairseq.models.transformer import TransformerConfig, TransformerDecoder, TransformerEncoder
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
+
+from .attention import DeltaMultiheadAttention
+from .config import DeltaConfig
+from .deltas import Adapter, DeltaModule, FFNAdapterSite, make_ffn_linear
+from .prefix import PrefixProvider
+
+
+# ------------------------------------------------------------------ helpers
+def make_prefix(delta: DeltaConfig, num_layers: int, dim: int) -> Optional[PrefixProvider]:
+    """The P_k/P_v source for one attention kind, or None if the heads are not modified."""
+    if not delta.head_delta:
+        return None
+    mid = delta.mid_dim if delta.attn_mode == "prefix" else 0
+    return PrefixProvider(num_layers, delta.attn_bn, dim, mid_dim=mid, dropout=delta.prefix_dropout,
+                          zero_values=delta.attn_option == "mh_adapter")
+
+
+def make_out_adapter(delta: DeltaConfig, dim: int, is_self_attn: bool) -> Optional[Adapter]:
+    """The adapter on an attention output: --attn-mode adapter, or Houlsby's after self-attention."""
+    if delta.attn_mode == "adapter" and delta.attn_option in ("parallel", "sequential"):
+        return Adapter(dim, delta.attn_bn, delta.attn_option, 1.0,
+                       delta.ffn_adapter_layernorm_option, delta.ffn_adapter_init_option)
+    if delta.ffn_option == "houlsby" and is_self_attn:
+        return Adapter(dim, delta.ffn_bn, "sequential", delta.ffn_adapter_scalar,
+                       delta.ffn_adapter_layernorm_option, delta.ffn_adapter_init_option)
+    return None
+
+
+def _check_quant_noise(q_noise: float) -> None:
+    if q_noise and q_noise > 0:
+        raise ValueError("--quant-noise-pq is not supported together with unifairseq deltas; set it to 0")
+
+
+class _DeltaLayerMixin:
+    """The FFN hooks, shared by encoder and decoder layers."""
+
+    delta: DeltaConfig
+
+    def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
+        _check_quant_noise(q_noise)
+        d = self.delta
+        if d.ffn_mode == "adapter":
+            # fc1 is built before fc2: the site is created here and shared by both
+            self.delta_ffn = FFNAdapterSite(
+                input_dim, d.ffn_bn, "parallel" if d.ffn_option == "parallel" else "sequential",
+                d.ffn_adapter_scalar, d.ffn_adapter_layernorm_option, d.ffn_adapter_init_option)
+        return self._ffn_linear(input_dim, output_dim, "in")
+
+    def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
+        _check_quant_noise(q_noise)
+        return self._ffn_linear(input_dim, output_dim, "out")
+
+    def _ffn_linear(self, input_dim, output_dim, role):
+        d = self.delta
+        lora = (d.ffn_bn, d.lora_alpha, d.lora_dropout) if d.ffn_mode == "lora" else None
+        return make_ffn_linear(input_dim, output_dim, role, getattr(self, "delta_ffn", None), lora)
+
+    def _attention(self, embed_dim, num_heads, prefix, is_self_attn, **kwargs):
+        _check_quant_noise(self.quant_noise)
+        return DeltaMultiheadAttention(
+            embed_dim, num_heads, delta=self.delta, layer_idx=self.layer_idx, prefix=prefix,
+            out_adapter=make_out_adapter(self.delta, embed_dim, is_self_attn), **kwargs)
+
+
+def _set_before_init(module: nn.Module, **attrs) -> None:
+    """fairseq's layer __init__ calls our build_* hooks, which read these: set them first.
+    (fairseq itself sets `self.cfg` before nn.Module.__init__ in TransformerEncoderBase.)"""
+    for k, v in attrs.items():
+        object.__setattr__(module, k, v)
+
+
+# ------------------------------------------------------------------- layers
+class DeltaEncoderLayer(_DeltaLayerMixin, TransformerEncoderLayerBase):
+    def __init__(self, cfg, delta: DeltaConfig, layer_idx: int, prefix: Optional[PrefixProvider],
+                 return_fc: bool = False):
+        _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix=prefix)
+        super().__init__(cfg, return_fc=return_fc)
+
+    def build_self_attention(self, embed_dim, cfg):
+        return self._attention(embed_dim, cfg.encoder.attention_heads, self._prefix, True,
+                               dropout=cfg.attention_dropout, self_attention=True)
+
+
+class DeltaDecoderLayer(_DeltaLayerMixin, TransformerDecoderLayerBase):
+    def __init__(self, cfg, delta: DeltaConfig, layer_idx: int, prefix_self: Optional[PrefixProvider],
+                 prefix_cross: Optional[PrefixProvider], no_encoder_attn: bool = False):
+        _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix_self=prefix_self,
+                         _prefix_cross=prefix_cross)
+        super().__init__(cfg, no_encoder_attn=no_encoder_attn)
+
+    def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
+        if cfg.cross_self_attention:
+            raise ValueError("--cross-self-attention is not supported with unifairseq deltas")
+        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_self, True,
+                               dropout=cfg.attention_dropout, add_bias_kv=add_bias_kv,
+                               add_zero_attn=add_zero_attn, self_attention=True)
+
+    def build_encoder_attention(self, embed_dim, cfg):
+        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_cross, False,
+                               kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim,
+                               dropout=cfg.attention_dropout, encoder_decoder_attention=True)
+
+
+def _wrap_layer(layer: nn.Module, cfg) -> nn.Module:
+    """Activation checkpointing / FSDP wrapping, as fairseq's own build_*_layer does."""
+    checkpoint = cfg.checkpoint_activations
+    if checkpoint:
+        layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
+    return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not checkpoint else 0)
+
+
+# ------------------------------------------------------------------- stacks
+class PromptEmbedding(DeltaModule):
+    """Prompt tuning: l learned vectors prepended to the encoder's token embeddings."""
+
+    def __init__(self, length: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(length, dim))
+        self.reset_delta_parameters()
+
+    def reset_delta_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)
+
+
+class DeltaTransformerEncoder(TransformerEncoder):
+    def __init__(self, args, dictionary, embed_tokens, delta: DeltaConfig, return_fc=False):
+        _set_before_init(self, delta=delta, _n_layers_built=0)
+        super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
+        self.delta_prompt = PromptEmbedding(delta.prompt_len, embed_tokens.embedding_dim) \
+            if delta.prompt_len > 0 else None
+
+    def build_encoder_layer(self, args):
+        cfg = TransformerConfig.from_namespace(args)
+        if self._n_layers_built == 0:
+            self.delta_prefix = make_prefix(self.delta, cfg.encoder.layers, cfg.encoder.embed_dim)
+        layer = DeltaEncoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix,
+                                  return_fc=self.return_fc)
+        self._n_layers_built += 1
+        return _wrap_layer(layer, cfg)
+
+    def forward(self, src_tokens, src_lengths: Optional[torch.Tensor] = None,
+                return_all_hiddens: bool = False, token_embeddings: Optional[torch.Tensor] = None):
+        if self.delta_prompt is not None:
+            # B x T -> B x (l+T): the prompt vectors go in front of the token embeddings; the
+            # placeholder ids (bos, never padding) only feed fairseq's padding mask and positions.
+            B, l = src_tokens.size(0), self.delta_prompt.weight.size(0)
+            if token_embeddings is None:
+                token_embeddings = self.embed_tokens(src_tokens)
+            prompt = self.delta_prompt.weight.to(token_embeddings.dtype).unsqueeze(0).expand(B, -1, -1)
+            token_embeddings = torch.cat([prompt, token_embeddings], dim=1)
+            src_tokens = torch.cat([src_tokens.new_full((B, l), self.dictionary.bos()), src_tokens], dim=1)
+            if src_lengths is not None:
+                src_lengths = src_lengths + l
+        return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+
+    def max_positions(self):
+        return super().max_positions() - (self.delta.prompt_len if self.delta_prompt is not None else 0)
+
+
+class DeltaTransformerDecoder(TransformerDecoder):
+    def __init__(self, args, dictionary, embed_tokens, delta: DeltaConfig, no_encoder_attn=False,
+                 output_projection=None):
+        _set_before_init(self, delta=delta, _n_layers_built=0)
+        super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn,
+                         output_projection=output_projection)
+
+    def build_decoder_layer(self, args, no_encoder_attn=False):
+        cfg = TransformerConfig.from_namespace(args)
+        if self._n_layers_built == 0:
+            self.delta_prefix_self = make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim)
+            self.delta_prefix_cross = None if no_encoder_attn else \
+                make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim)
+        layer = DeltaDecoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix_self,
+                                  self.delta_prefix_cross, no_encoder_attn=no_encoder_attn)
+        self._n_layers_built += 1
+        return _wrap_layer(layer, cfg)

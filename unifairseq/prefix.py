@@ -1,0 +1,110 @@
+"""Prefix vectors P_k, P_v for every layer of one attention kind.
+
+Two parametrizations (paper §2, reference code):
+
+* reparametrized (`mid_dim > 0`, training): Emb(l, d) -> Linear(d, mid_dim) -> tanh
+  -> Linear(mid_dim, L*2*d), one MLP shared by the L layers of one attention kind
+  (encoder self, decoder self, cross). About 62M parameters on BART-large that exist
+  only to make training stable; `export` folds them into static vectors.
+* direct (`mid_dim == 0`): a Parameter of shape (L, 2, l, d).
+
+The same module serves the multi-head parallel adapter (direct P_k, P_v with a ReLU
+instead of the softmax), initialised so that Δh = 0 at start (P_v = 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .deltas import DeltaModule
+
+
+class PrefixProvider(DeltaModule):
+    def __init__(self, num_layers: int, length: int, dim: int, mid_dim: int = 0,
+                 dropout: float = 0.0, zero_values: bool = False):
+        super().__init__()
+        self.num_layers, self.length, self.dim, self.mid_dim = num_layers, length, dim, mid_dim
+        self.zero_values = zero_values
+        self.dropout = dropout
+        if mid_dim > 0:
+            self.wte = nn.Embedding(length, dim)
+            self.mlp_down = nn.Linear(dim, mid_dim)
+            self.mlp_up = nn.Linear(mid_dim, num_layers * 2 * dim)
+            self.prefix = None
+        else:
+            self.prefix = nn.Parameter(torch.empty(num_layers, 2, length, dim))
+        self._cache = None  # (key, tensor L x 2 x l x d) for inference without grad
+        self.reset_delta_parameters()
+
+    def reset_delta_parameters(self) -> None:
+        self._cache = None
+        if self.prefix is None:
+            nn.init.normal_(self.wte.weight, std=0.02)  # fairseq's Embedding/BERT init
+            for lin in (self.mlp_down, self.mlp_up):
+                nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
+                bound = 1 / math.sqrt(lin.in_features)
+                nn.init.uniform_(lin.bias, -bound, bound)
+        else:
+            nn.init.normal_(self.prefix, std=0.02)
+            if self.zero_values:
+                with torch.no_grad():
+                    self.prefix[:, 1].zero_()
+
+    # ------------------------------------------------------------------ math
+    def _mlp(self, layer: Optional[int]) -> torch.Tensor:
+        """Run the reparametrization MLP for one layer (l x 2 x d) or all (L x 2 x l x d)."""
+        h = torch.tanh(self.mlp_down(self.wte.weight))  # l x mid
+        if layer is None:
+            kv = self.mlp_up(h)  # l x (L*2*d)
+            return kv.view(self.length, self.num_layers, 2, self.dim).permute(1, 2, 0, 3)
+        # only this layer's rows of the up projection: the same numbers, 1/L of the work
+        rows = slice(layer * 2 * self.dim, (layer + 1) * 2 * self.dim)
+        kv = F.linear(h, self.mlp_up.weight[rows], self.mlp_up.bias[rows])  # l x 2d
+        return kv.view(self.length, 2, self.dim).transpose(0, 1)
+
+    def all_layers(self) -> torch.Tensor:
+        """All prefix vectors, L x 2 x l x d: what the paper counts and what export stores."""
+        if self.prefix is not None:
+            return self.prefix
+        return self._mlp(None)
+
+    def forward(self, layer: int) -> torch.Tensor:
+        """P for one layer: 2 x l x d (index 0: keys, 1: values)."""
+        if self.prefix is not None:
+            kv = self.prefix[layer]
+        elif torch.is_grad_enabled():
+            # training: recompute per call so autograd sees the graph (cheap: one l x mid x 2d matmul)
+            kv = self._mlp(layer)
+        else:
+            kv = self._cached()[layer]
+        if self.dropout > 0 and self.training:
+            kv = F.dropout(kv, p=self.dropout, training=True)
+        return kv
+
+    def _cached(self) -> torch.Tensor:
+        """Inference: the MLP runs once per set of weights, not once per layer or decoding step.
+        Keyed on the parameters' in-place version counters, so an optimizer step or a
+        load_state_dict invalidates it."""
+        params = (self.wte.weight, self.mlp_down.weight, self.mlp_down.bias, self.mlp_up.weight, self.mlp_up.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._mlp(None).detach())
+        return self._cache[1]
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Replace the MLP by the static vectors it produces (export for inference)."""
+        if self.prefix is not None:
+            return
+        P = self._mlp(None).detach().clone()
+        del self.wte, self.mlp_down, self.mlp_up
+        self.mid_dim = 0
+        self.prefix = nn.Parameter(P)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"layers={self.num_layers}, l={self.length}, d={self.dim}, mid_dim={self.mid_dim}"
