@@ -63,11 +63,6 @@ class DeltaMultiheadAttention(MultiheadAttention):
         self.layer_idx = layer_idx
         self.delta_out = out_adapter
 
-    def set_beam_size(self, beam_size):
-        # fairseq's beamable cross-attention keeps one K/V per source sentence and reorders
-        # with that layout in mind; this module keeps K/V per hypothesis, so stay at 1.
-        self.beam_size = 1
-
     def prefix_kv(self) -> Tuple[Tensor, Tensor]:
         """This layer's P_k, P_v, each H x l x d_h."""
         P = self.prefix_source(self.layer_idx)  # 2 x l x C
@@ -101,75 +96,81 @@ class DeltaMultiheadAttention(MultiheadAttention):
         elif self.self_attention:
             k, v = self.k_proj(query), self.v_proj(query)
         else:
+            if (self.encoder_decoder_attention and incremental_state is not None and self.beam_size > 1
+                    and key.size(1) == B):
+                # beamable cross-attention (fairseq's layout, set by set_beam_size for beam search):
+                # one K/V per source sentence
+                key = value = key.view(key.size(0), -1, self.beam_size, key.size(2))[:, :, 0]
+                if key_padding_mask is not None:
+                    key_padding_mask = key_padding_mask.view(-1, self.beam_size, key_padding_mask.size(1))[:, 0]
             k, v = self.k_proj(key), self.v_proj(value)
 
-        q = q.contiguous().view(T, B * H, D).transpose(0, 1)  # (B*H) x T x D
-        if k is not None:
-            k = k.contiguous().view(-1, B * H, D).transpose(0, 1)  # (B*H) x S x D
-            v = v.contiguous().view(-1, B * H, D).transpose(0, 1)
-
+        if k is not None:  # S x kvB x C -> kvB x H x S x D (fairseq's cache layout)
+            kv_B = k.size(1)
+            k = k.contiguous().view(-1, kv_B, H, D).permute(1, 2, 0, 3)
+            v = v.contiguous().view(-1, kv_B, H, D).permute(1, 2, 0, 3)
         if saved is not None:
             if "prev_key" in saved:
-                prev_k = saved["prev_key"].view(B * H, -1, D)
-                prev_v = saved["prev_value"].view(B * H, -1, D)
-                k = prev_k if static_kv else torch.cat([prev_k, k], dim=1)
-                v = prev_v if static_kv else torch.cat([prev_v, v], dim=1)
+                prev_k, prev_v = saved["prev_key"], saved["prev_value"]
+                k = prev_k if static_kv else torch.cat([prev_k, k], dim=2)
+                v = prev_v if static_kv else torch.cat([prev_v, v], dim=2)
             key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
                 key_padding_mask=key_padding_mask, prev_key_padding_mask=saved.get("prev_key_padding_mask"),
-                batch_size=B, src_len=k.size(1), static_kv=static_kv)
-            saved["prev_key"] = k.view(B, H, -1, D)
-            saved["prev_value"] = v.view(B, H, -1, D)
+                batch_size=k.size(0), src_len=k.size(2), static_kv=static_kv)
+            saved["prev_key"], saved["prev_value"] = k, v
             saved["prev_key_padding_mask"] = key_padding_mask
             self._set_input_buffer(incremental_state, saved)
-        S = k.size(1)
+        kv_B, S = k.size(0), k.size(2)
+        x = B // kv_B  # hypotheses per K/V row: the beam in beamable cross-attention, else 1
 
-        logits = torch.bmm(q, k.transpose(1, 2))  # (B*H) x T x S
-        if attn_mask is not None:
-            logits = logits + attn_mask.unsqueeze(0)
+        # T x B x C -> kvB x x x H x T x D
+        q = q.contiguous().view(T, kv_B, x, H, D).permute(1, 2, 3, 0, 4)
+        logits = torch.einsum("bxhtd,bhsd->bxhts", q, k)
+        if attn_mask is not None:  # T x S, additive (causal mask)
+            logits = logits + attn_mask
         if key_padding_mask is not None and key_padding_mask.dim() > 0:  # fairseq uses a 0-dim tensor for none
-            logits = logits.view(B, H, T, S).masked_fill(
-                key_padding_mask.view(B, 1, 1, S).to(torch.bool), float("-inf")).view(B * H, T, S)
+            logits = logits.masked_fill(key_padding_mask.view(kv_B, 1, 1, 1, S).to(torch.bool), float("-inf"))
 
         if self.head_form is None:
-            probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(logits)
-            attn = torch.bmm(self.dropout_module(probs), v)
+            probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(q)
+            attn = torch.einsum("bxhts,bhsd->bxhtd", self.dropout_module(probs), v)
         else:
-            attn, probs = self._head_delta(q, logits, v, B)
+            attn, probs = self._head_delta(q, logits, v)
 
-        attn = attn.transpose(0, 1).contiguous().view(T, B, C)  # T x B x C
+        attn = attn.permute(3, 0, 1, 2, 4).reshape(T, B, C)  # T x B x C
         out = self.out_proj(attn)
         if self.delta_out is not None:  # adapter on the attention output; parallel reads the input x
             out = self.delta_out(out, query)
 
         weights: Optional[Tensor] = None
         if need_weights:
-            weights = probs.view(B, H, T, S).transpose(1, 0)  # H x B x T x S
+            weights = probs.reshape(B, H, T, S).transpose(1, 0)  # H x B x T x S
             if not need_head_weights:
                 weights = weights.mean(dim=0)
         return out, weights
 
-    def _head_delta(self, q: Tensor, logits: Tensor, v: Tensor, B: int) -> Tuple[Tensor, Tensor]:
-        """q: (B*H) x T x D, logits: (B*H) x T x S, v: (B*H) x S x D -> attn (B*H) x T x D and
-        the probabilities over the S context positions (for need_weights)."""
-        H, D = self.num_heads, self.head_dim
-        T = q.size(1)
+    def _head_delta(self, q: Tensor, logits: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """q: kvB x x x H x T x D, logits: ... x T x S, v: kvB x H x S x D -> attn (like q) and the
+        probabilities over the S context positions (for need_weights)."""
         P_k, P_v = self.prefix_kv()  # H x l x D each
         P_k, P_v = P_k.to(q.dtype), P_v.to(q.dtype)
         l = P_k.size(1)
 
-        def over_prefix(weights_p: Tensor) -> Tensor:  # (B*H) x T x l  ->  (B*H) x T x D
-            return torch.einsum("bhtl,hld->bhtd", weights_p.view(B, H, T, l), P_v).reshape(B * H, T, D)
+        def context(weights: Tensor) -> Tensor:
+            return torch.einsum("bxhts,bhsd->bxhtd", weights, v)
 
-        logits_p = torch.einsum("bhtd,hld->bhtl", q.view(B, H, T, D), P_k).reshape(B * H, T, l)
+        def over_prefix(weights_p: Tensor) -> Tensor:
+            return torch.einsum("bxhtl,hld->bxhtd", weights_p, P_v)
+
+        logits_p = torch.einsum("bxhtd,hld->bxhtl", q, P_k)
 
         if self.head_form == "concat":
             probs = F.softmax(torch.cat([logits_p, logits], dim=-1), dim=-1, dtype=torch.float32).type_as(q)
             dropped = self.dropout_module(probs)
-            attn = torch.bmm(dropped[..., l:], v) + over_prefix(dropped[..., :l])
-            return attn, probs[..., l:]
+            return context(dropped[..., l:]) + over_prefix(dropped[..., :l]), probs[..., l:]
 
         probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(q)
-        attn = torch.bmm(self.dropout_module(probs), v)
+        attn = context(self.dropout_module(probs))
         if self.head_form == "relu":
             return attn + over_prefix(F.relu(logits_p)), probs
 

@@ -189,7 +189,7 @@ class DeltaConfig:
 def add_delta_args(parser) -> None:
     """The fairseq flags. No defaults here: fairseq suppresses unset model flags, so the
     architecture presets can fill them with getattr(args, name, preset_value)."""
-    g = parser.add_argument_group("unifairseq delta (He et al., 2022)")
+    g = parser  # fairseq passes its model-specific argument group here
     g.add_argument("--attn-mode", choices=ATTN_MODES, help="delta on the attention sub-layers")
     g.add_argument("--attn-option", type=str,
                    help="prefix: concat | cross_attn (prefix as its own attention) | cross_attn_relu (MH PA "

@@ -1,0 +1,36 @@
+"""The one shared table of method configurations every check runs through.
+
+Each row: (id, arch, extra flags, identity_at_init). `identity_at_init` is True where the
+math makes Δh = 0 at initialisation (LoRA-style init, zero P_v, BitFit before training).
+Sizes are shrunk by flags so every model is tiny.
+"""
+SMALL = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
+
+METHODS = [
+    ("mam", "mam_bart_base", SMALL, False),
+    ("prefix", "prefix_bart_base", SMALL, False),
+    ("prefix_nomlp", "prefix_bart_base", SMALL + ["--attn-mode", "prefix_nomlp"], False),
+    ("gated_prefix", "gated_prefix_bart_base", SMALL, False),
+    ("prefix_add_nogate", "gated_prefix_bart_base", SMALL + ["--attn-composition", "add"], False),
+    ("lora_attn", "lora_attn_bart_base", SMALL, True),
+    ("lora_ffn", "lora_ffn_bart_base", SMALL, True),
+    ("pfeiffer", "pfeiffer_bart_base", SMALL, False),
+    ("pfeiffer_ln_out", "pfeiffer_bart_base", SMALL + ["--ffn-adapter-layernorm-option", "out"], False),
+    ("houlsby", "houlsby_bart_base", SMALL, False),
+    ("pa_ffn", "pa_ffn_bart_base", SMALL, True),
+    ("scaled_pa", "scaled_pa_bart_base", SMALL, True),
+    ("scaled_pa_learnable", "scaled_pa_bart_base", SMALL + ["--ffn-adapter-scalar", "learnable_scalar",
+                                                           "--ffn-adapter-layernorm-option", "in"], True),
+    ("pa_attn", "pa_attn_bart_base", SMALL, True),
+    ("sa_attn", "sa_attn_bart_base", SMALL, True),
+    ("mhpa", "mhpa_bart_base", SMALL, True),
+    ("prefix_mhpa_mlp", "prefix_bart_base", SMALL + ["--attn-option", "cross_attn_relu"], False),
+    ("bitfit", "bitfit_bart_base", [], True),
+    ("prompt", "prompt_bart_base", SMALL, False),
+    ("prefix+lora_ffn", "delta_bart_base", SMALL + ["--attn-mode", "prefix", "--ffn-mode", "lora"], False),
+    ("lora_attn+pfeiffer", "delta_bart_base", SMALL + ["--attn-mode", "lora", "--ffn-mode", "adapter",
+                                                       "--ffn-option", "pfeiffer",
+                                                       "--ffn-adapter-init-option", "bert"], False),
+]
+
+IDS = [m[0] for m in METHODS]

@@ -1,0 +1,150 @@
+"""Every method of the shared table through the same checks."""
+import io
+
+import pytest
+import torch
+from fairseq.sequence_generator import SequenceGenerator
+
+from methods import IDS, METHODS
+from tiny import random_batch, tiny_model
+from unifairseq.accounting import stored_delta_weights
+from unifairseq.deltas import LoRALinear, is_delta_name
+
+
+def perturb_deltas(model, seed=0, std=0.05):
+    """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def base_twin(model):
+    """fairseq's plain BART with the same base weights."""
+    plain, _, _ = tiny_model("bart_base")
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not is_delta_name(k)}, strict=True)
+    return plain.eval()
+
+
+def full_logits(model, src, lens, prev):
+    out, _ = model(src, lens, prev)
+    return out
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_identity_at_init(name, arch, flags, identity):
+    model, task, _ = tiny_model(arch, flags)
+    model.eval()
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    with torch.no_grad():
+        diff = (full_logits(model, src, lens, prev) - full_logits(base_twin(model), src, lens, prev)).abs().max()
+    print(name, float(diff))
+    if identity:
+        assert diff < 2e-6, f"{name} should start as the base model, max diff {diff}"
+    else:
+        assert diff > 1e-5, f"{name} starts with a non-zero Δh by its math, but the output did not change"
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_incremental_equals_full(name, arch, flags, identity):
+    model, task, _ = tiny_model(arch, flags)
+    perturb_deltas(model)
+    model.eval()
+    d = task.source_dictionary
+    src, lens, prev, _ = random_batch(d)
+    with torch.no_grad():
+        full = model.get_normalized_probs((full_logits(model, src, lens, prev), None), log_probs=True)
+        enc = model.encoder(src, src_lengths=lens)
+        state = {}
+        steps = []
+        for t in range(prev.size(1)):
+            out, _ = model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
+            steps.append(model.get_normalized_probs((out, None), log_probs=True)[:, -1])
+    inc = torch.stack(steps, dim=1)
+    assert torch.allclose(inc, full, atol=1e-5), (inc - full).abs().max()
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_beam_search_scores_match_full_forward(name, arch, flags, identity):
+    """Beam search (incremental, with reordering) gives the scores a full forward gives its tokens."""
+    model, task, _ = tiny_model(arch, flags)
+    perturb_deltas(model, std=0.2)
+    model.eval()
+    d = task.target_dictionary
+    src, lens, _, _ = random_batch(d)
+    gen = SequenceGenerator([model], d, beam_size=3, max_len_b=6, min_len=2)
+    with torch.no_grad():
+        hypos = gen.forward({"net_input": {"src_tokens": src, "src_lengths": lens}})
+        for b, beams in enumerate(hypos):
+            assert len(beams) == 3
+            for h in beams:
+                tokens = h["tokens"].unsqueeze(0)
+                prev = torch.cat([tokens.new_full((1, 1), d.eos()), tokens[:, :-1]], dim=1)
+                keep = lens[b]
+                lp = model.get_normalized_probs(
+                    (full_logits(model, src[b:b + 1, -keep:], lens[b:b + 1], prev), None), log_probs=True)
+                ref = lp[0].gather(-1, tokens[0].unsqueeze(-1)).squeeze(-1)
+                assert torch.allclose(h["positional_scores"], ref, atol=1e-4), \
+                    (h["positional_scores"] - ref).abs().max()
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_save_load_round_trip(name, arch, flags, identity):
+    model, task, _ = tiny_model(arch, flags)
+    perturb_deltas(model)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    fresh, _, _ = tiny_model(arch, flags, seed=123)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    model.eval(), fresh.eval()
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    with torch.no_grad():
+        assert torch.equal(full_logits(model, src, lens, prev), full_logits(fresh, src, lens, prev))
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_formula_count_matches_built_model(name, arch, flags, identity):
+    model, _, _ = tiny_model(arch, flags)
+    assert stored_delta_weights(model, model.encoder.delta) == model.delta_report["formula"]
+    # trainable = exactly the parameters that require grad, and nothing else has grad enabled
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, name
+    if name == "bitfit":
+        assert all(n.endswith("bias") for n in trainable)
+    else:
+        assert all(is_delta_name(n) for n in trainable)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == model.delta_report["trainable"]
+
+
+LORA = [m for m in METHODS if "lora" in m[0]]
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", LORA, ids=[m[0] for m in LORA])
+def test_lora_merge_round_trip(name, arch, flags, identity):
+    model, task, _ = tiny_model(arch, flags)
+    perturb_deltas(model)
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert lora
+    before = {id(m): m.weight.detach().clone() for m in lora}
+    # train mode with dropout off: fairseq's attention fast path must not bypass LoRA on W_q/W_v
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        for m in model.modules():
+            if hasattr(m, "p") and isinstance(getattr(m, "p"), float):
+                m.p = 0.0
+        with torch.no_grad():
+            unmerged = full_logits(model, src, lens, prev)
+            for m in lora:
+                m.merge()
+            merged = full_logits(model, src, lens, prev)
+            base = full_logits(base_twin(model), src, lens, prev)  # base_twin holds the merged W
+            for m in lora:
+                m.unmerge()
+        assert torch.allclose(unmerged, merged, atol=1e-5), (unmerged - merged).abs().max()
+        if name in ("lora_attn", "lora_ffn"):  # LoRA alone: merged = a plain fairseq BART
+            assert torch.allclose(merged, base, atol=1e-5)
+        for m in lora:
+            assert torch.allclose(m.weight, before[id(m)], atol=1e-6)
