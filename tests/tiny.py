@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import torch
-from fairseq import options
 from fairseq.data import Dictionary
-from fairseq.models import build_model
-from fairseq.tasks.translation import TranslationTask
 
-import unifairseq.models  # noqa: F401  (registers the architectures)
+from unifairseq.count import build_translation_model, parse_model_args
 
 TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32",
         "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -24,18 +21,12 @@ def tiny_dict(n_words: int = 40) -> Dictionary:
 
 
 def tiny_args(arch: str, flags=(), dims=TINY):
-    parser = options.get_training_parser()
-    argv = ["unused-data-dir", "--task", "translation", "--arch", arch, *dims, *flags]
-    return options.parse_args_and_arch(parser, argv)
+    return parse_model_args(arch, [*dims, *flags])
 
 
 def tiny_model(arch: str, flags=(), dictionary: Dictionary = None, seed: int = 0):
     torch.manual_seed(seed)
-    d = dictionary or tiny_dict()
-    args = tiny_args(arch, flags)
-    task = TranslationTask(args, d, d)
-    model = build_model(args, task)
-    return model, task, args
+    return build_translation_model(arch, [*TINY, *flags], dictionary or tiny_dict())
 
 
 def random_batch(d: Dictionary, bsz: int = 3, src_len: int = 7, tgt_len: int = 5, seed: int = 1):

@@ -33,13 +33,13 @@ from .prefix import PrefixProvider
 
 
 # ------------------------------------------------------------------ helpers
-def make_prefix(delta: DeltaConfig, num_layers: int, dim: int) -> Optional[PrefixProvider]:
+def make_prefix(delta: DeltaConfig, num_layers: int, dim: int, heads: int) -> Optional[PrefixProvider]:
     """The P_k/P_v source for one attention kind, or None if the heads are not modified."""
     if not delta.head_delta:
         return None
     mid = delta.mid_dim if delta.attn_mode == "prefix" else 0
     return PrefixProvider(num_layers, delta.attn_bn, dim, mid_dim=mid, dropout=delta.prefix_dropout,
-                          zero_values=delta.attn_option == "mh_adapter")
+                          zero_values=delta.attn_option == "mh_adapter", head_dim=dim // heads)
 
 
 def make_out_adapter(delta: DeltaConfig, dim: int, is_self_attn: bool) -> Optional[Adapter]:
@@ -159,7 +159,8 @@ class DeltaTransformerEncoder(TransformerEncoder):
     def build_encoder_layer(self, args):
         cfg = TransformerConfig.from_namespace(args)
         if self._n_layers_built == 0:
-            self.delta_prefix = make_prefix(self.delta, cfg.encoder.layers, cfg.encoder.embed_dim)
+            self.delta_prefix = make_prefix(self.delta, cfg.encoder.layers, cfg.encoder.embed_dim,
+                                            cfg.encoder.attention_heads)
         layer = DeltaEncoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix,
                                   return_fc=self.return_fc)
         self._n_layers_built += 1
@@ -194,9 +195,11 @@ class DeltaTransformerDecoder(TransformerDecoder):
     def build_decoder_layer(self, args, no_encoder_attn=False):
         cfg = TransformerConfig.from_namespace(args)
         if self._n_layers_built == 0:
-            self.delta_prefix_self = make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim)
+            self.delta_prefix_self = make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim,
+                                                 cfg.decoder.attention_heads)
             self.delta_prefix_cross = None if no_encoder_attn else \
-                make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim)
+                make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim,
+                                                 cfg.decoder.attention_heads)
         layer = DeltaDecoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix_self,
                                   self.delta_prefix_cross, no_encoder_attn=no_encoder_attn)
         self._n_layers_built += 1

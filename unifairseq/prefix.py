@@ -25,8 +25,9 @@ from .deltas import DeltaModule
 
 class PrefixProvider(DeltaModule):
     def __init__(self, num_layers: int, length: int, dim: int, mid_dim: int = 0,
-                 dropout: float = 0.0, zero_values: bool = False):
+                 dropout: float = 0.0, zero_values: bool = False, head_dim: int = 0):
         super().__init__()
+        self.head_dim = head_dim
         self.num_layers, self.length, self.dim, self.mid_dim = num_layers, length, dim, mid_dim
         self.zero_values = zero_values
         self.dropout = dropout
@@ -48,11 +49,15 @@ class PrefixProvider(DeltaModule):
                 nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
                 bound = 1 / math.sqrt(lin.in_features)
                 nn.init.uniform_(lin.bias, -bound, bound)
+        elif self.zero_values:
+            # multi-head PA, LoRA-style: P_k plays W_down (uniform, fan-in = the head dim, set by
+            # the caller through `dim`), P_v plays W_up and starts at zero, so Δh = 0 at init
+            with torch.no_grad():
+                bound = 1 / math.sqrt(self.head_dim or self.dim)
+                self.prefix[:, 0].uniform_(-bound, bound)
+                self.prefix[:, 1].zero_()
         else:
             nn.init.normal_(self.prefix, std=0.02)
-            if self.zero_values:
-                with torch.no_grad():
-                    self.prefix[:, 1].zero_()
 
     # ------------------------------------------------------------------ math
     def _mlp(self, layer: Optional[int]) -> torch.Tensor:

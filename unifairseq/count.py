@@ -1,0 +1,80 @@
+"""Parameter accounting for every method preset, read off real built models.
+
+    python -m unifairseq.count                 # bart_base shapes
+    python -m unifairseq.count --size large    # bart_large shapes (about 1 minute, ~4 GB)
+
+Prints, per preset: trainable parameters (what the optimizer sees), the same after
+`unifairseq-export` would fold the prefix MLP (trainable minus the MLP), and the
+paper's formula count, each with its percentage of the frozen base.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Sequence
+
+import torch
+from fairseq import options
+from fairseq.data import Dictionary
+from fairseq.models import build_model
+from fairseq.tasks.translation import TranslationTask
+
+from . import models  # noqa: F401  (registers the architectures)
+from .config import PRESETS
+from .prefix import PrefixProvider
+
+BART_VOCAB = 50264  # len(bart.large/dict.txt) with fairseq's 4 special symbols
+
+
+def dummy_dictionary(size: int) -> Dictionary:
+    d = Dictionary()
+    for i in range(size - d.nspecial):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def parse_model_args(arch: str, flags: Sequence[str] = ()) -> argparse.Namespace:
+    """fairseq's own training-argument parsing, as `fairseq-train` does it."""
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, ["unused-data-dir", "--task", "translation", "--arch", arch,
+                                                *flags])
+
+
+def build_translation_model(arch: str, flags: Sequence[str] = (), dictionary: Dictionary = None):
+    args = parse_model_args(arch, flags)
+    d = dictionary if dictionary is not None else dummy_dictionary(BART_VOCAB)
+    task = TranslationTask(args, d, d)
+    return build_model(args, task), task, args
+
+
+def mlp_params(model) -> int:
+    return sum(p.numel() for m in model.modules() if isinstance(m, PrefixProvider) and m.mid_dim > 0
+               for p in m.parameters()) - sum(m.num_layers * 2 * m.length * m.dim for m in model.modules()
+                                              if isinstance(m, PrefixProvider) and m.mid_dim > 0)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=("base", "large"), default="base")
+    ap.add_argument("--methods", nargs="*", default=list(PRESETS), help="presets to count (default: all)")
+    args = ap.parse_args(argv)
+    logging.getLogger("unifairseq").setLevel(logging.WARNING)
+    torch.set_grad_enabled(False)
+    rows = []
+    for method in args.methods:
+        if method not in PRESETS:
+            ap.error(f"unknown method {method!r}; choose from {', '.join(PRESETS)}")
+        model, _, _ = build_translation_model(f"{method}_bart_{args.size}")
+        rep = model.delta_report
+        rows.append((method, rep["trainable"], rep["trainable"] - mlp_params(model), rep["formula"], rep["base"]))
+        del model
+    print(f"\nbart_{args.size} shapes, base = {rows[0][4]:,} frozen parameters\n")
+    print(f"| method | trainable | % | inference (MLP folded) | % | paper formula | % |")
+    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    for method, tr, inf, form, base in rows:
+        print(f"| {method} | {tr:,} | {100 * tr / base:.2f} | {inf:,} | {100 * inf / base:.2f} | "
+              f"{form:,} | {100 * form / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
