@@ -8,7 +8,9 @@ import os
 
 from setuptools import find_packages, setup
 
-CYTHON_MODULES = []  # e.g. "unifairseq/data/rouge_fast.pyx" (built when listed)
+CYTHON_MODULES = [
+    "unifairseq/metrics/rouge_fast.pyx",  # ROUGE for in-training validation
+]
 
 
 def extensions():
@@ -18,7 +20,8 @@ def extensions():
     from Cython.Build import cythonize
     from setuptools import Extension
 
-    exts = [Extension(p[:-4].replace(os.sep, "."), [p], include_dirs=[numpy.get_include()])
+    # module name from the "/"-separated path (os.sep would leave the "/"s in place on Windows)
+    exts = [Extension(os.path.splitext(p)[0].replace("/", "."), [p], include_dirs=[numpy.get_include()])
             for p in CYTHON_MODULES]
     return cythonize(exts, language_level=3)
 
@@ -33,4 +36,8 @@ setup(
     # fairseq's metadata asks for torchaudio, which would replace torch. See scripts/install.sh.
     install_requires=["numpy", "hydra-core==1.3.2", "omegaconf==2.3.0"],
     ext_modules=extensions(),
+    entry_points={"console_scripts": [
+        "unifairseq-export = unifairseq.export:main",
+        "unifairseq-count = unifairseq.count:main",
+    ]},
 )

@@ -23,7 +23,7 @@ def perturb_deltas(model, seed=0, std=0.05):
 def base_twin(model):
     """fairseq's plain BART with the same base weights."""
     plain, _, _ = tiny_model("bart_base")
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not is_delta_name(k)}, strict=True)
+    plain.load_state_dict({k: v for k, v in model.full_state_dict().items() if not is_delta_name(k)}, strict=True)
     return plain.eval()
 
 
@@ -89,19 +89,39 @@ def test_beam_search_scores_match_full_forward(name, arch, flags, identity):
                     (h["positional_scores"] - ref).abs().max()
 
 
+def save_base_checkpoint(model, path):
+    """The frozen base in fairseq's official checkpoint format (like bart.large/model.pt)."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    torch_persistent_save({"args": None, "model": {k: v for k, v in model.full_state_dict().items()
+                                                   if not is_delta_name(k)},
+                           "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}, str(path))
+
+
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
-def test_save_load_round_trip(name, arch, flags, identity):
+def test_delta_save_load_round_trip(name, arch, flags, identity, tmp_path):
+    """Delta state dict (what fairseq writes) -> fresh model -> base loaded from its file -> same outputs."""
     model, task, _ = tiny_model(arch, flags)
     perturb_deltas(model)
+    base = tmp_path / "base.pt"
+    save_base_checkpoint(model, base)
+    model.base_path = str(base)  # as if the base had come from --restore-file base.pt
+    sd = model.state_dict()
+    assert all(k.startswith("unifairseq_meta.") or p_trainable(model, k) for k in sd), "only trained tensors saved"
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    fresh, _, _ = tiny_model(arch, flags, seed=123)
+    torch.save(sd, buf)
+    fresh, _, _ = tiny_model(arch, flags, seed=123)  # other random base and deltas
     buf.seek(0)
-    fresh.load_state_dict(torch.load(buf))
+    fresh.load_state_dict(torch.load(buf))  # loads base.pt by the recorded path, then the deltas
     model.eval(), fresh.eval()
     src, lens, prev, _ = random_batch(task.source_dictionary)
     with torch.no_grad():
         assert torch.equal(full_logits(model, src, lens, prev), full_logits(fresh, src, lens, prev))
+    assert fresh.base_path == str(base)
+
+
+def p_trainable(model, key):
+    return dict(model.named_parameters())[key].requires_grad
 
 
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)

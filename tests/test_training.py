@@ -42,13 +42,13 @@ def test_only_deltas_change_under_fairseq_trainer(name, arch, flags, identity):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert opt_params == {id(p) for n, p in model.named_parameters() if n in trainable}, \
         "the optimizer must hold exactly the delta parameters"
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.full_state_dict().items()}
     sample = toy_sample(d)
     losses = []
     for _ in range(6):
         log = trainer.train_step([sample])
         losses.append(log["loss"])
-    after = model.state_dict()
+    after = model.full_state_dict()
     for k, v in after.items():
         if is_trainable_name(k, delta):
             assert not torch.equal(v, before[k]), f"{name}: delta {k} did not change"

@@ -211,6 +211,14 @@ def add_delta_args(parser) -> None:
     g.add_argument("--prefix-dropout", type=float, help="dropout on the prefix key/value vectors")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha; the scale is s = alpha / r")
     g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input")
+    # delta checkpoints (see unifairseq/checkpoint.py)
+    g.add_argument("--delta-base", type=str, metavar="PATH",
+                   help="the pretrained (full) checkpoint the deltas sit on; default: the path recorded in "
+                        "the delta checkpoint, or --restore-file/--finetune-from-model when training starts")
+    g.add_argument("--delta-allow-base-mismatch", action="store_true",
+                   help="load a delta onto a base whose fingerprint differs from the one it was trained on")
+    g.add_argument("--delta-save-full", action="store_true",
+                   help="write the whole model into checkpoints instead of only the trained tensors")
 
 
 # --------------------------------------------------------------------- presets

@@ -1,0 +1,216 @@
+"""Delta checkpoints: one small file per task on top of one shared base model.
+
+A delta model's `state_dict()` -- which is what fairseq's trainer writes into
+`checkpoint_last.pt`, `checkpoint_best.pt`, epoch/update checkpoints -- holds only the
+trained tensors plus two small entries:
+
+  unifairseq_meta.fingerprint  sha256 of the frozen base (names, shapes, dtypes, sampled values)
+  unifairseq_meta.base_path    where the base checkpoint was loaded from
+
+Loading such a dict (resume, fairseq-generate, hub `from_pretrained`) first loads the
+base from `--delta-base` if given, else from the stored path, checks its fingerprint
+(refused with both fingerprints on a mismatch unless `--delta-allow-base-mismatch`),
+then puts the delta tensors on top. Loading a full checkpoint (an official
+`bart.large/model.pt` through `--restore-file` or `--finetune-from-model`) records it as
+the base.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import zipfile
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+
+from .accounting import is_trainable_name
+from .deltas import is_delta_name
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_KEY = "unifairseq_meta.fingerprint"
+BASE_PATH_KEY = "unifairseq_meta.base_path"
+META_KEYS = (FINGERPRINT_KEY, BASE_PATH_KEY)
+
+
+class DeltaCheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as asked; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------- file I/O
+def load_checkpoint_file(path: str) -> dict:
+    """torch.load with messages a user can act on (missing, truncated, corrupt, not fairseq)."""
+    if not os.path.isfile(path):
+        raise DeltaCheckpointError(f"checkpoint {path!r} does not exist")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DeltaCheckpointError(f"checkpoint {path!r} is empty (0 bytes): the write that made it was "
+                                   "interrupted; use another checkpoint or retrain")
+    try:
+        state = torch.load(path, map_location="cpu")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeltaCheckpointError(
+            f"checkpoint {path!r} ({size:,} bytes) is truncated or corrupt and cannot be read "
+            f"({first}); re-copy or re-export it") from None
+    except Exception as e:  # pickle.UnpicklingError and friends: not a torch checkpoint
+        raise DeltaCheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise DeltaCheckpointError(f"{path!r} is a PyTorch file but not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def atomic_save(obj, path: str, overwrite: bool = False) -> None:
+    """Write to a temporary file beside `path`, then rename: an interruption never leaves a
+    half-written checkpoint, and an existing file is only replaced when asked."""
+    if os.path.exists(path) and not overwrite:
+        raise DeltaCheckpointError(f"{path!r} exists; refusing to overwrite it (pass --force to replace it)")
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------- metadata
+def _str_to_tensor(s: str) -> torch.Tensor:
+    return torch.tensor(list(s.encode("utf-8")), dtype=torch.uint8)
+
+
+def _tensor_to_str(t: torch.Tensor) -> str:
+    return bytes(t.tolist()).decode("utf-8")
+
+
+def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
+    """sha256 over the frozen base tensors: names, shapes, dtypes and up to 4,096 values of each,
+    spread over the tensor (fast on a 400M-parameter model, and any real difference shows)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        if is_trainable_name(name, delta) or name in META_KEYS or name.endswith("version"):
+            continue
+        t = state[name]
+        if not torch.is_tensor(t):
+            continue
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to(torch.float64).cpu()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def is_delta_only(state_dict, model_keys, delta) -> bool:
+    """True when the dict holds no base tensor of the model (a delta checkpoint)."""
+    return not any(k in model_keys and not is_trainable_name(k, delta) and not k.endswith("version")
+                   for k in state_dict)
+
+
+class DeltaCheckpointMixin:
+    """For fairseq models with deltas: what `state_dict()` saves and how `load_state_dict()` loads.
+
+    Set on the model by the builder: `delta` (DeltaConfig), `save_delta_only`, `delta_base`
+    (override path), `delta_allow_base_mismatch`.
+    """
+
+    base_path: Optional[str] = None  # where the current base weights came from
+    base_fingerprint: Optional[str] = None
+
+    def full_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
+        return super().state_dict()
+
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
+        full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if not getattr(self, "save_delta_only", False):
+            return full
+        if self.base_fingerprint is None:
+            self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
+        out = OrderedDict((k, v) for k, v in full.items() if is_trainable_name(k[len(prefix):], self.delta))
+        out[prefix + FINGERPRINT_KEY] = _str_to_tensor(self.base_fingerprint)
+        out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.base_path or "")
+        return out
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        state_dict = OrderedDict(state_dict)
+        stored_fp = state_dict.pop(FINGERPRINT_KEY, None)
+        stored_path = state_dict.pop(BASE_PATH_KEY, None)
+        stored_fp = _tensor_to_str(stored_fp) if stored_fp is not None else None
+        stored_path = _tensor_to_str(stored_path) if stored_path is not None else None
+        full = self.full_state_dict()
+        if is_delta_only(state_dict, full, self.delta):
+            self._ensure_base(stored_path)
+            self._check_fingerprint(stored_fp, stored_path)
+            merged = OrderedDict((k, v) for k, v in self.full_state_dict().items())
+            merged.update(state_dict)
+            result = super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)
+            # the delta's record of its base travels on, whatever path the base came from this time
+            if stored_path:
+                self.base_path = self.base_path or stored_path
+            return result
+        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model) is the base
+        self.base_path = getattr(self, "base_path_hint", None) or self.base_path
+        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
+        if stored_fp is not None and stored_fp != self.base_fingerprint:
+            logger.warning("unifairseq: loaded a full checkpoint whose recorded base fingerprint differs")
+        return result
+
+    # -------------------------------------------------------------- base
+    def load_base(self, path: str) -> None:
+        """Load the frozen base weights from a (full) fairseq checkpoint file."""
+        state = load_checkpoint_file(path)
+        sd = state["model"]
+        if is_delta_only(sd, self.full_state_dict(), self.delta) and any(k in sd for k in META_KEYS):
+            raise DeltaCheckpointError(f"{path!r} is itself a delta checkpoint, not a base model; point "
+                                       "--delta-base at the full pretrained checkpoint (e.g. bart.large/model.pt)")
+        own = self.full_state_dict()
+        self.upgrade_state_dict(sd)  # fairseq's checkpoint upgrades (and our missing-delta fill)
+        for k, v in sd.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise DeltaCheckpointError(
+                    f"base model {path!r} does not fit this model: {k} has shape {tuple(v.shape)} there and "
+                    f"{tuple(own[k].shape)} here (another architecture or dictionary?)")
+        keep = {k: v for k, v in own.items() if is_delta_name(k)}  # keep the current delta modules
+        sd = OrderedDict(sd)
+        sd.update(keep)
+        torch.nn.Module.load_state_dict(self, sd, strict=True)
+        self.base_path = os.path.abspath(path)
+        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
+        logger.info(f"unifairseq: base model loaded from {path} (fingerprint {self.base_fingerprint[:12]})")
+
+    def _ensure_base(self, stored_path: Optional[str]) -> None:
+        if self.base_path is not None:
+            return
+        override = getattr(self, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
+        path = override or stored_path
+        if not path:
+            raise DeltaCheckpointError(
+                "this is a delta checkpoint and no base model is known: pass the base checkpoint with "
+                "--delta-base PATH (fairseq-train), --model-overrides \"{'delta_base': 'PATH'}\" "
+                "(fairseq-generate) or UNIFAIRSEQ_DELTA_BASE=PATH")
+        if not os.path.isfile(path):
+            raise DeltaCheckpointError(
+                f"this delta checkpoint was trained on the base {path!r}, which is not there: pass its location "
+                "with --delta-base PATH, --model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE")
+        self.load_base(path)
+
+    def _check_fingerprint(self, stored_fp: Optional[str], stored_path: Optional[str]) -> None:
+        if stored_fp is None or stored_fp == self.base_fingerprint:
+            return
+        msg = (f"this delta was trained on a different base model: the delta records base fingerprint "
+               f"{stored_fp[:16]}… ({stored_path or 'unknown path'}), the loaded base {self.base_path!r} has "
+               f"{self.base_fingerprint[:16]}…")
+        if getattr(self, "delta_allow_base_mismatch", False):
+            logger.warning("unifairseq: " + msg + " (loading anyway: --delta-allow-base-mismatch)")
+            return
+        raise DeltaCheckpointError(msg + "; load it onto its own base, or pass --delta-allow-base-mismatch "
+                                   "(or --model-overrides \"{'delta_allow_base_mismatch': True}\") to force it")
