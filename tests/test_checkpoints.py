@@ -1,0 +1,192 @@
+"""Delta checkpoints: fairseq's own save path, export/merge/unmerge parity, and every bad-file message."""
+import os
+
+import pytest
+import torch
+from fairseq import checkpoint_utils
+
+from methods import IDS, METHODS
+from test_methods import full_logits, perturb_deltas, save_base_checkpoint
+from test_training import make_trainer, toy_sample
+from tiny import random_batch, tiny_dict, tiny_model
+from unifairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
+from unifairseq.deltas import is_delta_name
+from unifairseq.export import export_inference, export_merge, export_unmerge, main as export_main
+
+
+def trained_checkpoint(tmp_path, arch, flags, steps=3):
+    """Train a few real updates through fairseq's Trainer and let it write checkpoint_last.pt."""
+    d = tiny_dict()
+    trainer, model = make_trainer(arch, flags, d)
+    base = tmp_path / "base.pt"
+    save_base_checkpoint(model, base)
+    model.base_path = str(base)
+    sample = toy_sample(d)
+    for _ in range(steps):
+        trainer.train_step([sample])
+    ckpt = tmp_path / "checkpoint_last.pt"
+    trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
+    trainer.save_checkpoint(str(ckpt), {})
+    return model, ckpt, base, d
+
+
+def load_with_fairseq(path, d, arch, flags, overrides=None):
+    """What fairseq-generate / the hub do: build from the checkpoint's cfg, then load_state_dict."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path), arg_overrides=overrides)
+    model, _, _ = tiny_model(arch, flags, dictionary=d, seed=99)
+    for k, v in (overrides or {}).items():
+        setattr(model, k, v)
+    model.load_state_dict(state["model"], strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_trainer_checkpoint_holds_only_trained_tensors_and_round_trips(name, arch, flags, identity, tmp_path):
+    model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags)
+    state = load_checkpoint_file(str(ckpt))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    saved = set(state["model"]) - {"unifairseq_meta.fingerprint", "unifairseq_meta.base_path"}
+    assert saved == trainable
+    # optimizer state only for the trained tensors
+    opt_state = state["last_optimizer_state"]["state"]
+    assert sum(v["exp_avg"].numel() for v in opt_state.values()) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    fresh = load_with_fairseq(ckpt, d, arch, flags)
+    model.eval()
+    src, lens, prev, _ = random_batch(d)
+    with torch.no_grad():
+        assert torch.equal(full_logits(model, src, lens, prev), full_logits(fresh, src, lens, prev))
+    assert fresh.base_path == str(base)
+
+
+EXPORTABLE = [m for m in METHODS if m[0] in ("mam", "prefix", "gated_prefix", "prefix_mhpa_mlp", "lora_attn")]
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", EXPORTABLE, ids=[m[0] for m in EXPORTABLE])
+def test_export_inference_folds_prefix_mlp_with_same_outputs(name, arch, flags, identity, tmp_path):
+    model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags)
+    out = tmp_path / "inference.pt"
+    info = export_inference(str(ckpt), str(out))
+    state = load_checkpoint_file(str(out))
+    assert state["last_optimizer_state"] is None
+    assert not any("mlp_" in k or "wte" in k for k in state["model"])
+    assert os.path.getsize(out) < os.path.getsize(ckpt)
+    if "prefix" in name or name == "mam":
+        assert info["dropped"] > 0
+        assert state["cfg"]["model"].attn_mode == "prefix_nomlp"
+        fresh = load_with_fairseq(out, d, arch, flags + ["--attn-mode", "prefix_nomlp"])
+    else:
+        fresh = load_with_fairseq(out, d, arch, flags)
+    model.eval()
+    src, lens, prev, _ = random_batch(d)
+    with torch.no_grad():
+        diff = (full_logits(model, src, lens, prev) - full_logits(fresh, src, lens, prev)).abs().max()
+    assert diff <= 1e-5, diff
+
+
+@pytest.mark.parametrize("name", ["lora_attn", "lora_ffn", "bitfit"])
+def test_merge_gives_plain_fairseq_checkpoint_and_unmerge_restores_base(name, tmp_path):
+    arch, flags = {m[0]: (m[1], m[2]) for m in METHODS}[name]
+    model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags)
+    merged = tmp_path / "merged.pt"
+    info = export_merge(str(ckpt), str(merged))
+    assert info["arch"] == "bart_base"
+    state = load_checkpoint_file(str(merged))
+    assert not any(is_delta_name(k) for k in state["model"])
+    plain, _, _ = tiny_model("bart_base", dictionary=d)  # fairseq's own BARTModel, no deltas
+    plain.load_state_dict(state["model"], strict=True)
+    model.eval(), plain.eval()
+    src, lens, prev, _ = random_batch(d)
+    with torch.no_grad():
+        diff = (full_logits(model, src, lens, prev) - full_logits(plain, src, lens, prev)).abs().max()
+    assert diff <= 1e-4, diff
+    if name == "bitfit":
+        with pytest.raises(DeltaCheckpointError, match="BitFit"):
+            export_unmerge(str(merged), str(ckpt), str(tmp_path / "back.pt"))
+        return
+    back = tmp_path / "back.pt"
+    export_unmerge(str(merged), str(ckpt), str(back))
+    b0, b1 = load_checkpoint_file(str(base))["model"], load_checkpoint_file(str(back))["model"]
+    for k in b0:
+        assert torch.allclose(b0[k], b1[k], atol=1e-6), k
+
+
+def test_merge_refuses_methods_that_cannot_merge(tmp_path):
+    _, ckpt, _, _ = trained_checkpoint(tmp_path, "mam_bart_base", ["--attn-bn", "4", "--ffn-bn", "4",
+                                                                   "--mid-dim", "8"], steps=1)
+    with pytest.raises(DeltaCheckpointError, match="cannot merge --attn-mode prefix and --ffn-mode adapter"):
+        export_merge(str(ckpt), str(tmp_path / "m.pt"))
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_never_overwrites_without_force(tmp_path, capsys):
+    _, ckpt, _, _ = trained_checkpoint(tmp_path, "lora_attn_bart_base", ["--attn-bn", "4"], steps=1)
+    out = tmp_path / "keep.pt"
+    out.write_bytes(b"user's file")
+    assert export_main(["inference", str(ckpt), str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"user's file"
+    assert export_main(["inference", str(ckpt), str(ckpt), "--force"]) == 2  # never onto its own input
+    assert export_main(["inference", str(ckpt), str(out), "--force"]) == 0
+    assert load_checkpoint_file(str(out))["model"]
+
+
+def test_delta_on_a_different_base_is_refused_with_both_fingerprints(tmp_path):
+    arch, flags = "lora_attn_bart_base", ["--attn-bn", "4"]
+    model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags, steps=1)
+    other, _, _ = tiny_model(arch, flags, dictionary=d, seed=7)  # same architecture, other weights
+    other_base = tmp_path / "other_base.pt"
+    save_base_checkpoint(other, other_base)
+    with pytest.raises(DeltaCheckpointError) as e:
+        load_with_fairseq(ckpt, d, arch, flags, overrides={"delta_base": str(other_base)})
+    msg = str(e.value)
+    assert "different base model" in msg and "--delta-allow-base-mismatch" in msg
+    assert model.base_fingerprint[:16] in msg
+    # the explicit override loads it anyway
+    forced = load_with_fairseq(ckpt, d, arch, flags, overrides={"delta_base": str(other_base),
+                                                                "delta_allow_base_mismatch": True})
+    assert forced.base_path == str(other_base)
+
+
+def test_delta_on_another_architecture_is_refused(tmp_path):
+    arch, flags = "lora_attn_bart_base", ["--attn-bn", "4"]
+    _, ckpt, _, d = trained_checkpoint(tmp_path, arch, flags, steps=1)
+    wide, _, _ = tiny_model(arch, flags + ["--encoder-ffn-embed-dim", "48", "--decoder-ffn-embed-dim", "48"],
+                            dictionary=d)
+    wide_base = tmp_path / "wide_base.pt"
+    save_base_checkpoint(wide, wide_base)
+    with pytest.raises(DeltaCheckpointError, match="does not fit this model"):
+        load_with_fairseq(ckpt, d, arch, flags, overrides={"delta_base": str(wide_base)})
+
+
+def test_missing_base_names_the_fix(tmp_path):
+    arch, flags = "lora_attn_bart_base", ["--attn-bn", "4"]
+    _, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags, steps=1)
+    os.remove(base)
+    with pytest.raises(DeltaCheckpointError, match="which is not there.*--delta-base"):
+        load_with_fairseq(ckpt, d, arch, flags)
+
+
+def test_truncated_corrupt_and_wrong_format_files(tmp_path):
+    _, ckpt, _, _ = trained_checkpoint(tmp_path, "lora_attn_bart_base", ["--attn-bn", "4"], steps=1)
+    data = ckpt.read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DeltaCheckpointError, match="truncated or corrupt"):
+        load_checkpoint_file(str(trunc))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(DeltaCheckpointError, match="empty"):
+        load_checkpoint_file(str(empty))
+    text = tmp_path / "notes.pt"
+    text.write_text("these are my notes, not a checkpoint\n")
+    with pytest.raises(DeltaCheckpointError, match="truncated or corrupt|not a readable PyTorch checkpoint"):
+        load_checkpoint_file(str(text))
+    tensor_only = tmp_path / "tensor.pt"
+    torch.save({"weights": torch.zeros(3)}, tensor_only)
+    with pytest.raises(DeltaCheckpointError, match="not a fairseq checkpoint"):
+        load_checkpoint_file(str(tensor_only))
+    with pytest.raises(DeltaCheckpointError, match="does not exist"):
+        load_checkpoint_file(str(tmp_path / "nope.pt"))
+    # the export CLI turns each into a one-line error and exit code 2
+    assert export_main(["inference", str(trunc), str(tmp_path / "o.pt")]) == 2
