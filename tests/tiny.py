@@ -42,3 +42,26 @@ def random_batch(d: Dictionary, bsz: int = 3, src_len: int = 7, tgt_len: int = 5
     tgt = torch.randint(lo, len(d), (bsz, tgt_len), generator=g)
     prev = torch.cat([torch.full((bsz, 1), d.eos()), tgt[:, :-1]], dim=1)
     return src, lengths, prev, tgt
+
+
+def tiny_roberta(arch: str, flags=(), dictionary: Dictionary = None, seed: int = 0, num_classes: int = 2):
+    """A tiny RoBERTa for sentence_prediction, built as fairseq-train builds it, with its head."""
+    from fairseq import options
+    from fairseq.models import build_model
+    from fairseq.tasks.sentence_prediction import SentencePredictionTask
+
+    torch.manual_seed(seed)
+    d = dictionary or tiny_dict()
+    d.add_symbol("<mask>")
+    labels = Dictionary()
+    for i in range(num_classes):
+        labels.add_symbol(str(i))
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        "unused-data-dir", "--task", "sentence_prediction", "--arch", arch, "--num-classes", str(num_classes),
+        "--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+        "--encoder-attention-heads", "4", "--max-positions", "64", *flags])
+    task = SentencePredictionTask(args, d, labels)
+    model = build_model(args, task)
+    model.register_classification_head("sentence_classification_head", num_classes=num_classes)
+    return model, task, args

@@ -61,8 +61,13 @@ def formula_count(delta: DeltaConfig, shape: ModelShape) -> int:
     return n
 
 
+def is_base_name(name: str) -> bool:
+    """A pretrained parameter: not a delta and not a (new, task-specific) classification head."""
+    return not is_delta_name(name) and not name.startswith("classification_heads.")
+
+
 def base_bias_params(model: nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if not is_delta_name(n) and n.endswith("bias"))
+    return sum(p.numel() for n, p in model.named_parameters() if is_base_name(n) and n.endswith("bias"))
 
 
 def stored_delta_weights(model: nn.Module, delta: DeltaConfig) -> int:
@@ -82,8 +87,8 @@ def stored_delta_weights(model: nn.Module, delta: DeltaConfig) -> int:
 
 
 def is_trainable_name(name: str, delta: DeltaConfig) -> bool:
-    if is_delta_name(name):
-        return True
+    if is_delta_name(name) or name.startswith("classification_heads."):
+        return True  # task heads are new, task-specific weights: always trained
     if delta.bitfit and name.endswith("bias"):
         return True
     return False
@@ -97,7 +102,7 @@ def freeze_base(model: nn.Module, delta: DeltaConfig) -> None:
 
 def parameter_report(model: nn.Module, delta: DeltaConfig, shape: ModelShape) -> Dict[str, float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    base = sum(p.numel() for n, p in model.named_parameters() if not is_delta_name(n))
+    base = sum(p.numel() for n, p in model.named_parameters() if is_base_name(n))
     return dict(trainable=trainable, base=base, formula=formula_count(delta, shape),
                 trainable_pct=100.0 * trainable / base, formula_pct=100.0 * formula_count(delta, shape) / base)
 

@@ -12,7 +12,9 @@ FFN input):
   sequential adapter  h + f(h) on fc2's output (Pfeiffer; Houlsby adds one after self-attention)
   LoRA                on W_1 and W_2 themselves
 In a post-LN model (BART, RoBERTa) x is the residual stream after the previous layer
-norm, as in the paper's code. In a pre-LN model (mBART) x is final_layer_norm(residual).
+norm. In a pre-LN model (mBART) the FFN reads final_layer_norm(x); the parallel adapter
+reads the residual stream x itself (a pre-hook on final_layer_norm), as the paper's code
+did. Sequential adapters and LoRA work on the FFN's own input/output in both.
 """
 from __future__ import annotations
 
@@ -80,7 +82,23 @@ class _DeltaLayerMixin:
     def _ffn_linear(self, input_dim, output_dim, role):
         d = self.delta
         lora = (d.ffn_bn, d.lora_alpha, d.lora_dropout) if d.ffn_mode == "lora" else None
-        return make_ffn_linear(input_dim, output_dim, role, getattr(self, "delta_ffn", None), lora)
+        site = getattr(self, "delta_ffn", None)
+        if role == "in" and self._reads_residual():
+            site = None  # the pre-LN residual is read by a hook on final_layer_norm instead (see below)
+        return make_ffn_linear(input_dim, output_dim, role, site, lora)
+
+    def _reads_residual(self) -> bool:
+        """Pre-LN (mBART): the parallel FFN adapter reads the residual stream x, not
+        final_layer_norm(x), as the paper's code did."""
+        return self.normalize_before and self.delta.ffn_option == "parallel"
+
+    def _hook_residual_read(self) -> None:
+        if self._reads_residual():
+            # final_layer_norm's input in a pre-LN layer is exactly the FFN sub-layer's residual stream
+            self.final_layer_norm.register_forward_pre_hook(self._read_residual)
+
+    def _read_residual(self, module, inputs):
+        self.delta_ffn.read(inputs[0])
 
     def _attention(self, embed_dim, num_heads, prefix, is_self_attn, **kwargs):
         _check_quant_noise(self.quant_noise)
@@ -102,6 +120,7 @@ class DeltaEncoderLayer(_DeltaLayerMixin, TransformerEncoderLayerBase):
                  return_fc: bool = False):
         _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix=prefix)
         super().__init__(cfg, return_fc=return_fc)
+        self._hook_residual_read()
 
     def build_self_attention(self, embed_dim, cfg):
         return self._attention(embed_dim, cfg.encoder.attention_heads, self._prefix, True,
@@ -114,6 +133,7 @@ class DeltaDecoderLayer(_DeltaLayerMixin, TransformerDecoderLayerBase):
         _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix_self=prefix_self,
                          _prefix_cross=prefix_cross)
         super().__init__(cfg, no_encoder_attn=no_encoder_attn)
+        self._hook_residual_read()
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         if cfg.cross_self_attention:

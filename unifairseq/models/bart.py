@@ -9,52 +9,15 @@ from their initialisation, see `upgrade_state_dict_named`).
 """
 from __future__ import annotations
 
-import logging
-import os
-
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 from fairseq.models.bart import BARTModel
-from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
+from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture, mbart_large_architecture
 
+from ..accounting import ModelShape, base_bias_params
 from ..checkpoint import DeltaCheckpointMixin
-from ..accounting import ModelShape, base_bias_params, format_report, freeze_base, parameter_report
-from ..config import PRESETS, DeltaConfig, add_delta_args
-from ..deltas import is_delta_name, reset_all_deltas
+from ..config import DeltaConfig, add_delta_args
 from ..layers import DeltaTransformerDecoder, DeltaTransformerEncoder
-
-logger = logging.getLogger(__name__)
-
-
-def prepare_delta_model(model, args, delta: DeltaConfig, shape: ModelShape):
-    """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
-    them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
-    reset_all_deltas(model)
-    freeze_base(model, delta)
-    model.delta = delta
-    model.delta_report = parameter_report(model, delta, shape)
-    logger.info(format_report(getattr(args, "arch", "delta model"), delta, model.delta_report))
-    model.save_delta_only = not getattr(args, "delta_save_full", False)
-    model.delta_allow_base_mismatch = bool(getattr(args, "delta_allow_base_mismatch", False))
-    model.delta_base = getattr(args, "delta_base", None)
-    start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
-    if start and os.path.basename(start) != "checkpoint_last.pt":
-        model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
-    if model.delta_base:
-        model.load_base(model.delta_base)
-    return model
-
-
-def fill_missing_delta_keys(model, state_dict, name: str) -> None:
-    """A base checkpoint (e.g. the official bart.large) holds no delta tensors: start them from
-    their initialisation instead of failing fairseq's strict load."""
-    prefix = name + "." if name else ""
-    own = model.full_state_dict()
-    missing = [k for k in own if is_delta_name(k) and prefix + k not in state_dict]
-    for k in missing:
-        state_dict[prefix + k] = own[k]
-    if missing:
-        logger.info(f"unifairseq: {len(missing)} delta tensors not in the checkpoint start from their "
-                    "initialisation (expected when loading a base model)")
+from .common import fill_missing_delta_keys, prepare_delta_model, register_presets
 
 
 @register_model("delta_bart")
@@ -87,37 +50,18 @@ class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
 
 
 # ------------------------------------------------------------- architectures
-def apply_preset(args, preset: dict) -> None:
-    """Preset values are defaults: any flag the user gave wins."""
-    for key, value in preset.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+register_presets("delta_bart", "bart", "large", bart_large_architecture, "bart_large")
+register_presets("delta_bart", "bart", "base", bart_base_architecture, "bart_base")
 
 
-ARCH_PARENT = {"delta_bart_large": "bart_large", "delta_bart_base": "bart_base"}  # for merged exports
+def mbart_cc25_architecture(args):
+    """mbart.cc25 as fine-tuned in fairseq's mBART example: pre-LN layers with an embedding layer
+    norm (`--encoder-normalize-before --decoder-normalize-before --layernorm-embedding`), which
+    fairseq's `mbart_large` preset alone leaves off."""
+    for flag in ("encoder_normalize_before", "decoder_normalize_before", "layernorm_embedding"):
+        if getattr(args, flag, None) is None:
+            setattr(args, flag, True)
+    mbart_large_architecture(args)
 
 
-def _register(method: str, size: str, parent) -> None:
-    def arch(args):
-        apply_preset(args, PRESETS[method])
-        parent(args)
-
-    arch.__name__ = f"{method}_bart_{size}"
-    register_model_architecture("delta_bart", arch.__name__)(arch)
-    ARCH_PARENT[arch.__name__] = f"bart_{size}"
-
-
-@register_model_architecture("delta_bart", "delta_bart_large")
-def delta_bart_large(args):
-    """No preset: every delta comes from the flags (--attn-mode, --ffn-mode, ...)."""
-    bart_large_architecture(args)
-
-
-@register_model_architecture("delta_bart", "delta_bart_base")
-def delta_bart_base(args):
-    bart_base_architecture(args)
-
-
-for _method in PRESETS:
-    _register(_method, "large", bart_large_architecture)
-    _register(_method, "base", bart_base_architecture)
+register_presets("delta_bart", "mbart", "large", mbart_cc25_architecture, "mbart_large")

@@ -1,0 +1,95 @@
+"""RoBERTa (sentence_prediction) and mBART (pre-LN) through the same method table."""
+import pytest
+import torch
+
+from methods import IDS, METHODS
+from test_methods import perturb_deltas
+from tiny import random_batch, tiny_model, tiny_roberta
+from unifairseq.accounting import ModelShape, formula_count, is_trainable_name, stored_delta_weights
+from unifairseq.deltas import Bottleneck, is_delta_name
+
+ROBERTA = [(n, a.replace("_bart_base", "_roberta_base"), f, i) for n, a, f, i in METHODS]
+MBART = [(n, a.replace("_bart_base", "_mbart_large"), f, i) for n, a, f, i in METHODS]
+HEAD = "sentence_classification_head"
+
+
+def roberta_logits(model, tokens):
+    return model(tokens, features_only=True, classification_head_name=HEAD)[0]
+
+
+def roberta_tokens(d, bsz=3, T=9):
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(d.nspecial, len(d) - 1, (bsz, T), generator=g)
+    t[:, 0], t[:, -1] = d.bos(), d.eos()
+    t[1, -3:] = d.pad()  # right padding as sentence_prediction pads
+    return t
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", ROBERTA, ids=IDS)
+def test_roberta_identity_counts_and_trained_head(name, arch, flags, identity):
+    model, task, args = tiny_roberta(arch, flags)
+    model.eval()
+    plain, _, _ = tiny_roberta("roberta_base", seed=5)
+    plain.load_state_dict({k: v for k, v in model.full_state_dict().items() if not is_delta_name(k)}, strict=True)
+    plain.eval()
+    tokens = roberta_tokens(task.source_dictionary)
+    with torch.no_grad():
+        diff = (roberta_logits(model, tokens) - roberta_logits(plain, tokens)).abs().max()
+    assert (diff < 2e-6) if identity else (diff > 1e-6), diff
+    # the head is trained and saved; the encoder base is frozen
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("classification_heads.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("classification_heads.")}
+    assert all(is_trainable_name(n, model.delta) for n in trainable)
+    saved = set(model.state_dict())
+    assert {n for n in saved if n.startswith("classification_heads.")}, "the head must travel with the delta"
+    # formula count on the single-stack shape
+    shape = ModelShape.encoder_only(32, 64, 2, model.delta_shape.bias_params)
+    assert stored_delta_weights(model, model.delta) == formula_count(model.delta, shape)
+
+
+def test_roberta_mam_glue_defaults():
+    model, _, args = tiny_roberta("mam_roberta_base")
+    d = model.delta
+    assert (d.attn_bn, d.ffn_bn, d.ffn_adapter_scalar, d.attn_mode, d.ffn_option) == (16, 16, 2.0, "prefix", "parallel")
+    model, _, _ = tiny_roberta("mam_roberta_base", ["--attn-bn", "8"])
+    assert model.delta.attn_bn == 8
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", MBART, ids=IDS)
+def test_mbart_incremental_equals_full(name, arch, flags, identity):
+    model, task, args = tiny_model(arch, flags)
+    assert args.encoder_normalize_before and args.decoder_normalize_before  # pre-LN
+    perturb_deltas(model)
+    model.eval()
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    with torch.no_grad():
+        full = model.get_normalized_probs((model(src, lens, prev)[0], None), log_probs=True)
+        enc = model.encoder(src, src_lengths=lens)
+        state, steps = {}, []
+        for t in range(prev.size(1)):
+            out, _ = model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
+            steps.append(model.get_normalized_probs((out, None), log_probs=True)[:, -1])
+    assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,reads", [("mbart_large", "residual"), ("bart_base", "ffn_input")])
+def test_parallel_ffn_adapter_input_pre_and_post_ln(family, reads):
+    """pre-LN: the parallel adapter reads the residual stream (final_layer_norm's input, as the
+    paper's code); post-LN: the FFN input (fc1's input, the residual after the attention LN)."""
+    model, task, _ = tiny_model(f"scaled_pa_{family}", ["--ffn-bn", "6"])
+    layer = model.encoder.layers[0]
+    seen = {}
+    layer.final_layer_norm.register_forward_pre_hook(lambda m, a: seen.setdefault("ln_in", a[0].clone()))
+    layer.fc1.register_forward_pre_hook(lambda m, a: seen.setdefault("fc1_in", a[0].clone()))
+    ad = [m for m in layer.delta_ffn.modules() if isinstance(m, Bottleneck)][0]
+    ad.W_down.register_forward_pre_hook(lambda m, a: seen.setdefault("adapter_in", a[0].clone()))
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    model.eval()
+    with torch.no_grad():
+        model(src, lens, prev)
+    if reads == "residual":
+        assert torch.equal(seen["adapter_in"], seen["ln_in"])
+        assert not torch.allclose(seen["adapter_in"], seen["fc1_in"])
+    else:
+        assert torch.equal(seen["adapter_in"], seen["fc1_in"])

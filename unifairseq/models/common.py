@@ -1,0 +1,74 @@
+"""What every delta model shares: preparing it after fairseq built it, base checkpoints that
+lack delta tensors, the classification heads, and the preset -> architecture registration."""
+from __future__ import annotations
+
+import logging
+import os
+
+from fairseq.models import register_model_architecture
+
+from ..accounting import format_report, freeze_base, parameter_report
+from ..config import PRESETS, DeltaConfig
+from ..deltas import is_delta_name, reset_all_deltas
+
+logger = logging.getLogger("unifairseq.models")
+
+ARCH_PARENT = {}  # delta architecture -> plain fairseq architecture (for merged exports)
+
+
+def prepare_delta_model(model, args, delta: DeltaConfig, shape: ModelShape):
+    """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
+    them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
+    reset_all_deltas(model)
+    freeze_base(model, delta)
+    model.delta = delta
+    model.delta_report = parameter_report(model, delta, shape)
+    logger.info(format_report(getattr(args, "arch", "delta model"), delta, model.delta_report))
+    model.save_delta_only = not getattr(args, "delta_save_full", False)
+    model.delta_allow_base_mismatch = bool(getattr(args, "delta_allow_base_mismatch", False))
+    model.delta_base = getattr(args, "delta_base", None)
+    start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
+    if start and os.path.basename(start) != "checkpoint_last.pt":
+        model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
+    if model.delta_base:
+        model.load_base(model.delta_base)
+    return model
+
+
+def fill_missing_delta_keys(model, state_dict, name: str) -> None:
+    """A base checkpoint (e.g. the official bart.large) holds no delta tensors: start them from
+    their initialisation instead of failing fairseq's strict load."""
+    prefix = name + "." if name else ""
+    own = model.full_state_dict()
+    missing = [k for k in own if is_delta_name(k) and prefix + k not in state_dict]
+    for k in missing:
+        state_dict[prefix + k] = own[k]
+    if missing:
+        logger.info(f"unifairseq: {len(missing)} delta tensors not in the checkpoint start from their "
+                    "initialisation (expected when loading a base model)")
+
+
+def apply_preset(args, preset: dict) -> None:
+    """Preset values are defaults: any flag the user gave wins."""
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def register_presets(model_name: str, family: str, size: str, parent_fn, parent_name: str,
+                     overrides=None) -> None:
+    """`<method>_<family>_<size>` for every preset, plus `delta_<family>_<size>` (flags only).
+    `overrides` changes a preset's values for this family (e.g. GLUE's MAM sizes)."""
+
+    def make(method):
+        def arch(args):
+            if method is not None:
+                apply_preset(args, {**PRESETS[method], **(overrides or {}).get(method, {})})
+            parent_fn(args)
+
+        arch.__name__ = f"{method or 'delta'}_{family}_{size}"
+        register_model_architecture(model_name, arch.__name__)(arch)
+        ARCH_PARENT[arch.__name__] = parent_name
+
+    for method in [None, *PRESETS]:
+        make(method)
