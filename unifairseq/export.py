@@ -106,7 +106,7 @@ def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
 
 
 def parent_arch(arch: str) -> str:
-    from .models.bart import ARCH_PARENT
+    from .models.common import ARCH_PARENT
 
     if arch not in ARCH_PARENT:
         raise DeltaCheckpointError(f"unknown delta architecture {arch!r}; cannot name its plain fairseq parent")
