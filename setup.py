@@ -39,5 +39,7 @@ setup(
     entry_points={"console_scripts": [
         "unifairseq-export = unifairseq.export:main",
         "unifairseq-count = unifairseq.count:main",
+        "unifairseq-import-hf = unifairseq.hf_import:main",
+        "unifairseq-hf-tokenize = unifairseq.hf_tokenize:main",
     ]},
 )

@@ -6,7 +6,7 @@ The model is fairseq's own `bart_base` architecture (no deltas) with its sizes s
 built for the translation task over the joined dictionary `DATA_BIN/dict.{src}.txt`.
 The file has the layout of the released `bart.large/model.pt`:
 
-    {"args": argparse.Namespace, "model": state_dict, "optimizer_history": [],
+    {"args": argparse.Namespace, "model": state_dict, "optimizer_history": [{...no optimizer state...}],
      "extra_state": {}, "last_optimizer_state": None}
 
 so it stands in for a pretrained BART in `fairseq-train --restore-file OUT_PT --arch mam_bart_base
@@ -54,14 +54,13 @@ def model_flags(layers: int, dim: int, ffn_dim: int, heads: int) -> list:
 
 
 def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int = 128, heads: int = 4,
-                    seed: int = 0, source_lang: Optional[str] = None, target_lang: Optional[str] = None):
-    """Returns (model, args): fairseq's plain BARTModel (arch bart_base, sizes overridden)."""
-    import torch
-    from fairseq import options
-    from fairseq.data import Dictionary
-    from fairseq.models import build_model
-    from fairseq.tasks.translation import TranslationTask
+                    seed: int = 0, source_lang: Optional[str] = None, target_lang: Optional[str] = None,
+                    embed_std: Optional[float] = None):
+    """Returns (model, args): fairseq's plain BARTModel (arch bart_base, sizes overridden).
 
+    embed_std: redraw the (shared) token embeddings from normal(0, embed_std), padding row zero.
+    None keeps fairseq's init_bert_params (std 0.02).
+    """
     if not os.path.isdir(data_bin):
         raise ToolError(f"DATA_BIN {data_bin!r} is not a directory; run `fairseq-preprocess "
                         "--joined-dictionary --destdir DATA_BIN ...` first")
@@ -72,6 +71,13 @@ def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int 
                         "`fairseq-preprocess --joined-dictionary`")
     if dim % heads:
         raise ToolError(f"--dim {dim} is not divisible by --heads {heads}")
+
+    import torch
+    from fairseq import options
+    from fairseq.data import Dictionary
+    from fairseq.models import build_model
+    from fairseq.tasks.translation import TranslationTask
+
     src_dict = Dictionary.load(src_path)
     tgt_path = os.path.join(data_bin, f"dict.{tgt}.txt")
     tgt_dict = Dictionary.load(tgt_path) if os.path.isfile(tgt_path) else src_dict
@@ -86,12 +92,27 @@ def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int 
     task = TranslationTask(args, src_dict, tgt_dict)
     torch.manual_seed(seed)
     model = build_model(args, task)
+    if embed_std is not None:
+        # bart_base shares encoder/decoder input and output embeddings: one matrix to redraw
+        tables = {id(e.weight): e for e in (model.encoder.embed_tokens, model.decoder.embed_tokens)}
+        with torch.no_grad():
+            for emb in tables.values():
+                emb.weight.normal_(0.0, embed_std)
+                emb.weight[emb.padding_idx].zero_()
     return model, args
 
 
 def checkpoint_state(model, args) -> dict:
-    """The layout of the released bart.large/model.pt."""
-    return {"args": args, "model": model.state_dict(), "optimizer_history": [], "extra_state": {},
+    """The layout of the released bart.large/model.pt.
+
+    `optimizer_history` holds one entry without optimizer state (what fairseq itself writes
+    always has at least one): fairseq 0.12's loader (`checkpoint_utils._upgrade_state_dict`)
+    reads `state["optimizer_history"][-1]` unconditionally, so an empty list makes
+    `fairseq-train --restore-file` fail with IndexError.
+    """
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": None}, "num_updates": 0}]
+    return {"args": args, "model": model.state_dict(), "optimizer_history": history, "extra_state": {},
             "last_optimizer_state": None}
 
 
@@ -105,11 +126,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ffn-dim", type=int, default=128, help="FFN inner dimension (default 128)")
     ap.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
+    ap.add_argument("--embed-std", type=float, default=None,
+                    help="std of the shared token embeddings (default: fairseq's BERT init, 0.02). With tied "
+                         "output embeddings and a post-LN decoder, the logits of a random model span about "
+                         "embed_std*dim: 0.02 with dim 64 keeps every output distribution near uniform, "
+                         "whatever the deltas do; the demo uses a larger value so that training shows")
     ap.add_argument("--source-lang", default=None, help="default: inferred from DATA_BIN/dict.*.txt")
     ap.add_argument("--target-lang", default=None, help="default: inferred from DATA_BIN/dict.*.txt")
     args = ap.parse_args(argv)
-    for name in ("layers", "dim", "ffn_dim", "heads"):
-        if getattr(args, name) <= 0:
+    for name in ("layers", "dim", "ffn_dim", "heads", "embed_std"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     return args
 
@@ -119,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     try:
         model, args = build_tiny_bart(a.data_bin, a.layers, a.dim, a.ffn_dim, a.heads, a.seed,
-                                      a.source_lang, a.target_lang)
+                                      a.source_lang, a.target_lang, a.embed_std)
     except ToolError as e:
         print(f"make_tiny_bart: error: {e}", file=sys.stderr)
         return 2
