@@ -1,0 +1,137 @@
+"""Delta-only checkpoints through fairseq's command lines: generate, export, resume, hub."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import unifairseq  # noqa: F401
+from unifairseq.checkpoint import META_KEYS, load_checkpoint_file
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
+HAVE_DATA = (DATA / "wmt16_en_ro" / "dev.en").is_file()
+pytestmark = pytest.mark.skipif(not HAVE_DATA, reason=f"WMT16 en-ro data not found under {DATA}; "
+                                "set UNIFAIRSEQ_DATA to the directory holding wmt16_en_ro/")
+
+
+def run(cmd, **kw):
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1", UNIFAIRSEQ_BIN=str(BIN)), **kw)
+    assert p.returncode == 0, f"{cmd[0]} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The tiny-BART MAM demo with its default delta-only checkpoints."""
+    work = tmp_path_factory.mktemp("demo")
+    run(["bash", REPO / "scripts" / "demo_tiny_bart.sh", "--quick", "--workdir", work])
+    return work
+
+
+def generate(demo, path, out):
+    p = run([BIN / "fairseq-generate", demo / "data-bin", "--user-dir", REPO / "user_dir", "--path", path,
+             "--gen-subset", "test", "--beam", "4", "--max-len-b", "12", "--batch-size", "16",
+             "--required-batch-size-multiple", "1", "--cpu"])
+    Path(out).write_text(p.stdout)
+    return sorted(l for l in p.stdout.splitlines() if l.startswith(("H-", "D-")))
+
+
+def test_generate_from_delta_only_checkpoint_and_its_export(demo):
+    ckpt = demo / "checkpoints" / "checkpoint_last.pt"
+    state = load_checkpoint_file(str(ckpt))
+    base = load_checkpoint_file(str(demo / "tiny_bart.pt"))
+    assert not set(state["model"]) & set(base["model"]), "the delta checkpoint must hold no base tensor"
+    assert set(META_KEYS) <= set(state["model"])
+    hyps = generate(demo, ckpt, demo / "gen_delta.out")
+    assert len([h for h in hyps if h.startswith("H-")]) == 16
+    out = demo / "inference.pt"
+    run([BIN / "unifairseq-export", "inference", ckpt, out])
+    assert os.path.getsize(out) < os.path.getsize(ckpt) / 2  # no optimizer state, no prefix MLP
+    assert generate(demo, out, demo / "gen_export.out") == hyps  # same tokens and scores
+
+
+def train_argv(demo, save_dir, max_update):
+    argv = json.loads((demo / "train_args.json").read_text())
+    drop = {"--restore-file": 2, "--reset-optimizer": 1, "--reset-dataloader": 1, "--reset-meters": 1,
+            "--reset-lr-scheduler": 1, "--max-update": 2, "--save-dir": 2, "--dropout": 2}
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in drop:
+            i += drop[argv[i]]
+            continue
+        out.append(argv[i])
+        i += 1
+    # --finetune-from-model: the base on the first launch, checkpoint_last.pt on every relaunch
+    return [BIN / "fairseq-train", *out, "--finetune-from-model", demo / "tiny_bart.pt", "--dropout", "0.1",
+            "--max-update", str(max_update), "--save-dir", save_dir]
+
+
+def losses(log: str):
+    out = {}
+    for line in log.splitlines():
+        m = re.search(r"(\{.*\"num_updates\".*\})", line)
+        if m and '"train_loss"' not in m.group(1):
+            rec = json.loads(m.group(1))
+            if "loss" in rec and "num_updates" in rec:
+                out[int(rec["num_updates"])] = rec["loss"]
+    return out
+
+
+def test_resume_from_delta_checkpoint_matches_uninterrupted_run(demo, tmp_path):
+    full = run(train_argv(demo, tmp_path / "full", 8))
+    first = run(train_argv(demo, tmp_path / "resumed", 4))
+    ckpt = tmp_path / "resumed" / "checkpoint_last.pt"
+    state = load_checkpoint_file(str(ckpt))
+    assert state["extra_state"]["train_iterator"]["iterations_in_epoch"] == 4  # stopped mid-epoch
+    assert state["last_optimizer_state"]["state"], "optimizer state travels for resume"
+    second = run(train_argv(demo, tmp_path / "resumed", 8))
+    assert "base model loaded from" in second.stderr + second.stdout  # from the path the delta records
+    a, b = losses(full.stderr + full.stdout), {**losses(first.stderr + first.stdout),
+                                               **losses(second.stderr + second.stdout)}
+    assert sorted(a) == sorted(b) == list(range(1, 9)), (a, b)
+    for u in range(5, 9):
+        assert a[u] == b[u], f"update {u}: uninterrupted {a[u]} vs resumed {b[u]}"
+
+
+def test_hub_from_pretrained_on_delta_checkpoint(demo):
+    from unifairseq.models.bart import DeltaBARTModel
+
+    hub = DeltaBARTModel.from_pretrained(str(demo / "checkpoints"), checkpoint_file="checkpoint_last.pt",
+                                         data_name_or_path=str(demo / "data-bin"), bpe=None)
+    hub.eval()
+    d = hub.task.source_dictionary
+    src = d.encode_line("the parliament", add_if_not_exist=False).long()
+    out = hub.generate([src], beam=2, max_len_b=6)
+    assert out and out[0][0]["tokens"].numel() > 0
+    # the hub model carries the trained deltas on the tiny base
+    state = load_checkpoint_file(str(demo / "checkpoints" / "checkpoint_last.pt"))["model"]
+    own = hub.model.full_state_dict()
+    for k, v in state.items():
+        if k not in META_KEYS:
+            assert torch.equal(own[k], v), k
+    base = load_checkpoint_file(str(demo / "tiny_bart.pt"))["model"]
+    for k, v in base.items():
+        assert torch.equal(own[k], v), k
+    # .sample()/.translate() go through the hub's tokenizer: with no BPE the input is the
+    # whitespace-tokenized text this demo was trained on
+    hub.bpe = _Identity()
+    sentence = " ".join(d[i] for i in range(d.nspecial, d.nspecial + 5))  # words of the dictionary
+    text = hub.sample([sentence], beam=2, max_len_b=6)
+    assert isinstance(text[0], str) and text == hub.translate([sentence], beam=2, max_len_b=6)
+
+
+class _Identity:
+    def encode(self, x):
+        return x
+
+    def decode(self, x):
+        return x
