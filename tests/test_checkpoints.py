@@ -190,3 +190,80 @@ def test_truncated_corrupt_and_wrong_format_files(tmp_path):
         load_checkpoint_file(str(tmp_path / "nope.pt"))
     # the export CLI turns each into a one-line error and exit code 2
     assert export_main(["inference", str(trunc), str(tmp_path / "o.pt")]) == 2
+
+
+VANILLA = r'''
+import argparse, sys, torch
+# what any torch >= 2.6 user does for fairseq's released checkpoints (bart.large holds a Namespace too)
+torch.serialization.add_safe_globals([argparse.Namespace])
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+from fairseq.tasks.translation import TranslationTask
+path, inputs, out = sys.argv[1:4]
+state = checkpoint_utils.load_checkpoint_to_cpu(path)  # plain torch.load: weights_only=True on torch >= 2.6
+d = Dictionary()
+for i in range(40):
+    d.add_symbol(f"w{i}")
+d.pad_to_multiple_(8)
+cfg = state["cfg"]
+task = TranslationTask(cfg.task, d, d)
+model = task.build_model(cfg.model)
+model.load_state_dict(state["model"], strict=True)
+model.eval()
+src, lens, prev = torch.load(inputs)
+with torch.no_grad():
+    torch.save(model(src, lens, prev)[0], out)
+assert not any(m.startswith("unifairseq") for m in sys.modules), "vanilla fairseq only"
+print(type(model).__module__, type(model).__name__)
+'''
+
+
+def test_merged_checkpoint_loads_in_vanilla_fairseq(tmp_path):
+    """No --user-dir, no unifairseq import: the merged LoRA file loads like a released fairseq
+    checkpoint, as fairseq's own BARTModel, and gives the delta model's outputs."""
+    import subprocess
+    import sys
+
+    arch, flags = "lora_attn_bart_base", ["--attn-bn", "4"]
+    model, ckpt, _, d = trained_checkpoint(tmp_path, arch, flags)
+    merged = tmp_path / "merged.pt"
+    export_merge(str(ckpt), str(merged))
+    src, lens, prev, _ = random_batch(d)
+    torch.save((src, lens, prev), tmp_path / "inputs.pt")
+    p = subprocess.run([sys.executable, "-c", VANILLA, str(merged), str(tmp_path / "inputs.pt"),
+                        str(tmp_path / "out.pt")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "fairseq.models.bart.model BARTModel" in p.stdout
+    model.eval()
+    with torch.no_grad():
+        ref = full_logits(model, src, lens, prev)
+    assert (torch.load(tmp_path / "out.pt") - ref).abs().max() <= 1e-4
+
+
+def test_switching_tasks_loads_another_delta_never_another_base(tmp_path):
+    """Two deltas trained on one base: one model loads the base once and switches between them."""
+    arch, flags = "mam_bart_base", ["--attn-bn", "4", "--ffn-bn", "4", "--mid-dim", "8"]
+    (tmp_path / "a").mkdir()
+    model_a, ckpt_a, base, d = trained_checkpoint(tmp_path / "a", arch, flags, steps=3)
+    # task B: same base file, other data order -> other deltas
+    from test_training import make_trainer
+    trainer, model_b = make_trainer(arch, flags, d)
+    model_b.load_base(str(base))
+    for seed in range(3):
+        trainer.train_step([toy_sample(d, seed=seed + 10)])
+    trainer.consolidate_optimizer()
+    ckpt_b = tmp_path / "b.pt"
+    trainer.save_checkpoint(str(ckpt_b), {})
+    assert os.path.getsize(ckpt_a) < os.path.getsize(base) and os.path.getsize(ckpt_b) < os.path.getsize(base)
+
+    served, _, _ = tiny_model(arch, flags, dictionary=d, seed=5)
+    loads = []
+    orig = served.load_base
+    served.load_base = lambda p: (loads.append(p), orig(p))[1]
+    src, lens, prev, _ = random_batch(d)
+    for m, ck in ((model_a, ckpt_a), (model_b, ckpt_b), (model_a, ckpt_a)):
+        served.load_state_dict(load_checkpoint_file(str(ck))["model"])
+        served.eval(), m.eval()
+        with torch.no_grad():
+            assert torch.equal(full_logits(served, src, lens, prev), full_logits(m, src, lens, prev))
+    assert loads == [str(base)], "the base is read once; switching tasks reads only the small deltas"

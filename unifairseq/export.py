@@ -154,8 +154,12 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
         for k, v in sd.items():
             if k.endswith("bias") and k not in META_KEYS:
                 merged[k] = v.clone()
-    new = {"model": merged, "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None,
-           "args": copy.deepcopy(state.get("args")), "cfg": copy.deepcopy(state.get("cfg"))}
+    # the layout of fairseq's released checkpoints: the model args (argparse.Namespace) with the plain
+    # parent architecture, one optimizer-history entry without optimizer state
+    new = {"model": merged, "args": copy.deepcopy(state.get("args")), "cfg": copy.deepcopy(state.get("cfg")),
+           "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                                  "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+           "extra_state": {}, "last_optimizer_state": None}
     arch = getattr(model_args(state), "arch", None) if not isinstance(model_args(state), dict) \
         else model_args(state).get("arch")
     parent = parent_arch(arch)
