@@ -148,10 +148,20 @@ class DeltaDecoderLayer(_DeltaLayerMixin, TransformerDecoderLayerBase):
                                dropout=cfg.attention_dropout, encoder_decoder_attention=True)
 
 
+def _input_requires_grad(module, args):
+    """fairseq's activation checkpointing is re-entrant: when nothing entering a checkpointed layer
+    requires grad -- the case with a frozen base, where the embeddings are frozen -- its output does
+    not either, and the deltas inside get no gradient. Marking the layer input fixes that."""
+    x = args[0] if args else None
+    if torch.is_grad_enabled() and torch.is_tensor(x) and x.is_floating_point() and not x.requires_grad:
+        x.requires_grad_(True)
+
+
 def _wrap_layer(layer: nn.Module, cfg) -> nn.Module:
     """Activation checkpointing / FSDP wrapping, as fairseq's own build_*_layer does."""
     checkpoint = cfg.checkpoint_activations
     if checkpoint:
+        layer.register_forward_pre_hook(_input_requires_grad)  # runs before the checkpointed forward
         layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
     return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not checkpoint else 0)
 

@@ -15,7 +15,7 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 
 from ..accounting import ModelShape, base_bias_params
 from ..checkpoint import DeltaCheckpointMixin
-from ..config import DeltaConfig, add_delta_args
+from ..config import DeltaConfig, DeltaConfigError, add_delta_args
 from ..layers import DeltaTransformerDecoder, DeltaTransformerEncoder
 from .common import fill_missing_delta_keys, prepare_delta_model, register_presets
 
@@ -30,6 +30,11 @@ class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
     @classmethod
     def build_model(cls, args, task):
         delta = DeltaConfig.from_args(args)
+        if delta.attn_mode == "none" and delta.ffn_mode == "none":
+            raise DeltaConfigError(
+                f"--arch {getattr(args, 'arch', 'delta_bart')}: nothing to train. delta_* architectures take the "
+                "method from the flags: give --attn-mode and/or --ffn-mode, pick a preset such as mam_bart_large, "
+                "or use fairseq's plain bart_large for full fine-tuning")
         model = super().build_model(args, task)
         shape = ModelShape.encoder_decoder(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
                                            args.encoder_layers, args.decoder_layers, base_bias_params(model))
