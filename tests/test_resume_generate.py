@@ -29,7 +29,7 @@ def run(cmd, **kw):
     return p
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """The tiny-BART MAM demo with its default delta-only checkpoints."""
     work = tmp_path_factory.mktemp("demo")
