@@ -3,7 +3,9 @@
 fairseq's `load_checkpoint_to_cpu` calls `torch.load(f)` with no flags. Official checkpoints
 (bart.large, mbart.cc25, roberta.base) and the ones fairseq-train writes hold a few
 plain Python objects besides tensors: `argparse.Namespace` (the training args) and
-fairseq's logging meters (in `extra_state`). Rather than turning the weights-only
+fairseq's logging meters (in `extra_state`); distributed training sends the loaded checkpoint from
+rank 0 to the others, the config as omegaconf containers and fairseq's `_TensorPlaceholder` inside.
+Rather than turning the weights-only
 safety off, the exact classes are added to torch's allow-list, so every other global
 in a file is still refused.
 """
@@ -20,6 +22,19 @@ def _fairseq_checkpoint_globals():
         allowed += [meters.AverageMeter, meters.TimeMeter, meters.StopwatchMeter, meters.MetersDict,
                     meters.SumMeter, meters.ConcatTensorMeter]
     except (ImportError, AttributeError):  # pragma: no cover - fairseq missing or changed
+        pass
+    try:  # distributed training broadcasts the loaded checkpoint (cfg as omegaconf) from rank 0
+        import collections
+        import typing
+
+        from fairseq.distributed.utils import _TensorPlaceholder
+        from omegaconf import DictConfig, ListConfig
+        from omegaconf.base import ContainerMetadata, Metadata
+        from omegaconf.nodes import AnyNode
+
+        allowed += [_TensorPlaceholder, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
+                    typing.Any, dict, list, int, collections.defaultdict]
+    except (ImportError, AttributeError):  # pragma: no cover
         pass
     return allowed
 

@@ -1,0 +1,47 @@
+"""Two processes on CPU (gloo) through fairseq's own distributed training, no --find-unused-parameters:
+the deltas equal a single-process run over the same batches (--update-freq 2), the base is untouched."""
+import socket
+import subprocess
+
+import torch
+
+from test_resume_generate import REPO, demo, pytestmark, train_argv  # noqa: F401
+from unifairseq.checkpoint import load_checkpoint_file
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_rank_gloo_training_matches_single_process(demo, tmp_path):
+    common = ["--delta-save-full", "--no-save-optimizer-state", "--dropout", "0"]  # same numbers either way
+    single = [str(a) for a in train_argv(demo, tmp_path / "single", 4)] + common + ["--update-freq", "2"]
+    p = subprocess.run(single, capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        argv = [str(a) for a in train_argv(demo, tmp_path / "ddp", 4)] + common + [
+            "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-backend", "gloo",
+            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
+            "--ddp-backend", "legacy_ddp"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO))
+    outs = [pr.communicate(timeout=600)[0] for pr in procs]
+    for pr, out in zip(procs, outs):
+        assert pr.returncode == 0, "\n".join(o[-2500:] for o in outs)
+    assert "distributed init (rank 1)" in outs[1] + outs[0]
+    a = load_checkpoint_file(str(tmp_path / "single" / "checkpoint_last.pt"))["model"]
+    b = load_checkpoint_file(str(tmp_path / "ddp" / "checkpoint_last.pt"))["model"]
+    base = load_checkpoint_file(str(demo / "tiny_bart.pt"))["model"]
+    changed = 0
+    for k, v in b.items():
+        if not torch.is_tensor(v) or v.dtype == torch.uint8:
+            continue
+        if k in base:
+            assert torch.equal(v, base[k]), f"base tensor {k} changed under DDP"
+        else:
+            assert torch.allclose(v, a[k], atol=1e-5), f"{k}: 2-rank DDP differs from update-freq 2"
+            changed += 1
+    assert changed > 0
