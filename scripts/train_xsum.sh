@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Train one method on XSum with the paper's hyperparameters (BART-large). See --help.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=train_xsum
+
+usage() {
+    cat <<USAGE
+Usage: scripts/train_xsum.sh METHOD --data DIR (--base bart.large/model.pt | --tiny) [options] [-- FAIRSEQ-TRAIN-ARGS]
+
+Step 2 of 3 for XSum (after scripts/preprocess_xsum.sh, before scripts/eval_xsum.sh).
+
+METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, pfeiffer, houlsby,
+        pa_ffn, scaled_pa, pa_attn, sa_attn, mhpa, bitfit, prompt) -> --arch METHOD_bart_large;
+        delta -> --arch delta_bart_large (every delta flag from FAIRSEQ-TRAIN-ARGS);
+        full  -> --arch bart_large (full fine-tuning).
+
+The paper's settings (App. A; the reference code's run_xsum.sh):
+  Adam (betas 0.9/0.999, eps 1e-8), lr 5e-5, linear decay to 0 (polynomial_decay, power 1),
+  no warm-up, 100,000 updates, 64 documents per update, label smoothing 0.1, gradient
+  clipping 0.1, weight decay 0.01, dropout 0.1, attention dropout 0.1, max source/target
+  length 512/128 (cut by preprocess_xsum.sh), fp16 on GPUs.
+  Model selection: ROUGE-2 on the first 1600 validation documents (split valid1), decoded with
+  the test-time settings (beam 6, min length 10, max length 60, no-repeat 3-grams, lenpen 1),
+  every 3000 updates (--task translation_rouge --eval-rouge; checkpoint_best.pt = best rouge2).
+
+Batch: 64 = per-GPU batch x GPUs x --update-freq. GPUs are counted from CUDA_VISIBLE_DEVICES,
+else nvidia-smi -L (none: 1 CPU process); --update-freq is derived so the product stays 64
+(1 GPU: 16 x 4; 2: 16 x 2; 4: 16 x 1; 8: 8 x 1). More than one GPU: fairseq's distributed
+data parallel (--distributed-world-size N, one node). Several nodes: --gpus TOTAL and fairseq's
+--distributed-* options after '--'.
+
+Options:
+  --data DIR          preprocess_xsum.sh output (DIR/bin) or a fairseq data-bin directory
+  --base FILE         the pretrained bart.large/model.pt (loaded with --finetune-from-model:
+                      a rerun with the same --save-dir resumes from checkpoint_last.pt)
+  --save-dir DIR      checkpoints + train.log (default <repo>/runs/xsum_METHOD)
+  --gpus N            number of GPUs (default: counted; 0 = CPU)
+  --per-gpu-batch N   documents per GPU per step, at most (default 16)
+  --no-fp16           train in fp32 on GPUs
+  --seed N            default 1
+  --tiny              tests / CPU: see below
+  -h, --help          this help
+Everything after '--' is passed to fairseq-train last (it overrides what the script sets).
+
+--tiny changes: a tiny random plain BART made on the fly (SAVE/tiny_base.pt, python -m
+unifairseq.tiny_base: 2+2 layers, dim 64, FFN 128, 4 heads, embeddings std 0.125) instead of
+--base; the same sizes on the command line; delta sizes --attn-bn 8 --ffn-bn 16 --mid-dim 32
+(lora_ffn: --lora-alpha 64, keeping s = 4); --cpu; 8 updates of 8 documents (update-freq 1);
+lr 1e-3; validation/ROUGE only at the end; OMP_NUM_THREADS=1 unless set. Every other setting is
+the paper's.
+
+Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
+UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.tasks).
+Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's status otherwise.
+USAGE
+}
+
+die() { echo "$PROG: error: $*" >&2; exit 2; }
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
+is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+METHOD='' DATA='' BASE='' SAVE='' GPUS='' PER_GPU=16 FP16=1 SEED=1 TINY=0 EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --data) need_arg "$@"; DATA=$2; shift 2 ;;
+        --base) need_arg "$@"; BASE=$2; shift 2 ;;
+        --save-dir) need_arg "$@"; SAVE=$2; shift 2 ;;
+        --gpus) need_arg "$@"; GPUS=$2; shift 2 ;;
+        --per-gpu-batch) need_arg "$@"; PER_GPU=$2; shift 2 ;;
+        --no-fp16) FP16=0; shift ;;
+        --seed) need_arg "$@"; SEED=$2; shift 2 ;;
+        --tiny) TINY=1; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -*) die "unknown option '$1' (see --help; fairseq-train options go after '--')" ;;
+        *) [ -z "$METHOD" ] || die "one METHOD only (got '$METHOD' and '$1')"; METHOD=$1; shift ;;
+    esac
+done
+
+# ---------------------------------------------------------------- tools
+BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
+find_tool() {
+    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
+    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
+    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
+    fi
+}
+PY=$(find_tool python)
+TRAIN=$(find_tool fairseq-train)
+pyrun() { local mod=$1; shift
+    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
+        "$REPO/unifairseq/$mod.py" "$@"; }
+USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
+
+# ---------------------------------------------------------------- method -> arch
+[ -n "$METHOD" ] || die "METHOD is required (see --help)"
+PRESET_NAMES=$("$PY" -c 'import runpy, sys; print(" ".join(runpy.run_path(sys.argv[1])["PRESETS"]))' \
+               "$REPO/unifairseq/config.py")
+case " full delta $PRESET_NAMES " in
+    *" $METHOD "*) ;;
+    *) die "unknown METHOD '$METHOD'; choose full, delta or a preset: $PRESET_NAMES" ;;
+esac
+if [ "$METHOD" = full ]; then ARCH=bart_large; else ARCH=${METHOD}_bart_large; fi
+
+# ---------------------------------------------------------------- inputs
+[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_xsum.sh)"
+[ -d "$DATA" ] || die "--data '$DATA' does not exist"
+DATA=$(cd "$DATA" && pwd)
+[ -d "$DATA/bin" ] && DATA_BIN=$DATA/bin || DATA_BIN=$DATA
+for f in dict.source.txt train.source-target.source.idx valid.source-target.source.idx; do
+    [ -f "$DATA_BIN/$f" ] || die "$DATA_BIN/$f is missing: --data must be the output of scripts/preprocess_xsum.sh"
+done
+VALID_SUBSET=valid1
+[ -f "$DATA_BIN/valid1.source-target.source.idx" ] || VALID_SUBSET=valid
+if [ "$TINY" = 0 ]; then
+    [ -n "$BASE" ] || die "--base bart.large/model.pt is required (or --tiny for a tiny random base)"
+    [ -f "$BASE" ] || die "--base '$BASE' does not exist"
+    BASE=$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")
+elif [ -n "$BASE" ]; then
+    die "--tiny makes its own base; drop --base"
+fi
+[ -f "$USER_DIR/__init__.py" ] || die "fairseq user dir '$USER_DIR' has no __init__.py (set UNIFAIRSEQ_USER_DIR)"
+grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
+    || die "$USER_DIR/__init__.py does not import unifairseq.tasks, which registers --task translation_rouge
+    (ROUGE-2 model selection): add the line 'import unifairseq.tasks  # noqa: F401' to it"
+for v in PER_GPU SEED; do is_int "${!v}" || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a non-negative integer"; done
+SAVE=${SAVE:-$REPO/runs/xsum_$METHOD}
+mkdir -p "$SAVE"
+SAVE=$(cd "$SAVE" && pwd)
+
+# ---------------------------------------------------------------- devices and batch
+if [ "$TINY" = 1 ]; then GPUS=0; fi
+if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
+if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
+is_int "$GPUS" || die "--gpus must be a non-negative integer"
+BATCH_TOTAL=64
+if [ "$TINY" = 1 ]; then BATCH_TOTAL=8; PER_GPU=8; fi
+read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --per-gpu "$PER_GPU" --gpus "$GPUS") \
+    || die "cannot split the batch of $BATCH_TOTAL over $GPUS GPUs"
+DEVICE=()
+if [ "$GPUS" = 0 ]; then DEVICE=(--cpu)
+else
+    [ "$FP16" = 1 ] && DEVICE+=(--fp16)
+    [ "$GPUS" -gt 1 ] && DEVICE+=(--distributed-world-size "$GPUS")
+fi
+
+# ---------------------------------------------------------------- the command
+LR=5e-5; MAX_UPDATE=100000; INTERVAL=3000; LOG_INTERVAL=100
+MODEL=()
+if [ "$TINY" = 1 ]; then
+    LR=1e-3; MAX_UPDATE=8; INTERVAL=1000000; LOG_INTERVAL=1
+    if [ ! -f "$SAVE/tiny_base.pt" ]; then
+        echo "== tiny random BART base -> $SAVE/tiny_base.pt"
+        (cd "$REPO" && "$PY" -m unifairseq.tiny_base bart "$DATA_BIN" "$SAVE/tiny_base.pt" --source-lang source --target-lang target \
+            --layers 2 --dim 64 --ffn-dim 128 --heads 4 --embed-std 0.125) > "$SAVE/tiny_base.log" 2>&1 \
+            || { tail -20 "$SAVE/tiny_base.log" >&2; die "making the tiny base failed (log: $SAVE/tiny_base.log)"; }
+    fi
+    BASE=$SAVE/tiny_base.pt
+    MODEL=(--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64
+           --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
+           --encoder-attention-heads 4 --decoder-attention-heads 4)
+    if [ "$METHOD" != full ]; then MODEL+=(--attn-bn 8 --ffn-bn 16 --mid-dim 32); fi
+    if [ "$METHOD" = lora_ffn ]; then MODEL+=(--lora-alpha 64); fi
+fi
+EVAL_ARGS='{"beam": 6, "min_len": 10, "max_len_b": 60, "no_repeat_ngram_size": 3, "lenpen": 1.0}'
+ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_rouge --source-lang source --target-lang target
+    --arch "$ARCH" "${MODEL[@]}" --finetune-from-model "$BASE"
+    --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+    --optimizer adam --adam-betas "(0.9, 0.999)" --adam-eps 1e-08 --weight-decay 0.01 --clip-norm 0.1
+    --lr "$LR" --lr-scheduler polynomial_decay --total-num-update "$MAX_UPDATE" --warmup-updates 0
+    --max-update "$MAX_UPDATE" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1
+    --dropout 0.1 --attention-dropout 0.1
+    --eval-rouge --eval-rouge-args "$EVAL_ARGS" --valid-subset "$VALID_SUBSET" --ignore-unused-valid-subsets
+    --batch-size-valid 32
+    --best-checkpoint-metric rouge2 --maximize-best-checkpoint-metric
+    --validate-interval-updates "$INTERVAL" --save-interval-updates "$INTERVAL" --keep-interval-updates 1
+    --validate-interval 1000000 --save-interval 1000000 --no-epoch-checkpoints
+    --save-dir "$SAVE" --seed "$SEED" --num-workers 2 --log-format json --log-interval "$LOG_INTERVAL"
+    --no-progress-bar "${DEVICE[@]}")
+[ "$TINY" = 1 ] && ARGS+=(--num-workers 0)
+ARGS+=("${EXTRA[@]}")
+
+"$PY" -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"), indent=1)' "$SAVE/train_args.json" \
+    "$TRAIN" "${ARGS[@]}"
+echo "== fairseq-train --arch $ARCH on $DATA_BIN: $GPUS GPU(s), batch $BATCH x update-freq $UPDATE_FREQ" \
+     "x $((GPUS > 0 ? GPUS : 1)) = $BATCH_TOTAL documents, $MAX_UPDATE updates (log: $SAVE/train.log)"
+set +e
+(cd "$REPO" && "$TRAIN" "${ARGS[@]}") 2>&1 | tee -a "$SAVE/train.log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" = 0 ] || { tail -30 "$SAVE/train.log" >&2; echo "$PROG: fairseq-train failed ($status); log: $SAVE/train.log" >&2; exit "$status"; }
+
+"$PY" - "$SAVE/train.log" <<'PYEOF'
+import json, sys
+best = None
+for line in open(sys.argv[1], encoding="utf-8"):
+    if "| valid |" in line or "| valid1 |" in line:
+        try:
+            row = json.loads(line[line.index("{"):])
+        except (ValueError, json.JSONDecodeError):
+            continue
+        key = next((k for k in row if k.endswith("_rouge2")), None)
+        if key and (best is None or float(row[key]) > float(best[key])):
+            best = row
+if best:
+    sub = next(k for k in best if k.endswith("_rouge2")).rsplit("_", 1)[0]
+    print(f"best validation ({sub}): " + ", ".join(f"{m} {best[f'{sub}_{m}']}" for m in ("rouge1", "rouge2", "rougeL")
+                                                  if f"{sub}_{m}" in best) + f" at update {best.get(f'{sub}_num_updates')}")
+PYEOF
+echo "== checkpoints: $SAVE/checkpoint_best.pt (best validation ROUGE-2), $SAVE/checkpoint_last.pt"
+if [ "$TINY" = 1 ]; then TINY_FLAG=" --tiny"; else TINY_FLAG=; fi
+echo "   next: scripts/eval_xsum.sh $SAVE/checkpoint_best.pt --data $DATA$TINY_FLAG"

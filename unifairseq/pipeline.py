@@ -1,0 +1,405 @@
+"""Helpers of the experiment scripts (scripts/preprocess_*.sh, train_*.sh, eval_*.sh).
+
+    python -m unifairseq.pipeline xsum-raw   --raw DIR --out DIR [--select-size 1600]
+    python -m unifairseq.pipeline glue-tsv   --task MNLI --train F --dev F --out DIR
+    python -m unifairseq.pipeline spm-train  --inputs F [F ...] --model-prefix P --vocab-size N
+    python -m unifairseq.pipeline spm-encode --model M --inputs F [F ...] --outputs F [F ...] [--max-pieces N]
+    python -m unifairseq.pipeline gpus       [--gpus N]
+    python -m unifairseq.pipeline batch-plan --total B --per-gpu b --gpus G
+    python -m unifairseq.pipeline meta       FILE KEY
+    python -m unifairseq.pipeline meta-set   FILE KEY=VALUE [KEY=VALUE ...]
+    python -m unifairseq.pipeline binarize   FAIRSEQ-PREPROCESS-ARGS [:: FAIRSEQ-PREPROCESS-ARGS ...]
+
+Each subcommand does one small, testable step; the bash scripts chain them with fairseq's own
+command lines. Errors are one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+
+class PipelineError(RuntimeError):
+    """A user error (missing or malformed input), reported as one line."""
+
+
+# ------------------------------------------------------------------ XSum raw
+XSUM_SPLITS = (("train", ("train",)), ("valid", ("val", "valid", "validation")), ("test", ("test",)))
+
+
+def _clean(text: str) -> str:
+    """One line per example: XSum documents hold newlines between sentences."""
+    return " ".join(str(text).split())
+
+
+def read_xsum_split(raw: str, names: Sequence[str]) -> Optional[Tuple[List[str], List[str], str]]:
+    """(documents, summaries, description) of the first layout found for one split, else None.
+
+    Layouts: NAME.source + NAME.target (one example per line), or NAME.jsonl / NAME.json
+    (JSON lines with "document" and "summary", as in the Hugging Face `xsum` data set)."""
+    for name in names:
+        src, tgt = os.path.join(raw, f"{name}.source"), os.path.join(raw, f"{name}.target")
+        if os.path.isfile(src) or os.path.isfile(tgt):
+            if not (os.path.isfile(src) and os.path.isfile(tgt)):
+                raise PipelineError(f"{src} and {tgt} must both exist (found only one)")
+            with open(src, encoding="utf-8", newline="\n") as f:
+                docs = [_clean(l) for l in f.read().split("\n")]
+            with open(tgt, encoding="utf-8", newline="\n") as f:
+                sums = [_clean(l) for l in f.read().split("\n")]
+            for lst in (docs, sums):  # a trailing newline is not an example
+                if lst and lst[-1] == "":
+                    lst.pop()
+            if len(docs) != len(sums):
+                raise PipelineError(f"{src} has {len(docs)} lines but {tgt} has {len(sums)}: the files must be "
+                                    "parallel (one document / one summary per line)")
+            return docs, sums, f"{src} + {tgt}"
+        for ext in ("jsonl", "json"):
+            path = os.path.join(raw, f"{name}.{ext}")
+            if os.path.isfile(path):
+                docs, sums = [], []
+                with open(path, encoding="utf-8") as f:
+                    for i, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise PipelineError(f"{path}:{i}: not a JSON line ({e.msg}); expected one object per "
+                                                'line with "document" and "summary"') from None
+                        if not isinstance(row, dict) or "document" not in row or "summary" not in row:
+                            raise PipelineError(f'{path}:{i}: the object has no "document" and "summary" fields')
+                        docs.append(_clean(row["document"]))
+                        sums.append(_clean(row["summary"]))
+                return docs, sums, path
+    return None
+
+
+def write_lines(path: str, lines: Sequence[str]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(l + "\n" for l in lines)
+
+
+def xsum_raw(raw: str, out: str, select_size: int = 1600) -> Dict[str, int]:
+    """Write OUT/{train,valid,valid_select,test}.{source,target}, one cleaned example per line.
+    Training pairs with an empty side are dropped; valid/test keep every example."""
+    if not os.path.isdir(raw):
+        raise PipelineError(f"raw XSum directory {raw!r} does not exist")
+    counts = {}
+    for split, names in XSUM_SPLITS:
+        found = read_xsum_split(raw, names)
+        if found is None:
+            if split == "test":
+                print("xsum-raw: no test split (test.source/test.target or test.jsonl); skipped", file=sys.stderr)
+                continue
+            alts = " or ".join(f"{n}.source + {n}.target or {n}.jsonl" for n in names)
+            raise PipelineError(f"no {split} split in {raw!r}: expected {alts}")
+        docs, sums, desc = found
+        if split == "train":
+            keep = [i for i in range(len(docs)) if docs[i] and sums[i]]
+            if len(keep) < len(docs):
+                print(f"xsum-raw: dropped {len(docs) - len(keep)} training pairs with an empty document or summary",
+                      file=sys.stderr)
+            docs, sums = [docs[i] for i in keep], [sums[i] for i in keep]
+        if not docs:
+            raise PipelineError(f"the {split} split ({desc}) has no examples")
+        write_lines(os.path.join(out, f"{split}.source"), docs)
+        write_lines(os.path.join(out, f"{split}.target"), sums)
+        counts[split] = len(docs)
+        print(f"xsum-raw: {split}: {len(docs)} examples from {desc}", file=sys.stderr)
+        if split == "valid":
+            n = min(select_size, len(docs)) if select_size > 0 else len(docs)
+            write_lines(os.path.join(out, "valid_select.source"), docs[:n])
+            write_lines(os.path.join(out, "valid_select.target"), sums[:n])
+            counts["valid_select"] = n
+    return counts
+
+
+# ------------------------------------------------------------------ GLUE
+GLUE_TASKS = {
+    # task: (first sentence column, second sentence column or None, label columns in order of preference,
+    #        number of classes, default dev file)
+    "MNLI": ("sentence1", "sentence2", ("gold_label", "label"), 3, "dev_matched.tsv"),
+    "SST-2": ("sentence", None, ("label",), 2, "dev.tsv"),
+}
+
+
+def _read_tsv(path: str, task: str) -> Tuple[List[str], List[str], List[str], int]:
+    s1_col, s2_col, label_cols, _, _ = GLUE_TASKS[task]
+    if not os.path.isfile(path):
+        raise PipelineError(f"{task} file {path!r} does not exist")
+    with open(path, encoding="utf-8", newline="\n") as f:
+        header = f.readline().rstrip("\n").rstrip("\r").split("\t")
+        cols = {name: i for i, name in enumerate(header)}
+        need = [s1_col] + ([s2_col] if s2_col else [])
+        missing = [c for c in need if c not in cols]
+        label_col = next((c for c in label_cols if c in cols), None)
+        if missing or label_col is None:
+            raise PipelineError(f"{path}: the header {header} lacks the column(s) "
+                                f"{missing + ([] if label_col else ['/'.join(label_cols)])} that {task} needs")
+        idx = [cols[c] for c in need] + [cols[label_col]]
+        s1, s2, labels, skipped = [], [], [], 0
+        for line in f:
+            row = line.rstrip("\n").rstrip("\r").split("\t")
+            if len(row) <= max(idx):
+                skipped += 1
+                continue
+            label = row[cols[label_col]].strip()
+            if label in ("", "-"):  # MNLI pairs without a gold label
+                skipped += 1
+                continue
+            s1.append(_clean(row[cols[s1_col]]))
+            s2.append(_clean(row[cols[s2_col]]) if s2_col else "")
+            labels.append(label)
+    return s1, s2, labels, skipped
+
+
+def glue_tsv(task: str, train: str, dev: str, out: str, max_train: int = 0) -> Dict[str, object]:
+    """Write OUT/{train,valid}.{input0,input1,label} (input1 only for sentence pairs)."""
+    if task not in GLUE_TASKS:
+        raise PipelineError(f"unknown GLUE task {task!r}; supported: {', '.join(GLUE_TASKS)}")
+    meta = {"task": task, "num_classes": GLUE_TASKS[task][3], "pair": GLUE_TASKS[task][1] is not None}
+    for split, path in (("train", train), ("valid", dev)):
+        s1, s2, labels, skipped = _read_tsv(path, task)
+        if split == "train" and max_train > 0:
+            s1, s2, labels = s1[:max_train], s2[:max_train], labels[:max_train]
+        if not labels:
+            raise PipelineError(f"{path}: no labelled examples")
+        write_lines(os.path.join(out, f"{split}.input0"), s1)
+        if meta["pair"]:
+            write_lines(os.path.join(out, f"{split}.input1"), s2)
+        write_lines(os.path.join(out, f"{split}.label"), labels)
+        meta[f"{split}_examples"] = len(labels)
+        meta[f"{split}_file"] = os.path.abspath(path)
+        print(f"glue-tsv: {task} {split}: {len(labels)} examples from {path}"
+              + (f" ({skipped} rows without a label or with missing columns skipped)" if skipped else ""),
+              file=sys.stderr)
+    train_labels = set(open(os.path.join(out, "train.label"), encoding="utf-8").read().split("\n")) - {""}
+    dev_labels = set(open(os.path.join(out, "valid.label"), encoding="utf-8").read().split("\n")) - {""}
+    if not dev_labels <= train_labels:
+        raise PipelineError(f"dev labels {sorted(dev_labels - train_labels)} never occur in the training data")
+    return meta
+
+
+# ------------------------------------------------------------------ sentencepiece
+def spm_train(inputs: Sequence[str], model_prefix: str, vocab_size: int, seed_sentences: int = 200000) -> str:
+    """A small sentencepiece model on the given text (the tiny stand-in for mbart.cc25's
+    sentence.bpe.model)."""
+    import sentencepiece as spm
+
+    for p in inputs:
+        if not os.path.isfile(p):
+            raise PipelineError(f"sentencepiece training input {p!r} does not exist")
+    os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=",".join(inputs), model_prefix=model_prefix, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=1.0, hard_vocab_limit=False, input_sentence_size=seed_sentences,
+        shuffle_input_sentence=True, minloglevel=2)
+    return model_prefix + ".model"
+
+
+def spm_encode(model: str, inputs: Sequence[str], outputs: Sequence[str], max_pieces: int = 0) -> List[int]:
+    """Each line -> space-separated sentencepiece pieces (what fairseq's mBART recipe gets from
+    `spm_encode --output_format=piece`), truncated to the first `max_pieces` pieces."""
+    import sentencepiece as spm
+
+    if not os.path.isfile(model):
+        raise PipelineError(f"sentencepiece model {model!r} does not exist")
+    if len(inputs) != len(outputs):
+        raise PipelineError(f"{len(inputs)} inputs but {len(outputs)} outputs")
+    sp = spm.SentencePieceProcessor(model_file=model)
+    counts = []
+    for src, dst in zip(inputs, outputs):
+        if not os.path.isfile(src):
+            raise PipelineError(f"input {src!r} does not exist")
+        with open(src, encoding="utf-8", newline="\n") as f:
+            lines = f.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        pieces = sp.encode([l.strip() for l in lines], out_type=str)
+        if max_pieces > 0:
+            pieces = [p[:max_pieces] for p in pieces]
+        write_lines(dst, [" ".join(p) for p in pieces])
+        counts.append(len(lines))
+    return counts
+
+
+# ------------------------------------------------------------------ GPUs and batches
+def count_gpus(environ=None) -> int:
+    """GPUs this process would use: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, else 0."""
+    env = os.environ if environ is None else environ
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = [x.strip() for x in cvd.split(",") if x.strip()]
+        if not ids or ids[0].startswith("-"):  # "" or "-1": no GPU
+            return 0
+        return len(ids)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if out.returncode != 0:
+        return 0
+    return sum(1 for l in out.stdout.splitlines() if l.startswith("GPU "))
+
+
+def batch_plan(total: int, per_gpu: int, gpus: int) -> Tuple[int, int]:
+    """(update_freq, per-GPU batch) with per_gpu' * max(gpus, 1) * update_freq == total exactly.
+
+    The per-GPU batch is at most `per_gpu` (memory); the update frequency is the smallest that
+    reaches `total`, and the per-GPU batch is then `total / (gpus * update_freq)`."""
+    if total <= 0 or per_gpu <= 0:
+        raise PipelineError(f"batch sizes must be positive (total {total}, per GPU {per_gpu})")
+    g = max(gpus, 1)
+    uf = max(1, math.ceil(total / (per_gpu * g)))
+    while uf <= total:
+        if total % (g * uf) == 0:
+            return uf, total // (g * uf)
+        uf += 1
+    raise PipelineError(f"the effective batch {total} cannot be split over {g} GPUs")
+
+
+def binarize(jobs: Sequence[Sequence[str]]) -> None:
+    """fairseq-preprocess for each argument list, in this one process (fairseq is imported once,
+    not once per call: the GLUE data needs three calls)."""
+    import logging
+
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    for argv in jobs:
+        args = options.get_preprocessing_parser().parse_args(list(argv))
+        before = list(preprocess.logger.handlers)
+        try:
+            preprocess.main(args)
+        finally:  # main() adds a log file handler per call
+            for h in preprocess.logger.handlers[len(before):]:
+                preprocess.logger.removeHandler(h)
+                h.close()
+        logging.getLogger("unifairseq.pipeline").info(f"binarized into {args.destdir}")
+
+
+def read_meta(path: str, key: str) -> str:
+    if not os.path.isfile(path):
+        raise PipelineError(f"{path!r} does not exist: run the preprocessing script first "
+                            "(or point --data at its output directory)")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if key not in meta:
+        raise PipelineError(f"{path}: no {key!r} entry")
+    value = meta[key]
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+# ------------------------------------------------------------------ CLI
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m unifairseq.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("xsum-raw", help="raw XSum (source/target or JSON lines) -> one example per line")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--select-size", type=int, default=1600)
+    p.add_argument("--meta", default=None, help="write the counts into this JSON file")
+    p = sub.add_parser("glue-tsv", help="GLUE TSV -> input0/input1/label text files")
+    p.add_argument("--task", required=True, choices=sorted(GLUE_TASKS))
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-train", type=int, default=0)
+    p.add_argument("--meta", default=None)
+    p = sub.add_parser("spm-train")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--model-prefix", required=True)
+    p.add_argument("--vocab-size", type=int, required=True)
+    p = sub.add_parser("spm-encode")
+    p.add_argument("--model", required=True)
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--outputs", nargs="+", required=True)
+    p.add_argument("--max-pieces", type=int, default=0)
+    p = sub.add_parser("gpus", help="print the number of GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi -L)")
+    p.add_argument("--gpus", type=int, default=None, help="override")
+    p = sub.add_parser("batch-plan", help="print 'UPDATE_FREQ PER_GPU_BATCH'")
+    p.add_argument("--total", type=int, required=True)
+    p.add_argument("--per-gpu", type=int, required=True)
+    p.add_argument("--gpus", type=int, required=True)
+    p = sub.add_parser("meta", help="print one entry of a meta.json")
+    p.add_argument("file")
+    p.add_argument("key")
+    p = sub.add_parser("meta-set", help="set entries KEY=VALUE of a meta.json (VALUE parsed as JSON if it can be)")
+    p.add_argument("file")
+    p.add_argument("items", nargs="+", metavar="KEY=VALUE")
+    sub.add_parser("binarize", help="fairseq-preprocess ARGS [:: ARGS ...] in one process")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["binarize"]:  # everything after it belongs to fairseq-preprocess
+        jobs, cur = [], []
+        for tok in argv[1:]:
+            if tok == "::":
+                jobs.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        jobs.append(cur)
+        binarize([j for j in jobs if j])
+        return 0
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "xsum-raw":
+            counts = xsum_raw(a.raw, a.out, a.select_size)
+            if a.meta:
+                _update_meta(a.meta, {"examples": counts})
+        elif a.cmd == "glue-tsv":
+            meta = glue_tsv(a.task, a.train, a.dev, a.out, a.max_train)
+            if a.meta:
+                _update_meta(a.meta, meta)
+        elif a.cmd == "spm-train":
+            print(spm_train(a.inputs, a.model_prefix, a.vocab_size))
+        elif a.cmd == "spm-encode":
+            for dst, n in zip(a.outputs, spm_encode(a.model, a.inputs, a.outputs, a.max_pieces)):
+                print(f"spm-encode: {n} lines -> {dst}", file=sys.stderr)
+        elif a.cmd == "gpus":
+            print(a.gpus if a.gpus is not None else count_gpus())
+        elif a.cmd == "batch-plan":
+            print(*batch_plan(a.total, a.per_gpu, a.gpus))
+        elif a.cmd == "meta":
+            print(read_meta(a.file, a.key))
+        elif a.cmd == "meta-set":
+            values = {}
+            for item in a.items:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise PipelineError(f"{item!r} is not KEY=VALUE")
+                try:
+                    values[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    values[key] = value
+            _update_meta(a.file, values)
+    except PipelineError as e:
+        print(f"unifairseq.pipeline {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _update_meta(path: str, values: dict) -> None:
+    meta = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    meta.update(values)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
