@@ -6,7 +6,8 @@
 # Run `scripts/demo_tiny_bart.sh --help` for the options.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=demo_tiny_bart
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -49,8 +50,6 @@ Exit status: 0 on success; 1 if the training loss did not go down; 2 on usage, d
 USAGE
 }
 
-die() { echo "demo_tiny_bart: error: $*" >&2; exit 2; }
-
 WORKDIR="$REPO/runs/demo_tiny_bart"
 TRAIN_LINES=300
 VALID_LINES=30
@@ -59,17 +58,16 @@ MAX_UPDATE=60
 LR=0.003
 EMBED_STD=0.125
 SAVE_FULL=()
-need_arg() { [ $# -ge 2 ] || die "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
-        --workdir) need_arg "$@"; WORKDIR=$2; shift 2 ;;
-        --train-lines) need_arg "$@"; TRAIN_LINES=$2; shift 2 ;;
-        --valid-lines) need_arg "$@"; VALID_LINES=$2; shift 2 ;;
-        --max-tokens-per-sentence) need_arg "$@"; MAX_TOK=$2; shift 2 ;;
-        --max-update) need_arg "$@"; MAX_UPDATE=$2; shift 2 ;;
-        --lr) need_arg "$@"; LR=$2; shift 2 ;;
-        --embed-std) need_arg "$@"; EMBED_STD=$2; shift 2 ;;
+        --workdir) need_arg_present "$@"; WORKDIR=$2; shift 2 ;;
+        --train-lines) need_arg_present "$@"; TRAIN_LINES=$2; shift 2 ;;
+        --valid-lines) need_arg_present "$@"; VALID_LINES=$2; shift 2 ;;
+        --max-tokens-per-sentence) need_arg_present "$@"; MAX_TOK=$2; shift 2 ;;
+        --max-update) need_arg_present "$@"; MAX_UPDATE=$2; shift 2 ;;
+        --lr) need_arg_present "$@"; LR=$2; shift 2 ;;
+        --embed-std) need_arg_present "$@"; EMBED_STD=$2; shift 2 ;;
         --save-full) SAVE_FULL=(--delta-save-full); shift ;;
         --quick) TRAIN_LINES=160; VALID_LINES=16; MAX_UPDATE=30; shift ;;
         *) die "unknown argument '$1' (see --help)" ;;
@@ -81,14 +79,7 @@ done
 [ "$MAX_UPDATE" -ge 2 ] || die "--max-update must be at least 2 to compare first and last losses"
 
 # ---------------------------------------------------------------- tools
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 PREPROCESS=$(find_tool fairseq-preprocess)
 TRAIN=$(find_tool fairseq-train)
 GENERATE=$(find_tool fairseq-generate)
@@ -103,8 +94,7 @@ Point UNIFAIRSEQ_DATA at the directory that holds wmt16_en_ro/dev.en and wmt16_e
     UNIFAIRSEQ_DATA=/path/to/shared/data scripts/demo_tiny_bart.sh"
 fi
 
-mkdir -p "$WORKDIR"
-WORKDIR=$(cd "$WORKDIR" && pwd)
+WORKDIR=$(mkdir_abs "$WORKDIR")
 RAW="$WORKDIR/raw"; DATA_BIN="$WORKDIR/data-bin"; SAVE_DIR="$WORKDIR/checkpoints"
 BASE_PT="$WORKDIR/tiny_bart.pt"; TRAIN_LOG="$WORKDIR/train.log"; GEN_OUT="$WORKDIR/generate.out"
 # Only what this script writes is removed (a stale checkpoints/ would otherwise be resumed).
@@ -161,8 +151,7 @@ TRAIN_ARGS=("$DATA_BIN" --user-dir "$REPO/user_dir" --task translation --source-
     --dropout 0.0 --attention-dropout 0.0 --max-update "$MAX_UPDATE" --batch-size 16
     --required-batch-size-multiple 1 --log-format json --log-interval 1 --no-progress-bar
     --no-epoch-checkpoints --save-dir "$SAVE_DIR" --cpu --num-workers 0 --seed 1)
-"$PY" -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"), indent=1)' \
-    "$WORKDIR/train_args.json" "${TRAIN_ARGS[@]}"
+save_args "$WORKDIR/train_args.json" "${TRAIN_ARGS[@]}"
 
 echo "== [4/5] fairseq-train --arch mam_bart_base, $MAX_UPDATE updates (log: $TRAIN_LOG)"
 (cd "$REPO" && "$TRAIN" "${TRAIN_ARGS[@]}") > "$TRAIN_LOG" 2>&1 \

@@ -2,8 +2,8 @@
 # Translate the WMT16 en-ro test set with the paper's settings and score BLEU. See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=eval_enro
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -45,11 +45,7 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-generate's 
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
-LANGS=ar_AR,cs_CZ,de_DE,en_XX,es_XX,et_EE,fi_FI,fr_XX,gu_IN,hi_IN,it_IT,ja_XX,kk_KZ,ko_KR,lt_LT,lv_LV,my_MM,ne_NP,nl_XX,ro_RO,ru_RU,si_LK,tr_TR,vi_VN,zh_CN
+LANGS=$MBART_LANGS
 CKPT='' DATA='' SUBSET=test REFS='' OUT='' BASE='' BEAM=5 MAX_LEN_B=200 LENPEN=1.0 BSZ=32 GPUS='' SPM=''
 TINY=0 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -74,50 +70,26 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 GENERATE=$(find_tool fairseq-generate)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
-[ -n "$CKPT" ] || die "CHECKPOINT is required (e.g. runs/enro_mam/checkpoint_best.pt; see --help)"
-[ -f "$CKPT" ] || die "checkpoint '$CKPT' does not exist"
-CKPT=$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_enro.sh)"
-[ -d "$DATA/bin" ] && [ -f "$DATA/meta.json" ] \
-    || die "--data '$DATA' is not an output of scripts/preprocess_enro.sh (no bin/ and meta.json)"
-DATA=$(cd "$DATA" && pwd)
-case "$SUBSET" in test|valid) ;; *) die "--subset must be test or valid, got '$SUBSET'" ;; esac
-[ -f "$DATA/bin/$SUBSET.en_XX-ro_RO.en_XX.idx" ] || die "no binarized $SUBSET split in $DATA/bin"
-REFS=${REFS:-$DATA/raw/$SUBSET.ro}
-[ -f "$REFS" ] || die "references '$REFS' do not exist"
-[ -z "$BASE" ] || [ -f "$BASE" ] || die "--base '$BASE' does not exist"
-for v in BEAM MAX_LEN_B BSZ; do is_int "${!v}" || die "$v must be a non-negative integer"; done
+check_ckpt runs/enro_mam/checkpoint_best.pt
+check_eval_data preprocess_enro bin
+check_subset en_XX-ro_RO.en_XX.idx
+check_refs "$DATA/raw/$SUBSET.ro"
+check_eval_base
+check_int_vars BEAM MAX_LEN_B BSZ
 SPM=${SPM:-$(pyrun pipeline meta "$DATA/meta.json" spm_model)}
 [ -f "$SPM" ] || die "sentencepiece model '$SPM' does not exist (give --spm-model)"
 [ -f "$USER_DIR/__init__.py" ] && grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
     || die "$USER_DIR/__init__.py must import unifairseq.tasks (registers --task translation_mbart):
     add the line 'import unifairseq.tasks  # noqa: F401' to it"
 
-if [ "$TINY" = 1 ]; then GPUS=0; BSZ=8; fi
-if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-DEVICE=(--cpu)
-[ "$GPUS" = 0 ] || DEVICE=(--fp16)
-OUT=${OUT:-$(dirname "$CKPT")/eval_$SUBSET}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+if [ "$TINY" = 1 ]; then BSZ=8; fi
+eval_devices
+OUT=$(mkdir_abs "${OUT:-$(dirname "$CKPT")/eval_$SUBSET}")
 OVERRIDES=()
-[ -z "$BASE" ] || OVERRIDES=(--model-overrides "{'delta_base': '$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")'}")
+[ -z "$BASE" ] || OVERRIDES=(--model-overrides "{'delta_base': '$(abspath "$BASE")'}")
 
 GEN_OUT=$OUT/generate-$SUBSET.txt
 echo "== fairseq-generate $SUBSET: beam $BEAM, max-len-b $MAX_LEN_B, lenpen $LENPEN -> $GEN_OUT"
@@ -126,7 +98,7 @@ echo "== fairseq-generate $SUBSET: beam $BEAM, max-len-b $MAX_LEN_B, lenpen $LEN
     --beam "$BEAM" --max-len-a 0 --max-len-b "$MAX_LEN_B" \
     --lenpen "$LENPEN" --batch-size "$BSZ" --required-batch-size-multiple 1 --num-workers 0 "${DEVICE[@]}" \
     "${EXTRA[@]}") > "$GEN_OUT" 2> "$OUT/generate-$SUBSET.log" \
-    || { status=$?; tail -30 "$OUT/generate-$SUBSET.log" >&2; echo "$PROG: fairseq-generate failed ($status); log: $OUT/generate-$SUBSET.log" >&2; exit "$status"; }
+    || fail_log $? fairseq-generate "$OUT/generate-$SUBSET.log"
 
 echo "== BLEU against $REFS"
 META=$("$PY" -c 'import json, sys; print(json.dumps({"task": "enro", "checkpoint": sys.argv[1], "subset": sys.argv[2],

@@ -2,8 +2,8 @@
 # Dev-set accuracy of a GLUE checkpoint (fairseq-validate). See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=eval_glue
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -32,10 +32,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-validate's 
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 CKPT='' DATA='' OUT='' BASE='' BSZ=32 GPUS='' TINY=0 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -52,43 +48,21 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 VALIDATE=$(find_tool fairseq-validate)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
-[ -n "$CKPT" ] || die "CHECKPOINT is required (e.g. runs/glue_MNLI_mam/checkpoint_best.pt; see --help)"
-[ -f "$CKPT" ] || die "checkpoint '$CKPT' does not exist"
-CKPT=$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_glue.sh)"
-[ -d "$DATA/bin/input0" ] && [ -f "$DATA/meta.json" ] \
-    || die "--data '$DATA' is not an output of scripts/preprocess_glue.sh (no bin/input0 and meta.json)"
-DATA=$(cd "$DATA" && pwd)
-[ -z "$BASE" ] || [ -f "$BASE" ] || die "--base '$BASE' does not exist"
+check_ckpt runs/glue_MNLI_mam/checkpoint_best.pt
+check_eval_data preprocess_glue bin/input0 bin/input0
+check_eval_base
 is_int "$BSZ" && [ "$BSZ" -ge 1 ] || die "--batch-size must be a positive integer"
 TASK=$(pyrun pipeline meta "$DATA/meta.json" task)
 NUM_CLASSES=$(pyrun pipeline meta "$DATA/meta.json" num_classes)
 N_VALID=$(pyrun pipeline meta "$DATA/meta.json" valid_examples)
 
-if [ "$TINY" = 1 ]; then GPUS=0; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-DEVICE=(--cpu)
-[ "$GPUS" = 0 ] || DEVICE=(--fp16)
-OUT=${OUT:-$(dirname "$CKPT")/eval_valid}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+eval_devices
+OUT=$(mkdir_abs "${OUT:-$(dirname "$CKPT")/eval_valid}")
 OVERRIDES="{'data': '$DATA/bin'"
-[ -z "$BASE" ] || OVERRIDES+=", 'delta_base': '$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")'"
+[ -z "$BASE" ] || OVERRIDES+=", 'delta_base': '$(abspath "$BASE")'"
 OVERRIDES+="}"
 
 LOG=$OUT/validate.log
@@ -97,7 +71,7 @@ echo "== fairseq-validate $TASK dev ($N_VALID examples) -> $LOG"
     --criterion sentence_prediction --path "$CKPT" --model-overrides "$OVERRIDES" --valid-subset valid \
     --batch-size "$BSZ" --required-batch-size-multiple 1 --num-workers 0 --log-format json "${DEVICE[@]}" \
     "${EXTRA[@]}") > "$LOG" 2>&1 \
-    || { status=$?; tail -30 "$LOG" >&2; echo "$PROG: fairseq-validate failed ($status); log: $LOG" >&2; exit "$status"; }
+    || fail_log $? fairseq-validate "$LOG"
 
 "$PY" - "$LOG" "$OUT/scores.json" "$TASK" "$CKPT" "$N_VALID" <<'PYEOF'
 import json, os, sys

@@ -2,8 +2,8 @@
 # Decode the XSum test set with the paper's settings and score ROUGE. See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=eval_xsum
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -42,10 +42,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-generate's 
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 CKPT='' DATA='' SUBSET=test REFS='' OUT='' BASE='' BEAM=6 MIN_LEN=10 MAX_LEN_B=60 NO_REPEAT=3 LENPEN=1.0 BSZ=32 GPUS=''
 TINY=0 EXTRA=()
 while [ $# -gt 0 ]; do
@@ -70,33 +66,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 GENERATE=$(find_tool fairseq-generate)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
-[ -n "$CKPT" ] || die "CHECKPOINT is required (e.g. runs/xsum_mam/checkpoint_best.pt; see --help)"
-[ -f "$CKPT" ] || die "checkpoint '$CKPT' does not exist"
-CKPT=$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_xsum.sh)"
-[ -d "$DATA/bin" ] && [ -f "$DATA/meta.json" ] \
-    || die "--data '$DATA' is not an output of scripts/preprocess_xsum.sh (no bin/ and meta.json)"
-DATA=$(cd "$DATA" && pwd)
-case "$SUBSET" in test|valid) ;; *) die "--subset must be test or valid, got '$SUBSET'" ;; esac
-[ -f "$DATA/bin/$SUBSET.source-target.source.idx" ] || die "no binarized $SUBSET split in $DATA/bin"
-REFS=${REFS:-$DATA/raw/$SUBSET.target}
-[ -f "$REFS" ] || die "references '$REFS' do not exist"
-[ -z "$BASE" ] || [ -f "$BASE" ] || die "--base '$BASE' does not exist"
-for v in BEAM MIN_LEN MAX_LEN_B NO_REPEAT BSZ; do is_int "${!v}" || die "$v must be a non-negative integer"; done
+check_ckpt runs/xsum_mam/checkpoint_best.pt
+check_eval_data preprocess_xsum bin
+check_subset source-target.source.idx
+check_refs "$DATA/raw/$SUBSET.target"
+check_eval_base
+check_int_vars BEAM MIN_LEN MAX_LEN_B NO_REPEAT BSZ
 [ -f "$USER_DIR/__init__.py" ] && grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
     || die "$USER_DIR/__init__.py must import unifairseq.tasks (registers --task translation_rouge, whose
     generator fixes fairseq 0.12's --no-repeat-ngram-size): add the line 'import unifairseq.tasks  # noqa: F401' to it"
@@ -104,17 +82,11 @@ ENC_JSON=$(pyrun pipeline meta "$DATA/meta.json" encoder_json)
 VOCAB_BPE=$(pyrun pipeline meta "$DATA/meta.json" vocab_bpe)
 [ -f "$ENC_JSON" ] && [ -f "$VOCAB_BPE" ] || die "the GPT-2 BPE files recorded in $DATA/meta.json are gone"
 
-if [ "$TINY" = 1 ]; then GPUS=0; BSZ=8; fi
-if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-DEVICE=(--cpu)
-[ "$GPUS" = 0 ] || DEVICE=(--fp16)
-OUT=${OUT:-$(dirname "$CKPT")/eval_$SUBSET}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+if [ "$TINY" = 1 ]; then BSZ=8; fi
+eval_devices
+OUT=$(mkdir_abs "${OUT:-$(dirname "$CKPT")/eval_$SUBSET}")
 OVERRIDES=()
-[ -z "$BASE" ] || OVERRIDES=(--model-overrides "{'delta_base': '$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")'}")
+[ -z "$BASE" ] || OVERRIDES=(--model-overrides "{'delta_base': '$(abspath "$BASE")'}")
 
 GEN_OUT=$OUT/generate-$SUBSET.txt
 echo "== fairseq-generate $SUBSET: beam $BEAM, min-len $MIN_LEN, max-len-b $MAX_LEN_B, no-repeat $NO_REPEAT, lenpen $LENPEN -> $GEN_OUT"
@@ -123,7 +95,7 @@ echo "== fairseq-generate $SUBSET: beam $BEAM, min-len $MIN_LEN, max-len-b $MAX_
     --min-len "$MIN_LEN" --max-len-a 0 --max-len-b "$MAX_LEN_B" --no-repeat-ngram-size "$NO_REPEAT" \
     --lenpen "$LENPEN" --batch-size "$BSZ" --required-batch-size-multiple 1 --num-workers 0 "${DEVICE[@]}" \
     "${EXTRA[@]}") > "$GEN_OUT" 2> "$OUT/generate-$SUBSET.log" \
-    || { status=$?; tail -30 "$OUT/generate-$SUBSET.log" >&2; echo "$PROG: fairseq-generate failed ($status); log: $OUT/generate-$SUBSET.log" >&2; exit "$status"; }
+    || fail_log $? fairseq-generate "$OUT/generate-$SUBSET.log"
 
 echo "== ROUGE (rouge-score, use_stemmer=True) against $REFS"
 META=$("$PY" -c 'import json, sys; print(json.dumps({"task": "xsum", "checkpoint": sys.argv[1], "subset": sys.argv[2],

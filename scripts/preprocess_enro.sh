@@ -2,8 +2,8 @@
 # Raw WMT16 en-ro -> mBART sentencepiece -> fairseq binaries with the mBART dictionary. See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=preprocess_enro
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -37,10 +37,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors.
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 RAW='' OUT='' SPM='' DICT='' MAX_LEN=150 WORKERS='' TINY=0 TINY_VOCAB=1000
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -69,8 +65,7 @@ else
 fi
 is_int "$MAX_LEN" && [ "$MAX_LEN" -ge 3 ] || die "--max-len must be an integer >= 3"
 is_int "$TINY_VOCAB" && [ "$TINY_VOCAB" -ge 50 ] || die "--tiny-vocab must be an integer >= 50"
-WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 1)}
-is_int "$WORKERS" && [ "$WORKERS" -ge 1 ] || die "--workers must be a positive integer"
+default_workers
 
 # splits: train and valid (or dev) required, test optional
 declare -A SPLIT_FILE=()
@@ -90,23 +85,11 @@ done
 [ -n "${SPLIT_FILE[valid]:-}" ] || die "no validation data: expected $RAW/valid.{en,ro} (or dev.{en,ro})"
 SPLITS=(train valid); [ -n "${SPLIT_FILE[test]:-}" ] && SPLITS+=(test)
 
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
-find_tool fairseq-preprocess >/dev/null
+find_preprocess_tools
 "$PY" -c 'import sentencepiece' 2>/dev/null \
     || die "the Python package sentencepiece is missing: $PY -m pip install --no-deps sentencepiece"
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
 
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(mkdir_abs "$OUT")
 RAW=$(cd "$RAW" && pwd)
 rm -rf "${OUT:?}/raw" "${OUT:?}/spm" "${OUT:?}/bin" "${OUT:?}/meta.json" "${OUT:?}/tiny_spm.model" "${OUT:?}/tiny_spm.vocab"
 mkdir -p "$OUT/raw" "$OUT/spm"
@@ -120,8 +103,8 @@ if [ "$TINY" = 1 ]; then
     SPM=$(pyrun pipeline spm-train --inputs "$RAW/${SPLIT_FILE[train]}.en" "$RAW/${SPLIT_FILE[train]}.ro" \
           --model-prefix "$OUT/tiny_spm" --vocab-size "$TINY_VOCAB")
 fi
-SPM=$(cd "$(dirname "$SPM")" && pwd)/$(basename "$SPM")
-[ -z "$DICT" ] || DICT=$(cd "$(dirname "$DICT")" && pwd)/$(basename "$DICT")
+SPM=$(abspath "$SPM")
+[ -z "$DICT" ] || DICT=$(abspath "$DICT")
 
 echo "== [1/2] sentencepiece ($SPM) -> $OUT/spm (cut to $((MAX_LEN - 2)) pieces)"
 ins=() outs=()
@@ -135,8 +118,7 @@ PRE=(--source-lang en_XX --target-lang ro_RO --trainpref "$OUT/spm/train" --vali
      --destdir "$OUT/bin" --workers "$WORKERS")
 [ -f "$OUT/spm/test.en_XX" ] && PRE+=(--testpref "$OUT/spm/test")
 if [ -n "$DICT" ]; then PRE+=(--srcdict "$DICT" --tgtdict "$DICT"); else PRE+=(--joined-dictionary); fi
-pyrun pipeline binarize "${PRE[@]}" > "$OUT/preprocess.log" 2>&1 \
-    || { tail -20 "$OUT/preprocess.log" >&2; die "fairseq-preprocess failed (log: $OUT/preprocess.log)"; }
+binarize "${PRE[@]}"
 
 counts=()
 for s in "${SPLITS[@]}"; do counts+=("examples_$s=$(wc -l < "$RAW/${SPLIT_FILE[$s]}.en")"); done

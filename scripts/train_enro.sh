@@ -2,8 +2,8 @@
 # Train one method on WMT16 en-ro with the paper's hyperparameters (mBART-large cc25). See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=train_enro
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -20,7 +20,7 @@ METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, 
 
 Task: translation_mbart (unifairseq.tasks: fairseq's translation_from_pretrained_bart, whose
 fairseq 0.12 version cannot train or decode, with that fixed), -s en_XX -t ro_RO,
---langs = mbart.cc25's 25 language codes ($LANGS_DEFAULT).
+--langs = mbart.cc25's 25 language codes ($MBART_LANGS).
 
 The paper's settings (App. A; the reference code's run_en_ro.sh):
   Adam (betas 0.9/0.98, eps 1e-6), lr 5e-5, linear decay to 0 (polynomial_decay), no warm-up,
@@ -66,12 +66,7 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's sta
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
-LANGS_DEFAULT=ar_AR,cs_CZ,de_DE,en_XX,es_XX,et_EE,fi_FI,fr_XX,gu_IN,hi_IN,it_IT,ja_XX,kk_KZ,ko_KR,lt_LT,lv_LV,my_MM,ne_NP,nl_XX,ro_RO,ru_RU,si_LK,tr_TR,vi_VN,zh_CN
-METHOD='' DATA='' BASE='' SAVE='' GPUS='' PER_GPU=4096 FP16=1 SEED=1 TINY=0 EXTRA=() LANGS=$LANGS_DEFAULT
+METHOD='' DATA='' BASE='' SAVE='' GPUS='' PER_GPU=4096 FP16=1 SEED=1 TINY=0 EXTRA=() LANGS=$MBART_LANGS
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
@@ -91,28 +86,11 @@ while [ $# -gt 0 ]; do
 done
 
 # ---------------------------------------------------------------- tools
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 TRAIN=$(find_tool fairseq-train)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
 # ---------------------------------------------------------------- method -> arch
-[ -n "$METHOD" ] || die "METHOD is required (see --help)"
-PRESET_NAMES=$("$PY" -c 'import runpy, sys; print(" ".join(runpy.run_path(sys.argv[1])["PRESETS"]))' \
-               "$REPO/unifairseq/config.py")
-case " full delta $PRESET_NAMES " in
-    *" $METHOD "*) ;;
-    *) die "unknown METHOD '$METHOD'; choose full, delta or a preset: $PRESET_NAMES" ;;
-esac
+check_method
 if [ "$METHOD" = full ]; then
     ARCH=mbart_large; FULL_FLAGS=(--encoder-normalize-before --decoder-normalize-before --layernorm-embedding)
 else
@@ -120,64 +98,30 @@ else
 fi
 
 # ---------------------------------------------------------------- inputs
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_enro.sh)"
-[ -d "$DATA" ] || die "--data '$DATA' does not exist"
-DATA=$(cd "$DATA" && pwd)
+check_train_data preprocess_enro
 [ -d "$DATA/bin" ] && DATA_BIN=$DATA/bin || DATA_BIN=$DATA
-for f in dict.en_XX.txt train.en_XX-ro_RO.en_XX.idx valid.en_XX-ro_RO.en_XX.idx; do
-    [ -f "$DATA_BIN/$f" ] || die "$DATA_BIN/$f is missing: --data must be the output of scripts/preprocess_enro.sh"
-done
+need_data_files preprocess_enro dict.en_XX.txt train.en_XX-ro_RO.en_XX.idx valid.en_XX-ro_RO.en_XX.idx
 case ",$LANGS," in *,en_XX,*ro_RO,*|*,ro_RO,*en_XX,*) ;; *) die "--langs must contain en_XX and ro_RO" ;; esac
-if [ "$TINY" = 0 ]; then
-    [ -n "$BASE" ] || die "--base mbart.cc25/model.pt is required (or --tiny for a tiny random base)"
-    [ -f "$BASE" ] || die "--base '$BASE' does not exist"
-    BASE=$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")
-elif [ -n "$BASE" ]; then
-    die "--tiny makes its own base; drop --base"
-fi
-[ -f "$USER_DIR/__init__.py" ] || die "fairseq user dir '$USER_DIR' has no __init__.py (set UNIFAIRSEQ_USER_DIR)"
+check_base mbart.cc25/model.pt
+check_user_dir
 grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
     || die "$USER_DIR/__init__.py does not import unifairseq.tasks, which registers --task translation_mbart:
     add the line 'import unifairseq.tasks  # noqa: F401' to it"
-for v in PER_GPU SEED; do is_int "${!v}" || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a non-negative integer"; done
-SAVE=${SAVE:-$REPO/runs/enro_$METHOD}
-mkdir -p "$SAVE"
-SAVE=$(cd "$SAVE" && pwd)
+check_int_opts PER_GPU SEED
+SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/enro_$METHOD}")
 
 # ---------------------------------------------------------------- devices and batch
-if [ "$TINY" = 1 ]; then GPUS=0; fi
-if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-BATCH_TOTAL=16384
-if [ "$TINY" = 1 ]; then BATCH_TOTAL=1024; PER_GPU=1024; fi
-read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --per-gpu "$PER_GPU" --gpus "$GPUS") \
-    || die "cannot split the batch of $BATCH_TOTAL over $GPUS GPUs"
-DEVICE=()
-if [ "$GPUS" = 0 ]; then DEVICE=(--cpu)
-else
-    [ "$FP16" = 1 ] && DEVICE+=(--fp16)
-    [ "$GPUS" -gt 1 ] && DEVICE+=(--distributed-world-size "$GPUS")
-fi
+plan_batch 16384 1024
 
 # ---------------------------------------------------------------- the command
 LR=5e-5; MAX_UPDATE=50000; INTERVAL=5000; LOG_INTERVAL=100
 MODEL=()
 if [ "$TINY" = 1 ]; then
     LR=1e-3; MAX_UPDATE=8; INTERVAL=1000000; LOG_INTERVAL=1
-    if [ ! -f "$SAVE/tiny_base.pt" ]; then
-        echo "== tiny random mBART base -> $SAVE/tiny_base.pt"
-        (cd "$REPO" && "$PY" -m unifairseq.tiny_base mbart "$DATA_BIN" "$SAVE/tiny_base.pt" --source-lang en_XX --target-lang ro_RO \
-            --langs "$LANGS" \
-            --layers 2 --dim 64 --ffn-dim 128 --heads 4 --embed-std 0.125) > "$SAVE/tiny_base.log" 2>&1 \
-            || { tail -20 "$SAVE/tiny_base.log" >&2; die "making the tiny base failed (log: $SAVE/tiny_base.log)"; }
-    fi
-    BASE=$SAVE/tiny_base.pt
-    MODEL=(--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64
-           --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
-           --encoder-attention-heads 4 --decoder-attention-heads 4)
-    if [ "$METHOD" != full ]; then MODEL+=(--attn-bn 8 --ffn-bn 16 --mid-dim 32); fi
-    if [ "$METHOD" = lora_ffn ]; then MODEL+=(--lora-alpha 64); fi
+    make_tiny_base mBART mbart "$DATA_BIN" --source-lang en_XX --target-lang ro_RO \
+        --langs "$LANGS" --layers 2 --dim 64 --ffn-dim 128 --heads 4 --embed-std 0.125
+    tiny_seq2seq_model
+    tiny_delta_sizes
 fi
 ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_mbart --langs "$LANGS"
     --source-lang en_XX --target-lang ro_RO --arch "$ARCH" "${FULL_FLAGS[@]}" "${MODEL[@]}" --finetune-from-model "$BASE"
@@ -187,21 +131,10 @@ ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_mbart --langs "$LANG
     --max-update "$MAX_UPDATE" --max-tokens "$BATCH" --update-freq "$UPDATE_FREQ" --required-batch-size-multiple 1
     --dropout 0.1 --attention-dropout 0.0 --batch-size-valid 32
     --validate-interval-updates "$INTERVAL" --save-interval-updates "$INTERVAL" --keep-interval-updates 1
-    --validate-interval 1000000 --save-interval 1000000 --no-epoch-checkpoints
-    --save-dir "$SAVE" --seed "$SEED" --num-workers 2 --log-format json --log-interval "$LOG_INTERVAL"
-    --no-progress-bar "${DEVICE[@]}")
-[ "$TINY" = 1 ] && ARGS+=(--num-workers 0)
-ARGS+=("${EXTRA[@]}")
-
-"$PY" -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"), indent=1)' "$SAVE/train_args.json" \
-    "$TRAIN" "${ARGS[@]}"
-echo "== fairseq-train --arch $ARCH on $DATA_BIN: $GPUS GPU(s), max-tokens $BATCH x update-freq $UPDATE_FREQ" \
+    --validate-interval 1000000 --save-interval 1000000 --no-epoch-checkpoints)
+finish_train_args
+run_train "== fairseq-train --arch $ARCH on $DATA_BIN: $GPUS GPU(s), max-tokens $BATCH x update-freq $UPDATE_FREQ" \
      "x $((GPUS > 0 ? GPUS : 1)) = $BATCH_TOTAL tokens, $MAX_UPDATE updates (log: $SAVE/train.log)"
-set +e
-(cd "$REPO" && "$TRAIN" "${ARGS[@]}") 2>&1 | tee -a "$SAVE/train.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" = 0 ] || { tail -30 "$SAVE/train.log" >&2; echo "$PROG: fairseq-train failed ($status); log: $SAVE/train.log" >&2; exit "$status"; }
 
 "$PY" - "$SAVE/train.log" <<'PYEOF'
 import json, sys
@@ -219,5 +152,4 @@ if best:
           f"at update {best.get('valid_num_updates')}")
 PYEOF
 echo "== checkpoints: $SAVE/checkpoint_best.pt (best validation loss, or the --best-checkpoint-metric given), $SAVE/checkpoint_last.pt"
-if [ "$TINY" = 1 ]; then TINY_FLAG=" --tiny"; else TINY_FLAG=; fi
-echo "   next: scripts/eval_enro.sh $SAVE/checkpoint_best.pt --data $DATA$TINY_FLAG"
+next_eval enro

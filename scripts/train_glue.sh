@@ -2,8 +2,8 @@
 # Train one method on a GLUE task with the paper's hyperparameters (RoBERTa-base). See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=train_glue
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -60,10 +60,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's sta
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 TASK='' METHOD='' DATA='' BASE='' SAVE='' GPUS='' PER_GPU=32 EPOCHS=10 FP16=1 SEED=1 TINY=0 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -87,77 +83,31 @@ while [ $# -gt 0 ]; do
 done
 
 # ---------------------------------------------------------------- tools
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 TRAIN=$(find_tool fairseq-train)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
 # ---------------------------------------------------------------- method -> arch
 [ -n "$TASK" ] || die "TASK (MNLI or SST-2) and METHOD are required (see --help)"
-case "$TASK" in
-    MNLI|mnli) TASK=MNLI ;;
-    SST-2|sst-2|SST2|sst2) TASK=SST-2 ;;
-    *) die "unknown TASK '$TASK'; supported: MNLI, SST-2" ;;
-esac
-[ -n "$METHOD" ] || die "METHOD is required (see --help)"
-PRESET_NAMES=$("$PY" -c 'import runpy, sys; print(" ".join(runpy.run_path(sys.argv[1])["PRESETS"]))' \
-               "$REPO/unifairseq/config.py")
-case " full delta $PRESET_NAMES " in
-    *" $METHOD "*) ;;
-    *) die "unknown METHOD '$METHOD'; choose full, delta or a preset: $PRESET_NAMES" ;;
-esac
+glue_task
+check_method
 if [ "$METHOD" = full ]; then ARCH=roberta_base; else ARCH=${METHOD}_roberta_base; fi
 
 # ---------------------------------------------------------------- inputs
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_glue.sh)"
-[ -d "$DATA" ] || die "--data '$DATA' does not exist"
-DATA=$(cd "$DATA" && pwd)
+check_train_data preprocess_glue
 DATA_BIN=$DATA/bin
-for f in input0/dict.txt input0/train.idx input0/valid.idx label/dict.txt label/train.idx; do
-    [ -f "$DATA_BIN/$f" ] || die "$DATA_BIN/$f is missing: --data must be the output of scripts/preprocess_glue.sh"
-done
+need_data_files preprocess_glue input0/dict.txt input0/train.idx input0/valid.idx label/dict.txt label/train.idx
 [ -f "$DATA/meta.json" ] || die "$DATA/meta.json is missing: --data must be the output of scripts/preprocess_glue.sh"
 DATA_TASK=$(pyrun pipeline meta "$DATA/meta.json" task)
 [ "$DATA_TASK" = "$TASK" ] || die "--data holds $DATA_TASK, not $TASK"
 NUM_CLASSES=$(pyrun pipeline meta "$DATA/meta.json" num_classes)
 N_TRAIN=$(pyrun pipeline meta "$DATA/meta.json" train_examples)
-if [ "$TINY" = 0 ]; then
-    [ -n "$BASE" ] || die "--base roberta.base/model.pt is required (or --tiny for a tiny random base)"
-    [ -f "$BASE" ] || die "--base '$BASE' does not exist"
-    BASE=$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")
-elif [ -n "$BASE" ]; then
-    die "--tiny makes its own base; drop --base"
-fi
-[ -f "$USER_DIR/__init__.py" ] || die "fairseq user dir '$USER_DIR' has no __init__.py (set UNIFAIRSEQ_USER_DIR)"
-for v in PER_GPU SEED EPOCHS; do is_int "${!v}" || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a non-negative integer"; done
-SAVE=${SAVE:-$REPO/runs/glue_${TASK}_$METHOD}
-mkdir -p "$SAVE"
-SAVE=$(cd "$SAVE" && pwd)
+check_base roberta.base/model.pt
+check_user_dir
+check_int_opts PER_GPU SEED EPOCHS
+SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/glue_${TASK}_$METHOD}")
 
 # ---------------------------------------------------------------- devices and batch
-if [ "$TINY" = 1 ]; then GPUS=0; fi
-if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-BATCH_TOTAL=32
-if [ "$TINY" = 1 ]; then BATCH_TOTAL=8; PER_GPU=8; fi
-read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --per-gpu "$PER_GPU" --gpus "$GPUS") \
-    || die "cannot split the batch of $BATCH_TOTAL over $GPUS GPUs"
-DEVICE=()
-if [ "$GPUS" = 0 ]; then DEVICE=(--cpu)
-else
-    [ "$FP16" = 1 ] && DEVICE+=(--fp16)
-    [ "$GPUS" -gt 1 ] && DEVICE+=(--distributed-world-size "$GPUS" --find-unused-parameters)
-fi
+plan_batch 32 8 --find-unused-parameters
 
 # ---------------------------------------------------------------- the command
 LR=1e-4; LOG_INTERVAL=50
@@ -166,16 +116,10 @@ WARMUP=$(( MAX_UPDATE * 6 / 100 ))
 MODEL=()
 if [ "$TINY" = 1 ]; then
     LR=1e-3; MAX_UPDATE=8; WARMUP=0; LOG_INTERVAL=1
-    if [ ! -f "$SAVE/tiny_base.pt" ]; then
-        echo "== tiny random RoBERTa base -> $SAVE/tiny_base.pt"
-        (cd "$REPO" && "$PY" -m unifairseq.tiny_base roberta "$DATA_BIN/input0" "$SAVE/tiny_base.pt" --max-positions 512 \
-            --layers 2 --dim 64 --ffn-dim 128 --heads 4) > "$SAVE/tiny_base.log" 2>&1 \
-            || { tail -20 "$SAVE/tiny_base.log" >&2; die "making the tiny base failed (log: $SAVE/tiny_base.log)"; }
-    fi
-    BASE=$SAVE/tiny_base.pt
+    make_tiny_base RoBERTa roberta "$DATA_BIN/input0" --max-positions 512 \
+        --layers 2 --dim 64 --ffn-dim 128 --heads 4
     MODEL=(--encoder-layers 2 --encoder-embed-dim 64 --encoder-ffn-embed-dim 128 --encoder-attention-heads 4)
-    if [ "$METHOD" != full ]; then MODEL+=(--attn-bn 8 --ffn-bn 16 --mid-dim 32); fi
-    if [ "$METHOD" = lora_ffn ]; then MODEL+=(--lora-alpha 64); fi
+    tiny_delta_sizes
 fi
 ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task sentence_prediction --num-classes "$NUM_CLASSES"
     --init-token 0 --separator-token 2 --max-positions 512 --arch "$ARCH" "${MODEL[@]}" --finetune-from-model "$BASE"
@@ -184,21 +128,10 @@ ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task sentence_prediction --num-classe
     --lr "$LR" --lr-scheduler polynomial_decay --total-num-update "$MAX_UPDATE" --warmup-updates "$WARMUP"
     --max-epoch "$EPOCHS" --max-update "$MAX_UPDATE" --batch-size "$BATCH" --update-freq "$UPDATE_FREQ"
     --required-batch-size-multiple 1 --dropout 0.1 --attention-dropout 0.1
-    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric --no-epoch-checkpoints
-    --save-dir "$SAVE" --seed "$SEED" --num-workers 2 --log-format json --log-interval "$LOG_INTERVAL"
-    --no-progress-bar "${DEVICE[@]}")
-[ "$TINY" = 1 ] && ARGS+=(--num-workers 0)
-ARGS+=("${EXTRA[@]}")
-
-"$PY" -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"), indent=1)' "$SAVE/train_args.json" \
-    "$TRAIN" "${ARGS[@]}"
-echo "== fairseq-train $TASK --arch $ARCH on $DATA_BIN: $GPUS GPU(s), batch $BATCH x update-freq $UPDATE_FREQ" \
+    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric --no-epoch-checkpoints)
+finish_train_args
+run_train "== fairseq-train $TASK --arch $ARCH on $DATA_BIN: $GPUS GPU(s), batch $BATCH x update-freq $UPDATE_FREQ" \
      "x $((GPUS > 0 ? GPUS : 1)) = $BATCH_TOTAL sentences, $MAX_UPDATE updates ($WARMUP warm-up) (log: $SAVE/train.log)"
-set +e
-(cd "$REPO" && "$TRAIN" "${ARGS[@]}") 2>&1 | tee -a "$SAVE/train.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" = 0 ] || { tail -30 "$SAVE/train.log" >&2; echo "$PROG: fairseq-train failed ($status); log: $SAVE/train.log" >&2; exit "$status"; }
 
 "$PY" - "$SAVE/train.log" <<'PYEOF'
 import json, sys
@@ -215,5 +148,4 @@ if best:
     print(f"best dev accuracy {best['valid_accuracy']} at update {best.get('valid_num_updates')} (epoch {best.get('epoch')})")
 PYEOF
 echo "== checkpoints: $SAVE/checkpoint_best.pt (best dev accuracy), $SAVE/checkpoint_last.pt"
-if [ "$TINY" = 1 ]; then TINY_FLAG=" --tiny"; else TINY_FLAG=; fi
-echo "   next: scripts/eval_glue.sh $SAVE/checkpoint_best.pt --data $DATA$TINY_FLAG"
+next_eval glue

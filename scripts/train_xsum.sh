@@ -2,8 +2,8 @@
 # Train one method on XSum with the paper's hyperparameters (BART-large). See --help.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=train_xsum
+. "$(dirname "$0")/lib.sh"
 
 usage() {
     cat <<USAGE
@@ -57,10 +57,6 @@ Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's sta
 USAGE
 }
 
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
-
 METHOD='' DATA='' BASE='' SAVE='' GPUS='' PER_GPU=16 FP16=1 SEED=1 TINY=0 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -80,89 +76,39 @@ while [ $# -gt 0 ]; do
 done
 
 # ---------------------------------------------------------------- tools
-BIN=${UNIFAIRSEQ_BIN:-$REPO/.venv/bin}
-find_tool() {
-    if [ -x "$BIN/$1" ]; then echo "$BIN/$1"
-    elif command -v "$1" >/dev/null 2>&1; then command -v "$1"
-    else die "cannot find '$1' in $BIN or on PATH; run scripts/install.sh or set UNIFAIRSEQ_BIN"
-    fi
-}
-PY=$(find_tool python)
+find_python
 TRAIN=$(find_tool fairseq-train)
-pyrun() { local mod=$1; shift
-    "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
-        "$REPO/unifairseq/$mod.py" "$@"; }
-USER_DIR=${UNIFAIRSEQ_USER_DIR:-$REPO/user_dir}
 
 # ---------------------------------------------------------------- method -> arch
-[ -n "$METHOD" ] || die "METHOD is required (see --help)"
-PRESET_NAMES=$("$PY" -c 'import runpy, sys; print(" ".join(runpy.run_path(sys.argv[1])["PRESETS"]))' \
-               "$REPO/unifairseq/config.py")
-case " full delta $PRESET_NAMES " in
-    *" $METHOD "*) ;;
-    *) die "unknown METHOD '$METHOD'; choose full, delta or a preset: $PRESET_NAMES" ;;
-esac
+check_method
 if [ "$METHOD" = full ]; then ARCH=bart_large; else ARCH=${METHOD}_bart_large; fi
 
 # ---------------------------------------------------------------- inputs
-[ -n "$DATA" ] || die "--data DIR is required (the output of scripts/preprocess_xsum.sh)"
-[ -d "$DATA" ] || die "--data '$DATA' does not exist"
-DATA=$(cd "$DATA" && pwd)
+check_train_data preprocess_xsum
 [ -d "$DATA/bin" ] && DATA_BIN=$DATA/bin || DATA_BIN=$DATA
-for f in dict.source.txt train.source-target.source.idx valid.source-target.source.idx; do
-    [ -f "$DATA_BIN/$f" ] || die "$DATA_BIN/$f is missing: --data must be the output of scripts/preprocess_xsum.sh"
-done
+need_data_files preprocess_xsum dict.source.txt train.source-target.source.idx valid.source-target.source.idx
 VALID_SUBSET=valid1
 [ -f "$DATA_BIN/valid1.source-target.source.idx" ] || VALID_SUBSET=valid
-if [ "$TINY" = 0 ]; then
-    [ -n "$BASE" ] || die "--base bart.large/model.pt is required (or --tiny for a tiny random base)"
-    [ -f "$BASE" ] || die "--base '$BASE' does not exist"
-    BASE=$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")
-elif [ -n "$BASE" ]; then
-    die "--tiny makes its own base; drop --base"
-fi
-[ -f "$USER_DIR/__init__.py" ] || die "fairseq user dir '$USER_DIR' has no __init__.py (set UNIFAIRSEQ_USER_DIR)"
+check_base bart.large/model.pt
+check_user_dir
 grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
     || die "$USER_DIR/__init__.py does not import unifairseq.tasks, which registers --task translation_rouge
     (ROUGE-2 model selection): add the line 'import unifairseq.tasks  # noqa: F401' to it"
-for v in PER_GPU SEED; do is_int "${!v}" || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a non-negative integer"; done
-SAVE=${SAVE:-$REPO/runs/xsum_$METHOD}
-mkdir -p "$SAVE"
-SAVE=$(cd "$SAVE" && pwd)
+check_int_opts PER_GPU SEED
+SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/xsum_$METHOD}")
 
 # ---------------------------------------------------------------- devices and batch
-if [ "$TINY" = 1 ]; then GPUS=0; fi
-if [ "$TINY" = 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend
-if [ -z "$GPUS" ]; then GPUS=$(pyrun pipeline gpus); fi
-is_int "$GPUS" || die "--gpus must be a non-negative integer"
-BATCH_TOTAL=64
-if [ "$TINY" = 1 ]; then BATCH_TOTAL=8; PER_GPU=8; fi
-read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --per-gpu "$PER_GPU" --gpus "$GPUS") \
-    || die "cannot split the batch of $BATCH_TOTAL over $GPUS GPUs"
-DEVICE=()
-if [ "$GPUS" = 0 ]; then DEVICE=(--cpu)
-else
-    [ "$FP16" = 1 ] && DEVICE+=(--fp16)
-    [ "$GPUS" -gt 1 ] && DEVICE+=(--distributed-world-size "$GPUS")
-fi
+plan_batch 64 8
 
 # ---------------------------------------------------------------- the command
 LR=5e-5; MAX_UPDATE=100000; INTERVAL=3000; LOG_INTERVAL=100
 MODEL=()
 if [ "$TINY" = 1 ]; then
     LR=1e-3; MAX_UPDATE=8; INTERVAL=1000000; LOG_INTERVAL=1
-    if [ ! -f "$SAVE/tiny_base.pt" ]; then
-        echo "== tiny random BART base -> $SAVE/tiny_base.pt"
-        (cd "$REPO" && "$PY" -m unifairseq.tiny_base bart "$DATA_BIN" "$SAVE/tiny_base.pt" --source-lang source --target-lang target \
-            --layers 2 --dim 64 --ffn-dim 128 --heads 4 --embed-std 0.125) > "$SAVE/tiny_base.log" 2>&1 \
-            || { tail -20 "$SAVE/tiny_base.log" >&2; die "making the tiny base failed (log: $SAVE/tiny_base.log)"; }
-    fi
-    BASE=$SAVE/tiny_base.pt
-    MODEL=(--encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64
-           --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
-           --encoder-attention-heads 4 --decoder-attention-heads 4)
-    if [ "$METHOD" != full ]; then MODEL+=(--attn-bn 8 --ffn-bn 16 --mid-dim 32); fi
-    if [ "$METHOD" = lora_ffn ]; then MODEL+=(--lora-alpha 64); fi
+    make_tiny_base BART bart "$DATA_BIN" --source-lang source --target-lang target \
+        --layers 2 --dim 64 --ffn-dim 128 --heads 4 --embed-std 0.125
+    tiny_seq2seq_model
+    tiny_delta_sizes
 fi
 EVAL_ARGS='{"beam": 6, "min_len": 10, "max_len_b": 60, "no_repeat_ngram_size": 3, "lenpen": 1.0}'
 ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_rouge --source-lang source --target-lang target
@@ -176,21 +122,10 @@ ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_rouge --source-lang 
     --batch-size-valid 32
     --best-checkpoint-metric rouge2 --maximize-best-checkpoint-metric
     --validate-interval-updates "$INTERVAL" --save-interval-updates "$INTERVAL" --keep-interval-updates 1
-    --validate-interval 1000000 --save-interval 1000000 --no-epoch-checkpoints
-    --save-dir "$SAVE" --seed "$SEED" --num-workers 2 --log-format json --log-interval "$LOG_INTERVAL"
-    --no-progress-bar "${DEVICE[@]}")
-[ "$TINY" = 1 ] && ARGS+=(--num-workers 0)
-ARGS+=("${EXTRA[@]}")
-
-"$PY" -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"), indent=1)' "$SAVE/train_args.json" \
-    "$TRAIN" "${ARGS[@]}"
-echo "== fairseq-train --arch $ARCH on $DATA_BIN: $GPUS GPU(s), batch $BATCH x update-freq $UPDATE_FREQ" \
+    --validate-interval 1000000 --save-interval 1000000 --no-epoch-checkpoints)
+finish_train_args
+run_train "== fairseq-train --arch $ARCH on $DATA_BIN: $GPUS GPU(s), batch $BATCH x update-freq $UPDATE_FREQ" \
      "x $((GPUS > 0 ? GPUS : 1)) = $BATCH_TOTAL documents, $MAX_UPDATE updates (log: $SAVE/train.log)"
-set +e
-(cd "$REPO" && "$TRAIN" "${ARGS[@]}") 2>&1 | tee -a "$SAVE/train.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" = 0 ] || { tail -30 "$SAVE/train.log" >&2; echo "$PROG: fairseq-train failed ($status); log: $SAVE/train.log" >&2; exit "$status"; }
 
 "$PY" - "$SAVE/train.log" <<'PYEOF'
 import json, sys
@@ -210,5 +145,4 @@ if best:
                                                   if f"{sub}_{m}" in best) + f" at update {best.get(f'{sub}_num_updates')}")
 PYEOF
 echo "== checkpoints: $SAVE/checkpoint_best.pt (best validation ROUGE-2), $SAVE/checkpoint_last.pt"
-if [ "$TINY" = 1 ]; then TINY_FLAG=" --tiny"; else TINY_FLAG=; fi
-echo "   next: scripts/eval_xsum.sh $SAVE/checkpoint_best.pt --data $DATA$TINY_FLAG"
+next_eval xsum
