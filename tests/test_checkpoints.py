@@ -267,3 +267,43 @@ def test_switching_tasks_loads_another_delta_never_another_base(tmp_path):
         with torch.no_grad():
             assert torch.equal(full_logits(served, src, lens, prev), full_logits(m, src, lens, prev))
     assert loads == [str(base)], "the base is read once; switching tasks reads only the small deltas"
+
+
+def test_roberta_hub_predict_from_delta_checkpoint(tmp_path):
+    """RoBERTa delta (with its trained head) through fairseq's hub: from_pretrained then .predict()."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    from tiny import tiny_roberta
+    from unifairseq.models.roberta import DeltaRobertaModel
+
+    model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion", "sentence_prediction",
+                                                               "--optimizer", "adam", "--lr", "1e-3", "--cpu"])
+    d = task.source_dictionary
+    base = tmp_path / "base.pt"
+    torch_persistent_save({"args": None, "model": {k: v for k, v in model.full_state_dict().items()
+                                                   if not is_delta_name(k) and not k.startswith("classification")},
+                           "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}, str(base))
+    model.base_path = str(base)
+    perturb_deltas(model)
+    # the data dir layout sentence_prediction reads its dictionaries from
+    for sub, dic in (("input0", d), ("label", task.label_dictionary)):
+        (tmp_path / sub).mkdir()
+        dic.save(str(tmp_path / sub / "dict.txt"))
+    args.data = str(tmp_path)
+    cfg = convert_namespace_to_omegaconf(args)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    trainer.consolidate_optimizer()
+    trainer.save_checkpoint(str(tmp_path / "delta.pt"), {})
+
+    hub = DeltaRobertaModel.from_pretrained(str(tmp_path), checkpoint_file="delta.pt",
+                                            data_name_or_path=str(tmp_path), bpe=None)
+    hub.eval(), model.eval()
+    tokens = torch.tensor([d.bos(), 9, 10, 11, 12, d.eos()])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(tokens.unsqueeze(0), features_only=True,
+                                      classification_head_name="sentence_classification_head")[0], -1)
+        got = hub.predict("sentence_classification_head", tokens)
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert hub.model.base_path == str(base)
