@@ -1,0 +1,123 @@
+"""The SST-2 demo (`python -m unifairseq.demo`, `scripts/demo.sh`), reduced with --quick: the packaged
+all-MiniLM-L6-v2 imported, 256 real SST-2 training examples, full fine-tuning and MAM for a few
+updates each, then the whole dev set evaluated; the table, results.json and the PNG must be there.
+About a minute on 2 idle CPU cores. The run is skipped only when SST-2 is missing; the
+missing-data message is tested without data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "demo.sh"
+DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
+SST2 = DATA / "glue" / "SST-2"
+HAVE_DATA = (SST2 / "train.tsv").is_file() and (SST2 / "dev.tsv").is_file()
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env.setdefault("UNIFAIRSEQ_BIN", str(Path(sys.executable).parent))
+    return env
+
+
+def dev_size() -> int:
+    with open(SST2 / "dev.tsv", encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip()) - 1  # minus the header
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    if not HAVE_DATA:
+        pytest.skip(f"GLUE SST-2 not found at {SST2}/{{train,dev}}.tsv; set UNIFAIRSEQ_DATA")
+    work = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(["bash", str(SCRIPT), "--quick", "--workdir", str(work)], cwd=REPO,
+                          env=_env(UNIFAIRSEQ_DATA=str(DATA)), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"demo --quick failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return work, proc.stdout
+
+
+def test_quick_demo_outputs(quick):
+    work, stdout = quick
+    res = json.loads((work / "results.json").read_text(encoding="utf-8"))
+    n_dev = dev_size()
+    assert res["quick"] is True and res["n_dev"] == n_dev == 872 and res["n_train"] == 256
+    names = [m["name"] for m in res["methods"]]
+    assert names == ["full", "mam"]
+    for m in res["methods"]:
+        acc = m["dev_accuracy"]
+        assert isinstance(acc, float) and 0.0 <= acc <= 1.0
+        assert m["dev_total"] == n_dev, "the dev set must never be subsampled"
+        assert m["dev_correct"] == round(acc * n_dev)
+        assert m["updates"] == m["planned_updates"] == 16 or m["stopped_by_time"]
+        assert m["trainable"] > 0 and m["checkpoint_bytes"] == os.path.getsize(m["checkpoint"])
+        assert m["inference_bytes"] > 0 and Path(m["inference_file"]).is_file()
+    full, mam = res["methods"]
+    assert full["trainable"] > full["base"]  # everything, plus the classification head
+    assert mam["trainable"] < 0.25 * mam["base"] and 0 < mam["formula"] < 0.05 * mam["base"]
+    # a delta checkpoint is a small fraction of the full one
+    assert mam["inference_bytes"] < 0.05 * full["inference_bytes"]
+
+    md = (work / "results.md").read_text(encoding="utf-8")
+    assert "| method |" in md and "Full fine-tuning" in md and "MAM adapter" in md
+    assert f"dev acc (all {n_dev})" in md and md.strip() in stdout.replace("\r", "")
+    png = (work / "accuracy_vs_params.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
+        assert stage in stdout
+    assert "train_inner" in stdout  # fairseq's own progress lines are shown
+
+
+def test_quick_demo_data_binarized_for_sentence_prediction(quick):
+    work, _ = quick
+    bin_dir = work / "data-bin"
+    for sub, split in [(s, p) for s in ("input0", "label") for p in ("train", "valid")]:
+        for ext in ("bin", "idx"):
+            assert (bin_dir / sub / f"{split}.{ext}").stat().st_size > 0
+    assert (bin_dir / "input0" / "dict.txt").read_text() == (work / "minilm" / "dict.txt").read_text()
+    labels = [ln.split()[0] for ln in (bin_dir / "label" / "dict.txt").read_text().splitlines()]
+    assert set(labels[:2]) == {"0", "1"}
+    assert len((work / "raw" / "valid.input0").read_text(encoding="utf-8").splitlines()) == dev_size()
+
+
+def test_missing_data_message(tmp_path):
+    missing = tmp_path / "nowhere"
+    work = tmp_path / "w"
+    proc = subprocess.run(["bash", str(SCRIPT), "--quick", "--workdir", str(work)], capture_output=True,
+                          text=True, env=_env(UNIFAIRSEQ_DATA=str(missing)), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert "Traceback" not in err and "Traceback" not in proc.stdout
+    assert f"{missing}/glue/SST-2/train.tsv" in err and "GLUE" in err and "gluebenchmark.com" in err
+    assert "UNIFAIRSEQ_DATA=DIR" in err and "--data DIR" in err
+    assert not work.exists(), "nothing is written before the data is found"
+
+    # --data wins over the environment, and may name the SST-2 folder itself; a bad file is named
+    bad = tmp_path / "SST-2"
+    bad.mkdir()
+    (bad / "train.tsv").write_text("text\tlabel\nfine\t1\n")
+    (bad / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    from unifairseq import demo
+
+    assert demo.main(["--data", str(bad), "--workdir", str(work)]) == 2
+    assert not work.exists()
+    with pytest.raises(demo.DemoError, match="header"):
+        demo.read_sst2_tsv(str(bad / "train.tsv"))
+    assert demo.find_sst2(str(bad)) == (str(bad / "train.tsv"), str(bad / "dev.tsv"))
+    (bad / "dev.tsv").write_text("sentence\tlabel\nfine\tpositive\n")
+    with pytest.raises(demo.DemoError, match=r"dev.tsv:2"):
+        demo.read_sst2_tsv(str(bad / "dev.tsv"))
+
+
+def test_unknown_method_is_a_usage_error(tmp_path, capsys):
+    from unifairseq import demo
+
+    assert demo.main(["--methods", "full,nope", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "mam" in err and "Traceback" not in err
