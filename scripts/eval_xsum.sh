@@ -91,7 +91,7 @@ OVERRIDES=()
 GEN_OUT=$OUT/generate-$SUBSET.txt
 echo "== fairseq-generate $SUBSET: beam $BEAM, min-len $MIN_LEN, max-len-b $MAX_LEN_B, no-repeat $NO_REPEAT, lenpen $LENPEN -> $GEN_OUT"
 (cd "$REPO" && "$GENERATE" "$DATA/bin" --user-dir "$USER_DIR" --task translation_rouge --source-lang source \
-    --target-lang target --path "$CKPT" "${OVERRIDES[@]}" --gen-subset "$SUBSET" --beam "$BEAM" \
+    --target-lang target --truncate-source --path "$CKPT" "${OVERRIDES[@]}" --gen-subset "$SUBSET" --beam "$BEAM" \
     --min-len "$MIN_LEN" --max-len-a 0 --max-len-b "$MAX_LEN_B" --no-repeat-ngram-size "$NO_REPEAT" \
     --lenpen "$LENPEN" --batch-size "$BSZ" --required-batch-size-multiple 1 --num-workers 0 "${DEVICE[@]}" \
     "${EXTRA[@]}") > "$GEN_OUT" 2> "$OUT/generate-$SUBSET.log" \

@@ -111,6 +111,12 @@ need_data_files() {
         [ -f "$DATA_BIN/$f" ] || die "$DATA_BIN/$f is missing: --data must be the output of scripts/$script.sh"
     done
 }
+# check_data PREPROCESS_SCRIPT DATACHECK_ARGS...: the binarized splits under DATA_BIN are well formed,
+# non-empty, aligned and fit the model's positions (python -m unifairseq.datacheck), else its message.
+check_data() {
+    local script=$1 msg; shift
+    msg=$(pyrun datacheck "$DATA_BIN" --fix "run scripts/$script.sh again" "$@" 2>&1 >/dev/null) || die "${msg#error: }"
+}
 # check_base BASE_NAME: --base given and existing (made absolute) unless --tiny, which forbids it.
 check_base() {
     if [ "$TINY" = 0 ]; then

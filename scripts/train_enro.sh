@@ -102,6 +102,8 @@ check_train_data preprocess_enro
 [ -d "$DATA/bin" ] && DATA_BIN=$DATA/bin || DATA_BIN=$DATA
 need_data_files preprocess_enro dict.en_XX.txt train.en_XX-ro_RO.en_XX.idx valid.en_XX-ro_RO.en_XX.idx
 case ",$LANGS," in *,en_XX,*ro_RO,*|*,ro_RO,*en_XX,*) ;; *) die "--langs must contain en_XX and ro_RO" ;; esac
+check_data preprocess_enro --layout translation --langs en_XX ro_RO --splits train,valid --max-positions 1024 \
+    --src-extra 1
 check_base mbart.cc25/model.pt
 check_user_dir
 grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \

@@ -97,6 +97,7 @@ check_train_data preprocess_glue
 DATA_BIN=$DATA/bin
 need_data_files preprocess_glue input0/dict.txt input0/train.idx input0/valid.idx label/dict.txt label/train.idx
 [ -f "$DATA/meta.json" ] || die "$DATA/meta.json is missing: --data must be the output of scripts/preprocess_glue.sh"
+check_data preprocess_glue --layout sentence_prediction --splits train,valid --max-positions 512
 DATA_TASK=$(pyrun pipeline meta "$DATA/meta.json" task)
 [ "$DATA_TASK" = "$TASK" ] || die "--data holds $DATA_TASK, not $TASK"
 NUM_CLASSES=$(pyrun pipeline meta "$DATA/meta.json" num_classes)

@@ -89,6 +89,8 @@ check_train_data preprocess_xsum
 need_data_files preprocess_xsum dict.source.txt train.source-target.source.idx valid.source-target.source.idx
 VALID_SUBSET=valid1
 [ -f "$DATA_BIN/valid1.source-target.source.idx" ] || VALID_SUBSET=valid
+check_data preprocess_xsum --layout translation --langs source target --splits "train,$VALID_SUBSET" \
+    --truncate-source --max-positions 1024
 check_base bart.large/model.pt
 check_user_dir
 grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
@@ -112,6 +114,7 @@ if [ "$TINY" = 1 ]; then
 fi
 EVAL_ARGS='{"beam": 6, "min_len": 10, "max_len_b": 60, "no_repeat_ngram_size": 3, "lenpen": 1.0}'
 ARGS=("$DATA_BIN" --user-dir "$USER_DIR" --task translation_rouge --source-lang source --target-lang target
+    --truncate-source
     --arch "$ARCH" "${MODEL[@]}" --finetune-from-model "$BASE"
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1
     --optimizer adam --adam-betas "(0.9, 0.999)" --adam-eps 1e-08 --weight-decay 0.01 --clip-norm 0.1

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_datacheck import write_split
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -140,13 +141,19 @@ def fake_fairseq(tmp_path):
     xsum = tmp_path / "xsum" / "bin"
     enro = tmp_path / "enro" / "bin"
     glue = tmp_path / "glue"
-    for d, files in ((xsum, ["dict.source.txt", "train.source-target.source.idx", "valid.source-target.source.idx"]),
-                     (enro, ["dict.en_XX.txt", "train.en_XX-ro_RO.en_XX.idx", "valid.en_XX-ro_RO.en_XX.idx"]),
-                     (glue / "bin", ["input0/dict.txt", "input0/train.idx", "input0/valid.idx", "label/dict.txt",
-                                     "label/train.idx"])):
+    for d, files in ((xsum, ["dict.source.txt"]), (enro, ["dict.en_XX.txt"]),
+                     (glue / "bin", ["input0/dict.txt", "label/dict.txt"])):
         for f in files:
             (d / f).parent.mkdir(parents=True, exist_ok=True)
             (d / f).write_text("")
+    # small well-formed splits: the scripts check them (unifairseq.datacheck) before training
+    for split in ("train", "valid"):
+        for lang in ("source", "target"):
+            write_split(xsum / f"{split}.source-target.{lang}", (5, 7))
+        for lang in ("en_XX", "ro_RO"):
+            write_split(enro / f"{split}.en_XX-ro_RO.{lang}", (5, 7))
+        for what, lengths in (("input0", (5, 7)), ("label", (1, 1))):
+            write_split(glue / "bin" / what / split, lengths)
     (glue / "meta.json").write_text(json.dumps({"task": "MNLI", "num_classes": 3, "train_examples": 1000}))
 
     def run(name, *args, gpus=None):

@@ -23,6 +23,7 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER
 from fairseq.tasks.translation_from_pretrained_bart import TranslationFromPretrainedBARTTask
 
+from ..datacheck import check_task_split
 from .summarization import fix_ngram_blocker, set_beam_size
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ class TranslationMBARTTask(TranslationFromPretrainedBARTTask):
     def __init__(self, args, src_dict, tgt_dict):
         self.args = args
         super().__init__(args, src_dict, tgt_dict)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        # missing / malformed / empty data: one clear message; the source gets a language token
+        check_task_split(self.cfg, split, epoch, src_extra=1)
+        return super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
 
     def build_generator(self, models, args, **kwargs):
         return fix_ngram_blocker(super().build_generator(models, args, **kwargs))

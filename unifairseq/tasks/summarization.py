@@ -49,6 +49,7 @@ from fairseq.ngram_repeat_block import NGramRepeatBlock
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..datacheck import check_task_split
 from ..metrics import pairwise_rouge
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,10 @@ class TranslationRougeTask(TranslationTask):
         self._rouge_tokenizer = None
 
     # --------------------------------------------------------------- set-up
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        check_task_split(self.cfg, split, epoch)  # missing / malformed / empty data: one clear message
+        return super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+
     def build_generator(self, models, args, **kwargs):
         return fix_ngram_blocker(super().build_generator(models, args, **kwargs))
 
