@@ -6,7 +6,7 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from methods import IDS, METHODS
-from tiny import random_batch, tiny_model
+from tiny import random_batch, tiny_dict, tiny_model
 from unifairseq.accounting import stored_delta_weights
 from unifairseq.deltas import LoRALinear, is_delta_name
 
@@ -168,3 +168,58 @@ def test_lora_merge_round_trip(name, arch, flags, identity):
             assert torch.allclose(merged, base, atol=1e-5)
         for m in lora:
             assert torch.allclose(m.weight, before[id(m)], atol=1e-6)
+
+
+def test_prefix_mlp_runs_once_per_forward_in_training_with_per_layer_gradients():
+    """Training: one reparametrization-MLP pass per encoder/decoder forward, shared by its layers,
+    with the same loss and gradients as the per-layer computation (used under activation
+    checkpointing)."""
+    from unifairseq.prefix import PrefixProvider
+
+    d = tiny_dict()
+    model, _, _ = tiny_model("mam_bart_base", dictionary=d)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) or hasattr(m, "p"):
+            m.p = 0.0
+    src, lengths, prev, tgt = random_batch(d)
+    providers = [m for m in model.modules() if isinstance(m, PrefixProvider)]
+    assert len(providers) == 3 and all(p.mid_dim > 0 for p in providers)  # encoder, decoder self, cross
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        logits = model(src, lengths, prev)[0]
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    hooks = [p.mlp_up.register_forward_hook(lambda *a: calls.append(1)) for p in providers]
+    loss, grads = loss_and_grads()
+    assert len(calls) == 3, f"the MLP ran {len(calls)} times in one forward (expected once per provider)"
+    assert all(p._pass is None for p in providers)  # nothing left over after the forward
+
+    for p in providers:  # reference: every layer runs its own rows of the MLP
+        p.begin_pass = lambda: None
+    calls.clear()
+    ref_loss, ref_grads = loss_and_grads()
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 0  # per-layer rows go through F.linear, not the module
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and any("mlp_up" in n for n in grads)
+    for n in grads:
+        assert torch.allclose(grads[n], ref_grads[n], atol=1e-6, rtol=1e-5), n
+
+
+def test_output_projection_of_delta_decoder_equals_fairseq():
+    """The delta decoder applies the (frozen) output projection to a 2-D view: the same logits."""
+    d = tiny_dict()
+    model, _, _ = tiny_model("lora_attn_bart_base", dictionary=d)
+    model.eval()
+    src, lengths, prev, _ = random_batch(d)
+    with torch.no_grad():
+        feats = model.decoder.extract_features(prev, model.encoder(src, lengths))[0]  # B x T x C
+        ours = model.decoder.output_layer(feats)
+        ref = torch.nn.functional.linear(feats, model.decoder.output_projection.weight)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6)

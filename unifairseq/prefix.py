@@ -39,6 +39,9 @@ class PrefixProvider(DeltaModule):
         else:
             self.prefix = nn.Parameter(torch.empty(num_layers, 2, length, dim))
         self._cache = None  # (key, tensor L x 2 x l x d) for inference without grad
+        # training: the L x 2 x l x d output of one MLP pass, shared by the layers of one forward of
+        # the encoder/decoder (begin_pass/end_pass, called by layers.py); None outside a pass
+        self._pass: Optional[list] = None
         self.reset_delta_parameters()
 
     def reset_delta_parameters(self) -> None:
@@ -81,14 +84,28 @@ class PrefixProvider(DeltaModule):
         """P for one layer: 2 x l x d (index 0: keys, 1: values)."""
         if self.prefix is not None:
             kv = self.prefix[layer]
+        elif torch.is_grad_enabled() and self._pass is not None:
+            # training inside an encoder/decoder forward: one MLP pass for all layers. Its backward
+            # writes mlp_up's gradient once; a per-layer row slice of mlp_up would make autograd
+            # materialise (zero-fill) a full-size gradient for every layer and add them up.
+            if not self._pass:
+                self._pass.append(self._mlp(None))
+            kv = self._pass[0][layer]
         elif torch.is_grad_enabled():
-            # training: recompute per call so autograd sees the graph (cheap: one l x mid x 2d matmul)
+            # training outside a marked pass (e.g. activation checkpointing re-running one layer):
+            # only this layer's rows, so autograd sees this layer's graph
             kv = self._mlp(layer)
         else:
             kv = self._cached()[layer]
         if self.dropout > 0 and self.training:
             kv = F.dropout(kv, p=self.dropout, training=True)
         return kv
+
+    def begin_pass(self) -> None:
+        self._pass = []
+
+    def end_pass(self) -> None:
+        self._pass = None
 
     def _cached(self) -> torch.Tensor:
         """Inference: the MLP runs once per set of weights, not once per layer or decoding step.
