@@ -153,3 +153,49 @@ def test_fold_prefix_mlp_keeps_outputs():
     prov.fold()
     assert sum(p.numel() for p in prov.parameters()) == 2 * 2 * L_PREFIX * C < n_before
     assert torch.allclose(prov.all_layers(), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["none", "concat"])
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_fused_kernel_path_equals_explicit_path(form, kind, monkeypatch):
+    """Without returned weights and attention dropout, the attention runs through torch's fused
+    kernel (as fairseq's fast path does); it equals the explicit path (need_weights=True) in the output
+    and in every gradient, with causal and padding masks and a concat prefix."""
+    prefix = PrefixProvider(1, L_PREFIX, C, mid_dim=0) if form == "concat" else None
+    delta = DeltaConfig(attn_mode="prefix_nomlp", attn_option="concat", attn_bn=L_PREFIX) if prefix else DeltaConfig()
+    kw = dict(self_attention=True) if kind == "self" else dict(encoder_decoder_attention=True)
+    _, att = make_pair(delta.validate(), prefix, **kw)
+    att.train()  # attention dropout is 0: training mode still takes the fused path
+    x, mem, kpm = inputs()
+    T = x.size(0)
+    if kind == "self":
+        kpm = torch.zeros(x.size(1), T, dtype=torch.bool)
+        kpm[0, -2:] = True  # right padding in the decoder
+        args = dict(query=x, key=x, value=x, key_padding_mask=kpm,
+                    attn_mask=torch.triu(torch.full((T, T), float("-inf")), 1))
+    else:
+        args = dict(query=x, key=mem, value=mem, key_padding_mask=kpm)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    results = []
+    for need_weights in (False, True):
+        params = dict(att.named_parameters(), **({"P": prefix.prefix} if prefix is not None else {}))
+        for p in params.values():
+            p.grad = None
+        xi = x.clone().requires_grad_()
+        a = dict(args, query=xi, key=xi if kind == "self" else mem, value=xi if kind == "self" else mem)
+        out, w = att(need_weights=need_weights, **a)
+        assert (w is None) == (not need_weights)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, {n: p.grad.clone() for n, p in params.items()}))
+        if need_weights is False:
+            assert len(calls) == 1, "the fused kernel was not used"
+    assert len(calls) == 1, "need_weights=True must take the explicit path"
+    (o1, g1, p1), (o2, g2, p2) = results
+    assert torch.allclose(o1, o2, atol=1e-6), (o1 - o2).abs().max()
+    assert torch.allclose(g1, g2, atol=1e-6)
+    assert p1.keys() == p2.keys() and ("P" in p1) == (prefix is not None)
+    for n in p1:
+        assert torch.allclose(p1[n], p2[n], atol=1e-6), n
+        assert n == "k_proj.bias" or p1[n].abs().sum() > 0, n  # (softmax ignores a shared key bias)

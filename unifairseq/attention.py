@@ -123,6 +123,11 @@ class DeltaMultiheadAttention(MultiheadAttention):
         kv_B, S = k.size(0), k.size(2)
         x = B // kv_B  # hypotheses per K/V row: the beam in beamable cross-attention, else 1
 
+        if x == 1 and not need_weights and self.head_form in (None, "concat") and not self._dropout_active():
+            attn = self._fused_attention(q, k, v, attn_mask, key_padding_mask)  # B x H x T x D
+            out = self.out_proj(attn.permute(2, 0, 1, 3).reshape(T, B, C))
+            return (out if self.delta_out is None else self.delta_out(out, query)), None
+
         # T x B x C -> kvB x x x H x T x D
         q = q.contiguous().view(T, kv_B, x, H, D).permute(1, 2, 3, 0, 4)
         logits = torch.einsum("bxhtd,bhsd->bxhts", q, k)
@@ -148,6 +153,35 @@ class DeltaMultiheadAttention(MultiheadAttention):
             if not need_head_weights:
                 weights = weights.mean(dim=0)
         return out, weights
+
+    def _dropout_active(self) -> bool:
+        drop = self.dropout_module
+        return drop.p > 0 and (self.training or drop.apply_during_inference)
+
+    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+                         key_padding_mask: Optional[Tensor]) -> Tensor:
+        """The same attention (no head delta, or the concat prefix) through torch's fused kernel, as
+        fairseq's own fast path does: used when no weights are returned and no attention dropout
+        applies. q: T x B x C (scaled), k, v: B x H x S x D -> B x H x T x D."""
+        T, B, _ = q.shape
+        S = k.size(2)
+        q = q.view(T, B, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        mask = None  # additive, broadcast to B x H x T x S
+        if attn_mask is not None:
+            mask = attn_mask.to(q.dtype).view(1, 1, T, S)
+        if key_padding_mask is not None and key_padding_mask.dim() > 0:
+            pad = torch.zeros(B, 1, 1, S, dtype=q.dtype, device=q.device).masked_fill(
+                key_padding_mask.view(B, 1, 1, S).to(torch.bool), float("-inf"))
+            mask = pad if mask is None else mask + pad
+        if self.head_form == "concat":  # prefix keys/values in front, never masked
+            P_k, P_v = self.prefix_kv()  # H x l x D
+            k = torch.cat([P_k.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([P_v.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
+            if mask is not None:
+                mask = F.pad(mask, (P_k.size(1), 0))
+        if mask is not None:
+            mask = mask.expand(B, 1, T, mask.size(-1))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
     def _head_delta(self, q: Tensor, logits: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """q: kvB x x x H x T x D, logits: ... x T x S, v: kvB x H x S x D -> attn (like q) and the
