@@ -28,6 +28,8 @@ def test_bench_tiny_writes_numeric_json(tmp_path):
 
     report = json.loads(out.read_text())
     res = report["results"]
+    assert report["config"]["optimizer"] == "fused" and report["config"]["malloc"][0] == "retain"
+    assert report["config"]["malloc"][1]["MALLOC_TRIM_THRESHOLD_"]
     assert list(res) == ["full", "frozen", "frozen_2d", "mam", "lora_attn"]
     for m, r in res.items():
         assert "error" not in r, (m, r)

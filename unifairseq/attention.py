@@ -123,7 +123,10 @@ class DeltaMultiheadAttention(MultiheadAttention):
         kv_B, S = k.size(0), k.size(2)
         x = B // kv_B  # hypotheses per K/V row: the beam in beamable cross-attention, else 1
 
-        if x == 1 and not need_weights and self.head_form in (None, "concat") and not self._dropout_active():
+        # the fused kernel needs the prefix concatenated to K/V: a copy of the whole cache at every
+        # decoding step, so incremental decoding with a prefix keeps the explicit path
+        fused_ok = self.head_form is None or (self.head_form == "concat" and incremental_state is None)
+        if x == 1 and not need_weights and fused_ok and not self._dropout_active():
             attn = self._fused_attention(q, k, v, attn_mask, key_padding_mask)  # B x H x T x D
             out = self.out_proj(attn.permute(2, 0, 1, 3).reshape(T, B, C))
             return (out if self.delta_out is None else self.delta_out(out, query)), None

@@ -4,6 +4,7 @@
     python -m unifairseq.bench --size large --methods mam lora_attn
     python -m unifairseq.bench --device cuda --fp16     # on a machine with a GPU
     python -m unifairseq.bench --tiny --methods mam lora_attn --steps 2   # seconds; the smoke test
+    python -m unifairseq.bench --malloc default --optimizer loop           # without the two CPU fixes
 
 Prints markdown tables and writes JSON (``--json``, default ``runs/bench.json``). Each method is
 measured in its own fresh subprocess (memory high-water mark and threads isolated), which builds the
@@ -86,6 +87,13 @@ TINY_DIMS = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-
              "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
              "--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]
 TINY_VOCAB = 1000
+# --malloc retain: glibc keeps freed memory mapped and reuses it (mmap only above 32 MiB, its maximum;
+# no trimming) instead of returning it to the kernel and faulting it in again on the next step. Fresh
+# pages cost ~2 us each on this project's VM (29 MB: 15 ms), and every step of a method that trains
+# something allocates its gradients and the activations its weight gradients need anew; the frozen
+# floor allocates neither. Any fairseq-train run on CPU can set the same variables.
+RETAIN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(16 * 2 ** 30),
+                 "MALLOC_TOP_PAD_": str(64 * 2 ** 20)}
 TARGETS = {"mam_train_vs_frozen": 1.15, "mam_decode_vs_base": 1.15, "lora_merged_decode_vs_base": 1.02}
 
 
@@ -339,7 +347,8 @@ def run_worker(method: str, o: argparse.Namespace, common: List[str]) -> dict:
     try:
         cmd = [sys.executable, "-m", "unifairseq.bench", "--worker", method, "--worker-out", out, *common]
         t = time.perf_counter()
-        rc = subprocess.run(cmd).returncode
+        env = dict(os.environ, **(RETAIN_MALLOC if o.malloc == "retain" and o.device == "cpu" else {}))
+        rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:
             progress(f"  {method}: FAILED (exit status {rc})")
             return dict(method=method, error=f"worker exit status {rc}")
@@ -394,7 +403,8 @@ def tables(report: dict) -> str:
     results, c = report["results"], report["config"]
     mem = "GPU memory (max allocated)" if c["device"] == "cuda" else "RSS (ru_maxrss)"
     lines = [f"Training step ({c['shape']}, batch {c['batch']} x {c['src_len']} source / {c['tgt_len']} target "
-             f"tokens, {c['device']}{' fp16' if c['fp16'] else ''}, Adam {c.get('optimizer', 'loop')}, median of {c['steps']} after {c['warmup']} "
+             f"tokens, {c['device']}{' fp16' if c['fp16'] else ''}, Adam {c.get('optimizer', 'loop')}, "
+             f"{'malloc ' + c['malloc'][0] + ', ' if c.get('malloc') else ''}median of {c['steps']} after {c['warmup']} "
              f"warm-up; memory = {mem})", "",
              "| method | trainable | step (s) | vs full | vs frozen floor | train memory (MB) | peak (MB) | "
              "resume ckpt (MB) | inference file (MB) |",
@@ -434,7 +444,8 @@ def parse(argv=None) -> argparse.Namespace:
                          "also: none, any other preset)")
     ap.add_argument("--json", default="runs/bench.json", help="where to write the results")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed training steps first (methods that allocate more settle later)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--src-len", type=int, default=128)
     ap.add_argument("--tgt-len", type=int, default=32)
@@ -445,6 +456,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--fp16", action="store_true", help="fp16 model (with --device cuda)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    ap.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                    help="CPU: glibc malloc settings of the worker processes (default retain: see RETAIN_MALLOC)")
     ap.add_argument("--optimizer", choices=("fused", "foreach", "loop"), default="fused",
                     help="torch Adam implementation (default fused; loop = torch's single-tensor Adam)")
     ap.add_argument("--tiny", action="store_true",
@@ -455,7 +468,7 @@ def parse(argv=None) -> argparse.Namespace:
     o = ap.parse_args(argv)
     if o.tiny:
         for name, tiny_value, default in (("batch", 2, 8), ("src_len", 16, 128), ("tgt_len", 8, 32),
-                                          ("gen_batch", 2, 8), ("gen_len", 8, 32)):
+                                          ("gen_batch", 2, 8), ("gen_len", 8, 32), ("warmup", 1, 3)):
             if getattr(o, name) == default:
                 setattr(o, name, tiny_value)
     return o
@@ -498,6 +511,7 @@ def main(argv=None) -> int:
         config=dict(shape=shape, size=o.size, tiny=o.tiny, batch=o.batch, src_len=o.src_len, tgt_len=o.tgt_len,
                     steps=o.steps, warmup=o.warmup, beam=o.beam, gen_batch=o.gen_batch, gen_len=o.gen_len,
                     gen_runs=o.gen_runs, device=o.device, fp16=o.fp16, optimizer=o.optimizer,
+                    malloc=(o.malloc, RETAIN_MALLOC if o.malloc == "retain" else {}) if o.device == "cpu" else None,
                     threads=o.threads if o.device == "cpu" else None,
                     train_step=f"model forward + F.cross_entropy + backward + torch.optim.Adam({o.optimizer}).step "
                                "(no fairseq Trainer)",
