@@ -2,6 +2,7 @@
 the deltas equal a single-process run over the same batches (--update-freq 2), the base is untouched."""
 import socket
 import subprocess
+import sys
 
 import torch
 
@@ -15,6 +16,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+# fairseq writes checkpoints from rank 0 only. To compare the ranks, each launched process runs
+# fairseq-train's own entry point with save_checkpoint wrapped (in that test process only) to also
+# write its rank's model state next to the checkpoint.
+EVERY_RANK_SAVES = """
+import sys, torch
+import fairseq.checkpoint_utils as cu
+from fairseq_cli.train import cli_main
+orig = cu.save_checkpoint
+def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
+    out = orig(cfg, trainer, epoch_itr, val_loss)
+    sd = {k: v for k, v in trainer.get_model().state_dict().items() if torch.is_tensor(v)}
+    torch.save(sd, f"{cfg.save_dir}/rank{trainer.data_parallel_rank}.pt")
+    return out
+cu.save_checkpoint = save_checkpoint
+sys.argv = sys.argv[1:]
+sys.exit(cli_main())
+"""
+
+
 def test_two_rank_gloo_training_matches_single_process(demo, tmp_path):
     common = ["--delta-save-full", "--no-save-optimizer-state", "--dropout", "0"]  # same numbers either way
     single = [str(a) for a in train_argv(demo, tmp_path / "single", 4)] + common + ["--update-freq", "2"]
@@ -23,7 +43,7 @@ def test_two_rank_gloo_training_matches_single_process(demo, tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        argv = [str(a) for a in train_argv(demo, tmp_path / "ddp", 4)] + common + [
+        argv = [sys.executable, "-c", EVERY_RANK_SAVES] + [str(a) for a in train_argv(demo, tmp_path / "ddp", 4)] + common + [
             "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-backend", "gloo",
             "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
             "--ddp-backend", "legacy_ddp"]
@@ -45,3 +65,10 @@ def test_two_rank_gloo_training_matches_single_process(demo, tmp_path):
             assert torch.allclose(v, a[k], atol=1e-5), f"{k}: 2-rank DDP differs from update-freq 2"
             changed += 1
     assert changed > 0
+    # the two ranks hold the same deltas, bit for bit, and rank 0's equal what fairseq saved
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
+    assert r0.keys() == r1.keys() and sum(1 for k in r0 if k not in base) >= changed
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between rank 0 and rank 1"
+        if k in b:
+            assert torch.equal(r0[k], b[k]), k
