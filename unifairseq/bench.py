@@ -94,6 +94,13 @@ TINY_VOCAB = 1000
 # floor allocates neither. Any fairseq-train run on CPU can set the same variables.
 RETAIN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20), "MALLOC_TRIM_THRESHOLD_": str(16 * 2 ** 30),
                  "MALLOC_TOP_PAD_": str(64 * 2 ** 20)}
+
+
+def malloc_env(o: argparse.Namespace) -> Dict[str, str]:
+    """The environment variables --malloc adds for the worker processes (CPU only)."""
+    return RETAIN_MALLOC if o.malloc == "retain" and o.device == "cpu" else {}
+
+
 TARGETS = {"mam_train_vs_frozen": 1.15, "mam_decode_vs_base": 1.15, "lora_merged_decode_vs_base": 1.02}
 
 
@@ -103,7 +110,7 @@ def progress(msg: str) -> None:
 
 # ======================================================================= worker (one method)
 def arch_for(method: str, size: str) -> str:
-    if method in BASELINES or method == "frozen_2d":
+    if method in BASELINES:
         return f"bart_{size}"
     if method == "none":
         return f"lora_attn_bart_{size}"  # merged and frozen: unifairseq's attention, no delta computation
@@ -347,7 +354,7 @@ def run_worker(method: str, o: argparse.Namespace, common: List[str]) -> dict:
     try:
         cmd = [sys.executable, "-m", "unifairseq.bench", "--worker", method, "--worker-out", out, *common]
         t = time.perf_counter()
-        env = dict(os.environ, **(RETAIN_MALLOC if o.malloc == "retain" and o.device == "cpu" else {}))
+        env = dict(os.environ, **malloc_env(o))
         rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:
             progress(f"  {method}: FAILED (exit status {rc})")
@@ -511,7 +518,7 @@ def main(argv=None) -> int:
         config=dict(shape=shape, size=o.size, tiny=o.tiny, batch=o.batch, src_len=o.src_len, tgt_len=o.tgt_len,
                     steps=o.steps, warmup=o.warmup, beam=o.beam, gen_batch=o.gen_batch, gen_len=o.gen_len,
                     gen_runs=o.gen_runs, device=o.device, fp16=o.fp16, optimizer=o.optimizer,
-                    malloc=(o.malloc, RETAIN_MALLOC if o.malloc == "retain" else {}) if o.device == "cpu" else None,
+                    malloc=(o.malloc, malloc_env(o)) if o.device == "cpu" else None,
                     threads=o.threads if o.device == "cpu" else None,
                     train_step=f"model forward + F.cross_entropy + backward + torch.optim.Adam({o.optimizer}).step "
                                "(no fairseq Trainer)",

@@ -7,8 +7,10 @@ parameters, an eighth of the whole training step, against 0.015 s for torch's fu
 (`python -m unifairseq.bench --optimizer loop` vs the default). Delta training keeps many small and a
 few large tensors, which is exactly where one fused kernel wins.
 
-Same flags and math as fairseq's `adam` (`--adam-betas`, `--adam-eps`, `--weight-decay`, decoupled
-weight decay as fairseq's Adam does, i.e. torch's AdamW); `--adam-impl fused|foreach`.
+The same flags as fairseq's `adam` (`--adam-betas`, `--adam-eps`, `--weight-decay`) and its decoupled
+weight decay, i.e. torch's AdamW; `--adam-impl fused|foreach`. One difference in the math: torch (and
+the Adam paper) add eps to sqrt(v) after the bias correction, fairseq before, so the updates differ
+only where |grad| is near eps (tests/test_optim.py).
 """
 # (no `from __future__ import annotations`: fairseq reads the dataclass field types at run time)
 
