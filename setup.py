@@ -37,9 +37,9 @@ setup(
     install_requires=["numpy", "hydra-core==1.3.2", "omegaconf==2.3.0"],
     ext_modules=extensions(),
     entry_points={"console_scripts": [
-        "unifairseq-export = unifairseq.export:main",
-        "unifairseq-count = unifairseq.count:main",
-        "unifairseq-import-hf = unifairseq.hf_import:main",
-        "unifairseq-hf-tokenize = unifairseq.hf_tokenize:main",
+        "unifairseq-export = unifairseq.tools.export:main",
+        "unifairseq-count = unifairseq.tools.count:main",
+        "unifairseq-import-hf = unifairseq.tools.hf_import:main",
+        "unifairseq-hf-tokenize = unifairseq.tools.hf_tokenize:main",
     ]},
 )

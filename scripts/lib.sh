@@ -152,13 +152,13 @@ plan_batch() {
         if [ "$GPUS" -gt 1 ]; then DEVICE+=(--distributed-world-size "$GPUS" "$@"); fi
     fi
 }
-# make_tiny_base LABEL KIND INPUT [ARG...]: python -m unifairseq.tiny_base KIND INPUT SAVE/tiny_base.pt ARG...
+# make_tiny_base LABEL KIND INPUT [ARG...]: python -m unifairseq.tools.tiny_base KIND INPUT SAVE/tiny_base.pt ARG...
 # (made once, logged to SAVE/tiny_base.log), which becomes BASE.
 make_tiny_base() {
     local label=$1 kind=$2 input=$3; shift 3
     if [ ! -f "$SAVE/tiny_base.pt" ]; then
         echo "== tiny random $label base -> $SAVE/tiny_base.pt"
-        (cd "$REPO" && "$PY" -m unifairseq.tiny_base "$kind" "$input" "$SAVE/tiny_base.pt" "$@") > "$SAVE/tiny_base.log" 2>&1 \
+        (cd "$REPO" && "$PY" -m unifairseq.tools.tiny_base "$kind" "$input" "$SAVE/tiny_base.pt" "$@") > "$SAVE/tiny_base.log" 2>&1 \
             || { tail -20 "$SAVE/tiny_base.log" >&2; die "making the tiny base failed (log: $SAVE/tiny_base.log)"; }
     fi
     BASE=$SAVE/tiny_base.pt

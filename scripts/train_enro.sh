@@ -18,7 +18,7 @@ METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, 
         full  -> --arch mbart_large --encoder-normalize-before --decoder-normalize-before
                  --layernorm-embedding (full fine-tuning).
 
-Task: translation_mbart (unifairseq.tasks: fairseq's translation_from_pretrained_bart, whose
+Task: translation_mbart (unifairseq.fairseq.tasks: fairseq's translation_from_pretrained_bart, whose
 fairseq 0.12 version cannot train or decode, with that fixed), -s en_XX -t ro_RO,
 --langs = mbart.cc25's 25 language codes ($MBART_LANGS).
 
@@ -54,14 +54,14 @@ Everything after '--' is passed to fairseq-train last (it overrides what the scr
 (detokenized sacreBLEU without the language tags, on the validation split).
 
 --tiny changes: a tiny random plain mBART (mbart_large layout) made on the fly
-(SAVE/tiny_base.pt, python -m unifairseq.tiny_base: 2+2 layers, dim 64, FFN 128, 4 heads,
+(SAVE/tiny_base.pt, python -m unifairseq.tools.tiny_base: 2+2 layers, dim 64, FFN 128, 4 heads,
 embeddings std 0.125) instead of --base; the same sizes on the command line; delta sizes
 --attn-bn 8 --ffn-bn 16 --mid-dim 32 (lora_ffn: --lora-alpha 64, keeping s = 4); --cpu; 8
 updates of at most 1024 tokens (update-freq 1); lr 1e-3; validation only at the end;
 OMP_NUM_THREADS=1 unless set. Every other setting is the paper's.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.tasks).
+UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.fairseq.tasks).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's status otherwise.
 USAGE
 }
@@ -106,9 +106,9 @@ check_data preprocess_enro --layout translation --langs en_XX ro_RO --splits tra
     --src-extra 1
 check_base mbart.cc25/model.pt
 check_user_dir
-grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py does not import unifairseq.tasks, which registers --task translation_mbart:
-    add the line 'import unifairseq.tasks  # noqa: F401' to it"
+grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
+    || die "$USER_DIR/__init__.py does not import unifairseq.fairseq.tasks, which registers --task translation_mbart:
+    add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
 check_int_opts PER_GPU SEED
 SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/enro_$METHOD}")
 

@@ -48,7 +48,7 @@ Options:
 Everything after '--' is passed to fairseq-train last (it overrides what the script sets).
 
 --tiny changes: a tiny random plain RoBERTa made on the fly (SAVE/tiny_base.pt, python -m
-unifairseq.tiny_base roberta: 2 layers, dim 64, FFN 128, 4 heads, 512 positions, LM head, no
+unifairseq.tools.tiny_base roberta: 2 layers, dim 64, FFN 128, 4 heads, 512 positions, LM head, no
 classification head) instead of --base; the same sizes on the command line; delta sizes
 --attn-bn 8 --ffn-bn 16 --mid-dim 32 (lora_ffn: --lora-alpha 64); --cpu; 8 updates of 8
 sentences (update-freq 1, no warm-up); lr 1e-3; validation at the end; OMP_NUM_THREADS=1 unless

@@ -45,14 +45,14 @@ Options:
 Everything after '--' is passed to fairseq-train last (it overrides what the script sets).
 
 --tiny changes: a tiny random plain BART made on the fly (SAVE/tiny_base.pt, python -m
-unifairseq.tiny_base: 2+2 layers, dim 64, FFN 128, 4 heads, embeddings std 0.125) instead of
+unifairseq.tools.tiny_base: 2+2 layers, dim 64, FFN 128, 4 heads, embeddings std 0.125) instead of
 --base; the same sizes on the command line; delta sizes --attn-bn 8 --ffn-bn 16 --mid-dim 32
 (lora_ffn: --lora-alpha 64, keeping s = 4); --cpu; 8 updates of 8 documents (update-freq 1);
 lr 1e-3; validation/ROUGE only at the end; OMP_NUM_THREADS=1 unless set. Every other setting is
 the paper's.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.tasks).
+UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.fairseq.tasks).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's status otherwise.
 USAGE
 }
@@ -93,9 +93,9 @@ check_data preprocess_xsum --layout translation --langs source target --splits "
     --truncate-source --max-positions 1024
 check_base bart.large/model.pt
 check_user_dir
-grep -q "unifairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py does not import unifairseq.tasks, which registers --task translation_rouge
-    (ROUGE-2 model selection): add the line 'import unifairseq.tasks  # noqa: F401' to it"
+grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
+    || die "$USER_DIR/__init__.py does not import unifairseq.fairseq.tasks, which registers --task translation_rouge
+    (ROUGE-2 model selection): add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
 check_int_opts PER_GPU SEED
 SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/xsum_$METHOD}")
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from unifairseq.attention import DeltaMultiheadAttention
-from unifairseq.config import DeltaConfig
-from unifairseq.prefix import PrefixProvider
+from unifairseq.fairseq.attention import DeltaMultiheadAttention
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.prefix import PrefixProvider
 
 C, H, L_PREFIX = 16, 4, 5
 

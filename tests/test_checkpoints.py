@@ -9,9 +9,9 @@ from methods import IDS, METHODS
 from test_methods import full_logits, perturb_deltas, save_base_checkpoint
 from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict, tiny_model
-from unifairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
-from unifairseq.deltas import is_delta_name
-from unifairseq.export import export_inference, export_merge, export_unmerge, main as export_main
+from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
+from unifairseq.core.modules import is_delta_name
+from unifairseq.tools.export import export_inference, export_merge, export_unmerge, main as export_main
 
 
 def trained_checkpoint(tmp_path, arch, flags, steps=3):
@@ -276,7 +276,7 @@ def test_roberta_hub_predict_from_delta_checkpoint(tmp_path):
     from fairseq.trainer import Trainer
 
     from tiny import tiny_roberta
-    from unifairseq.models.roberta import DeltaRobertaModel
+    from unifairseq.fairseq.models.roberta import DeltaRobertaModel
 
     model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion", "sentence_prediction",
                                                                "--optimizer", "adam", "--lr", "1e-3", "--cpu"])

@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import unifairseq  # noqa: F401  (allow-lists argparse.Namespace & fairseq meters for torch.load)
-from unifairseq.deltas import is_delta_name
+import unifairseq.fairseq
+
+unifairseq.fairseq.register()  # as --user-dir user_dir does: models, tasks, torch.load allow-list
+from unifairseq.core.modules import is_delta_name
 
 try:  # delta checkpoints carry two metadata entries besides tensors of the model
-    from unifairseq.checkpoint import META_KEYS
+    from unifairseq.fairseq.checkpoint import META_KEYS
 except ImportError:  # pragma: no cover
     META_KEYS = ()
 

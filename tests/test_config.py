@@ -2,9 +2,9 @@
 import pytest
 
 from tiny import tiny_model
-from unifairseq.accounting import ModelShape, formula_count, stored_delta_weights
-from unifairseq.config import PRESETS, DeltaConfig, DeltaConfigError
-from unifairseq.count import build_translation_model
+from unifairseq.core.accounting import ModelShape, formula_count, stored_delta_weights
+from unifairseq.core.config import PRESETS, DeltaConfig, DeltaConfigError
+from unifairseq.tools.count import build_translation_model
 
 BART_LARGE = ModelShape.encoder_decoder(1024, 4096, 12, 12)
 

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from test_resume_generate import REPO, demo, pytestmark, train_argv  # noqa: F401
-from unifairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint import load_checkpoint_file
 
 
 def free_port():

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from test_resume_generate import BIN, REPO, demo, losses, pytestmark, train_argv  # noqa: F401
-from unifairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint import load_checkpoint_file
 
 
 def test_sigkill_mid_epoch_then_resume(demo, tmp_path):

@@ -7,8 +7,8 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from methods import IDS, METHODS
 from tiny import random_batch, tiny_dict, tiny_model
-from unifairseq.accounting import stored_delta_weights
-from unifairseq.deltas import LoRALinear, is_delta_name
+from unifairseq.core.accounting import stored_delta_weights
+from unifairseq.core.modules import LoRALinear, is_delta_name
 
 
 def perturb_deltas(model, seed=0, std=0.05):
@@ -174,7 +174,7 @@ def test_prefix_mlp_runs_once_per_forward_in_training_with_per_layer_gradients()
     """Training: one reparametrization-MLP pass per encoder/decoder forward, shared by its layers,
     with the same loss and gradients as the per-layer computation (used under activation
     checkpointing)."""
-    from unifairseq.prefix import PrefixProvider
+    from unifairseq.core.prefix import PrefixProvider
 
     d = tiny_dict()
     model, _, _ = tiny_model("mam_bart_base", dictionary=d)

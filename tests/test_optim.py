@@ -1,8 +1,8 @@
-"""`--optimizer torch_adam` (unifairseq.optim): the same updates as fairseq's own `--optimizer adam`."""
+"""`--optimizer torch_adam` (unifairseq.fairseq.optim): the same updates as fairseq's own `--optimizer adam`."""
 import pytest
 import torch
 
-import unifairseq.optim  # noqa: F401  (registers torch_adam, as user_dir/ does)
+import unifairseq.fairseq.optim  # noqa: F401  (registers torch_adam, as user_dir/ does)
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks.translation import TranslationTask
 from fairseq.trainer import Trainer

@@ -135,7 +135,7 @@ def fake_fairseq(tmp_path):
     (bin_dir / "fairseq-train").chmod(0o755)
     user_dir = tmp_path / "user_dir"
     user_dir.mkdir()
-    (user_dir / "__init__.py").write_text("import unifairseq.models\nimport unifairseq.tasks\n")
+    (user_dir / "__init__.py").write_text("import unifairseq.fairseq.models\nimport unifairseq.fairseq.tasks\n")
     base = tmp_path / "base.pt"
     base.write_bytes(b"x")
     xsum = tmp_path / "xsum" / "bin"
@@ -356,7 +356,7 @@ def test_eval_rouge_equals_rouge_score_on_detokenized_text():
 
     import unifairseq.bpe as bpe
     from unifairseq.metrics import pairwise_rouge
-    from unifairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
+    from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 
     enc = bpe.get_encoder()
     ids = [enc.encode(t) for t in HYPS + REFS]
@@ -389,7 +389,7 @@ def test_ngram_blocker_fixed():
     import torch
     from fairseq.ngram_repeat_block import NGramRepeatBlock
 
-    from unifairseq.tasks.summarization import NGramRepeatBlockFixed
+    from unifairseq.fairseq.tasks.summarization import NGramRepeatBlockFixed
 
     pad, step = 1, 4
     tokens = torch.full((2, 10), pad)

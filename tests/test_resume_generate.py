@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import unifairseq  # noqa: F401
-from unifairseq.checkpoint import META_KEYS, load_checkpoint_file
+from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,7 +103,7 @@ def test_resume_from_delta_checkpoint_matches_uninterrupted_run(demo, tmp_path):
 
 
 def test_hub_from_pretrained_on_delta_checkpoint(demo):
-    from unifairseq.models.bart import DeltaBARTModel
+    from unifairseq.fairseq.models.bart import DeltaBARTModel
 
     hub = DeltaBARTModel.from_pretrained(str(demo / "checkpoints"), checkpoint_file="checkpoint_last.pt",
                                          data_name_or_path=str(demo / "data-bin"), bpe=None)

@@ -5,8 +5,8 @@ import torch
 from methods import IDS, METHODS
 from test_methods import perturb_deltas
 from tiny import random_batch, tiny_model, tiny_roberta
-from unifairseq.accounting import ModelShape, formula_count, is_trainable_name, stored_delta_weights
-from unifairseq.deltas import Bottleneck, is_delta_name
+from unifairseq.core.accounting import ModelShape, formula_count, is_trainable_name, stored_delta_weights
+from unifairseq.core.modules import Bottleneck, is_delta_name
 
 ROBERTA = [(n, a.replace("_bart_base", "_roberta_base"), f, i) for n, a, f, i in METHODS]
 MBART = [(n, a.replace("_bart_base", "_mbart_large"), f, i) for n, a, f, i in METHODS]

@@ -5,7 +5,7 @@ import torch
 from methods import IDS, METHODS
 from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict, tiny_model
-from unifairseq.config import DeltaConfigError
+from unifairseq.core.config import DeltaConfigError
 
 CKPT_METHODS = [m for m in METHODS if m[0] in ("mam", "lora_attn", "houlsby", "mhpa", "prompt", "bitfit")]
 
@@ -37,7 +37,7 @@ def test_bf16_on_cpu_trains_with_fp32_master_weights(optimizer):
     from fairseq.tasks.translation import TranslationTask
     from fairseq.trainer import Trainer
 
-    import unifairseq.optim  # noqa: F401  (registers torch_adam, as user_dir/ does)
+    import unifairseq.fairseq.optim  # noqa: F401  (registers torch_adam, as user_dir/ does)
     from test_training import TRAIN_FLAGS
     from tiny import TINY, tiny_args
 

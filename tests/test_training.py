@@ -7,7 +7,7 @@ from fairseq.trainer import Trainer
 
 from methods import IDS, METHODS
 from tiny import TINY, tiny_args, tiny_dict
-from unifairseq.accounting import is_trainable_name
+from unifairseq.core.accounting import is_trainable_name
 
 TRAIN_FLAGS = ["--cpu", "--optimizer", "adam", "--lr", "0.05", "--criterion", "label_smoothed_cross_entropy",
                "--label-smoothing", "0.1", "--max-tokens", "4000", "--dropout", "0.0", "--seed", "3"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from fairseq.data import Dictionary
 
-from unifairseq.count import build_translation_model, parse_model_args
+from unifairseq.tools.count import build_translation_model, parse_model_args
 
 TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32",
         "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",

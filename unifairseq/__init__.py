@@ -1,6 +1,10 @@
 """unifairseq: the unified view of parameter-efficient transfer learning (He et al., ICLR 2022)
-as a fairseq extension. Importing the package registers its models with fairseq."""
-__version__ = "0.1.0"
+as a fairseq extension.
 
-from . import serialization  # noqa: F401  (allow-lists fairseq checkpoint types for torch.load)
-from .config import PRESETS, DeltaConfig, DeltaConfigError  # noqa: F401
+Importing the package has no side effects and does not import fairseq:
+  unifairseq.core      torch only: the delta methods, their registry, the plan, head-level math, accounting
+  unifairseq.fairseq   the only code that imports fairseq: attention cache, layers, models, tasks, checkpoints
+  unifairseq.tools     the command-line tools (export, count, sizes, HF import, tiny bases)
+`--user-dir user_dir` (or `unifairseq.fairseq.register()`) registers the models with fairseq.
+"""
+__version__ = "0.1.0"

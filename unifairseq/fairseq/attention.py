@@ -29,9 +29,9 @@ from torch import Tensor
 
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from .config import DeltaConfig
-from .deltas import Adapter, LoRALinear
-from .prefix import PrefixProvider
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.modules import Adapter, LoRALinear
+from unifairseq.core.prefix import PrefixProvider
 
 
 def head_form(delta: DeltaConfig) -> Optional[str]:

@@ -39,10 +39,15 @@ def _fairseq_checkpoint_globals():
     return allowed
 
 
+_REGISTERED = False
+
+
 def register_safe_globals() -> None:
+    """Add the classes above to torch's weights-only allow-list (idempotent). Called where fairseq
+    checkpoints are loaded (user_dir, unifairseq.fairseq.register(), load_checkpoint_file), never
+    at import."""
+    global _REGISTERED
     add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is not None:  # torch < 2.4 has no allow-list (and loads unrestricted by default)
+    if add is not None and not _REGISTERED:  # torch < 2.4 has no allow-list (and loads unrestricted)
         add(_fairseq_checkpoint_globals())
-
-
-register_safe_globals()
+        _REGISTERED = True

@@ -21,12 +21,12 @@ from typing import Dict, Optional
 
 import torch
 
-from .checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, DeltaCheckpointError, _tensor_to_str,
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, DeltaCheckpointError, _tensor_to_str,
                          atomic_save, load_checkpoint_file)
-from .config import DeltaConfig
-from .prefix import PrefixProvider
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.prefix import PrefixProvider
 
-logger = logging.getLogger("unifairseq.export")
+logger = logging.getLogger("unifairseq.tools.export")
 
 PREFIX_MLP_SUFFIXES = ("wte.weight", "mlp_down.weight", "mlp_down.bias", "mlp_up.weight", "mlp_up.bias")
 
@@ -106,7 +106,7 @@ def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
 
 
 def parent_arch(arch: str) -> str:
-    from .models.common import ARCH_PARENT
+    from unifairseq.fairseq.models.common import ARCH_PARENT
 
     if arch not in ARCH_PARENT:
         raise DeltaCheckpointError(f"unknown delta architecture {arch!r}; cannot name its plain fairseq parent")
@@ -201,7 +201,7 @@ def _refuse_same_file(src: str, out: str) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    import unifairseq.models  # noqa: F401  (architecture names, safe globals)
+    import unifairseq.fairseq.models  # noqa: F401  (architecture names, safe globals)
 
     ap = argparse.ArgumentParser(prog="unifairseq-export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .deltas import DeltaModule
+from unifairseq.core.modules import DeltaModule
 
 
 class PrefixProvider(DeltaModule):

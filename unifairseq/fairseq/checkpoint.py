@@ -25,8 +25,9 @@ from typing import Dict, Optional
 
 import torch
 
-from .accounting import is_trainable_name
-from .deltas import is_delta_name
+from unifairseq.core.accounting import is_trainable_name
+from unifairseq.core.modules import is_delta_name
+from unifairseq.fairseq.safe_globals import register_safe_globals
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def load_checkpoint_file(path: str) -> dict:
     if size == 0:
         raise DeltaCheckpointError(f"checkpoint {path!r} is empty (0 bytes): the write that made it was "
                                    "interrupted; use another checkpoint or retrain")
+    register_safe_globals()
     try:
         state = torch.load(path, map_location="cpu")
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -124,6 +126,12 @@ class DeltaCheckpointMixin:
 
     base_path: Optional[str] = None  # where the current base weights came from
     base_fingerprint: Optional[str] = None
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """fairseq's hub loading, with the torch.load allow-list for fairseq checkpoints in place."""
+        register_safe_globals()
+        return super().from_pretrained(*args, **kwargs)
 
     def full_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
         return super().state_dict()

@@ -7,7 +7,7 @@ with fairseq 0.12's bugs fixed, so the mBART recipe runs:
   no attribute 'args'", facebookresearch/fairseq#3169, #4479); here `self.args` is the parsed
   argument namespace the task is built from;
 * `--no-repeat-ngram-size` without fairseq's CUDA kernel blocks nothing (fairseq#5206); the
-  generator gets `NGramRepeatBlockFixed` (see unifairseq.tasks.summarization);
+  generator gets `NGramRepeatBlockFixed` (see unifairseq.fairseq.tasks.summarization);
 * with `--eval-bleu`, the generator built for validation leaves the beam size of fairseq's
   beamable cross-attention set on the model being trained (plain mBART training then fails);
   here it is set only while a validation batch is decoded (`set_beam_size`), and the language
@@ -23,8 +23,8 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER
 from fairseq.tasks.translation_from_pretrained_bart import TranslationFromPretrainedBARTTask
 
-from ..datacheck import check_task_split
-from .summarization import fix_ngram_blocker, set_beam_size
+from unifairseq.datacheck import check_task_split
+from unifairseq.fairseq.tasks.summarization import fix_ngram_blocker, set_beam_size
 
 logger = logging.getLogger(__name__)
 

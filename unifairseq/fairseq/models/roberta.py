@@ -17,13 +17,13 @@ from fairseq.models.roberta.model import base_architecture, roberta_base_archite
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_hasattr
 
-from ..accounting import ModelShape, base_bias_params, format_report, parameter_report
-from ..checkpoint import DeltaCheckpointMixin
-from ..config import DeltaConfig, add_delta_args
-from ..layers import DeltaTransformerEncoder
-from .common import fill_missing_delta_keys, prepare_delta_model, register_presets
+from unifairseq.core.accounting import ModelShape, base_bias_params, format_report, parameter_report
+from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
+from unifairseq.core.config import DeltaConfig, add_delta_args
+from unifairseq.fairseq.layers import DeltaTransformerEncoder
+from unifairseq.fairseq.models.common import fill_missing_delta_keys, prepare_delta_model, register_presets
 
-logger = logging.getLogger("unifairseq.models")
+logger = logging.getLogger("unifairseq.fairseq.models")
 
 # GLUE MAM in the paper's scripts: l=16, r=16, s=2
 GLUE_MAM = dict(attn_bn=16, ffn_bn=16, ffn_adapter_scalar=2.0)

@@ -1,7 +1,7 @@
 """Parameter accounting for every method preset, read off real built models.
 
-    python -m unifairseq.count                 # bart_base shapes
-    python -m unifairseq.count --size large    # bart_large shapes (about 1 minute, ~4 GB)
+    python -m unifairseq.tools.count                 # bart_base shapes
+    python -m unifairseq.tools.count --size large    # bart_large shapes (about 1 minute, ~4 GB)
 
 Prints, per preset: trainable parameters (what the optimizer sees), the same after
 `unifairseq-export` would fold the prefix MLP (trainable minus the MLP), and the
@@ -19,9 +19,9 @@ from fairseq.data import Dictionary
 from fairseq.models import build_model
 from fairseq.tasks.translation import TranslationTask
 
-from . import models  # noqa: F401  (registers the architectures)
-from .config import PRESETS
-from .prefix import PrefixProvider
+import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
+from unifairseq.core.config import PRESETS
+from unifairseq.core.prefix import PrefixProvider
 
 BART_VOCAB = 50264  # len(bart.large/dict.txt) with fairseq's 4 special symbols
 

@@ -1,8 +1,8 @@
 """Checkpoint sizes on real model shapes: what fairseq would write for the whole model, the delta
 checkpoint that resumes training, and the exported inference file.
 
-    python -m unifairseq.sizes                       # mam, lora_attn, lora_ffn on bart_base shapes
-    python -m unifairseq.sizes --size large --methods mam
+    python -m unifairseq.tools.sizes                       # mam, lora_attn, lora_ffn on bart_base shapes
+    python -m unifairseq.tools.sizes --size large --methods mam
 
 One real training update is run (so the optimizer state exists), then fairseq's trainer writes
 the checkpoints exactly as fairseq-train does.
@@ -20,8 +20,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks.translation import TranslationTask
 from fairseq.trainer import Trainer
 
-from .count import BART_VOCAB, dummy_dictionary, parse_model_args
-from .export import export_inference
+from unifairseq.tools.count import BART_VOCAB, dummy_dictionary, parse_model_args
+from unifairseq.tools.export import export_inference
 
 
 def measure(method: str, size: str, workdir: str) -> dict:

@@ -1,8 +1,8 @@
 """Tiny, randomly initialised *plain* base checkpoints for the pipelines' --tiny mode.
 
-    python -m unifairseq.tiny_base bart    DATA_BIN OUT_PT --source-lang source --target-lang target
-    python -m unifairseq.tiny_base mbart   DATA_BIN OUT_PT --source-lang en_XX --target-lang ro_RO --langs ar_AR,...
-    python -m unifairseq.tiny_base roberta DATA_BIN/input0 OUT_PT
+    python -m unifairseq.tools.tiny_base bart    DATA_BIN OUT_PT --source-lang source --target-lang target
+    python -m unifairseq.tools.tiny_base mbart   DATA_BIN OUT_PT --source-lang en_XX --target-lang ro_RO --langs ar_AR,...
+    python -m unifairseq.tools.tiny_base roberta DATA_BIN/input0 OUT_PT
 
 Each stands in for the released checkpoint of the paper's base model and has its layout
 (see `unifairseq.tools.make_tiny_bart`): `bart` is fairseq's `bart_large` architecture for the
@@ -21,9 +21,9 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from .tools.make_tiny_bart import checkpoint_state, model_flags
+from unifairseq.tools.make_tiny_bart import checkpoint_state, model_flags
 
-logger = logging.getLogger("unifairseq.tiny_base")
+logger = logging.getLogger("unifairseq.tools.tiny_base")
 
 
 class TinyBaseError(RuntimeError):
@@ -92,7 +92,7 @@ def build(kind: str, data: str, layers: int = 2, dim: int = 64, ffn_dim: int = 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.tiny_base", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m unifairseq.tools.tiny_base", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=("bart", "mbart", "roberta"))
     ap.add_argument("data", metavar="DATA", help="fairseq-preprocess output (GLUE: its input0/ folder)")

@@ -15,9 +15,9 @@ from typing import Dict
 
 import torch.nn as nn
 
-from .config import DeltaConfig
-from .deltas import Bottleneck, is_delta_name
-from .prefix import PrefixProvider
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.modules import Bottleneck, is_delta_name
+from unifairseq.core.prefix import PrefixProvider
 
 
 @dataclass

@@ -13,11 +13,11 @@ from fairseq.models import register_model
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture, mbart_large_architecture
 
-from ..accounting import ModelShape, base_bias_params
-from ..checkpoint import DeltaCheckpointMixin
-from ..config import DeltaConfig, DeltaConfigError, add_delta_args
-from ..layers import DeltaTransformerDecoder, DeltaTransformerEncoder
-from .common import fill_missing_delta_keys, prepare_delta_model, register_presets
+from unifairseq.core.accounting import ModelShape, base_bias_params
+from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
+from unifairseq.core.config import DeltaConfig, DeltaConfigError, add_delta_args
+from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
+from unifairseq.fairseq.models.common import fill_missing_delta_keys, prepare_delta_model, register_presets
 
 
 @register_model("delta_bart")

@@ -7,11 +7,11 @@ import os
 
 from fairseq.models import register_model_architecture
 
-from ..accounting import format_report, freeze_base, parameter_report
-from ..config import PRESETS, DeltaConfig
-from ..deltas import is_delta_name, reset_all_deltas
+from unifairseq.core.accounting import format_report, freeze_base, parameter_report
+from unifairseq.core.config import PRESETS, DeltaConfig
+from unifairseq.core.modules import is_delta_name, reset_all_deltas
 
-logger = logging.getLogger("unifairseq.models")
+logger = logging.getLogger("unifairseq.fairseq.models")
 
 ARCH_PARENT = {}  # delta architecture -> plain fairseq architecture (for merged exports)
 

@@ -28,10 +28,10 @@ from fairseq.models.transformer import TransformerConfig, TransformerDecoder, Tr
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
-from .attention import DeltaMultiheadAttention
-from .config import DeltaConfig
-from .deltas import Adapter, DeltaModule, FFNAdapterSite, make_ffn_linear
-from .prefix import PrefixProvider
+from unifairseq.fairseq.attention import DeltaMultiheadAttention
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.modules import Adapter, DeltaModule, FFNAdapterSite, make_ffn_linear
+from unifairseq.core.prefix import PrefixProvider
 
 
 # ------------------------------------------------------------------ helpers

@@ -1,0 +1,8 @@
+"""fairseq tasks of unifairseq; importing this package registers them:
+
+* `translation_rouge` (unifairseq.fairseq.tasks.summarization): translation + ROUGE on the validation set
+  (`--eval-rouge`), for the paper's XSum model selection;
+* `translation_mbart` (unifairseq.fairseq.tasks.mbart): fairseq's translation_from_pretrained_bart with
+  fairseq 0.12's bugs fixed, for mBART en-ro.
+"""
+from unifairseq.fairseq.tasks import mbart, summarization  # noqa: F401

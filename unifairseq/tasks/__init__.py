@@ -1,8 +1,0 @@
-"""fairseq tasks of unifairseq; importing this package registers them:
-
-* `translation_rouge` (unifairseq.tasks.summarization): translation + ROUGE on the validation set
-  (`--eval-rouge`), for the paper's XSum model selection;
-* `translation_mbart` (unifairseq.tasks.mbart): fairseq's translation_from_pretrained_bart with
-  fairseq 0.12's bugs fixed, for mBART en-ro.
-"""
-from . import mbart, summarization  # noqa: F401
