@@ -51,7 +51,13 @@ find_tool() {
 find_python() { PY=$(find_tool python); }
 # find_preprocess_tools: PY, and fairseq-preprocess must be there.
 find_preprocess_tools() { find_python; find_tool fairseq-preprocess >/dev/null; }
-# Run a unifairseq module file without importing the package (its __init__ loads torch + fairseq).
+# preset_list: the preset names for usage texts (the one list: unifairseq/core/presets.py).
+preset_list() {
+    local py
+    py=$( (find_tool python) 2>/dev/null) && (cd "$REPO" && "$py" -m unifairseq.core.presets 2>/dev/null | sed 's/ /, /g') \
+        || echo "the names printed by: python -m unifairseq.core.presets"
+}
+# Run a unifairseq module file without importing the package's fairseq glue.
 pyrun() { local mod=$1; shift
     "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
         "$REPO/unifairseq/$mod.py" "$@"; }
@@ -88,11 +94,10 @@ binarize() {
 }
 
 # ---------------------------------------------------------------- training
-# check_method: METHOD is full, delta or a preset of unifairseq/config.py.
+# check_method: METHOD is full, delta or a preset (the one list: unifairseq/core/presets.py).
 check_method() {
     [ -n "$METHOD" ] || die "METHOD is required (see --help)"
-    PRESET_NAMES=$("$PY" -c 'import runpy, sys; print(" ".join(runpy.run_path(sys.argv[1])["PRESETS"]))' \
-                   "$REPO/unifairseq/config.py")
+    PRESET_NAMES=$(cd "$REPO" && "$PY" -m unifairseq.core.presets) || die "cannot list the presets with $PY"
     case " full delta $PRESET_NAMES " in
         *" $METHOD "*) ;;
         *) die "unknown METHOD '$METHOD'; choose full, delta or a preset: $PRESET_NAMES" ;;

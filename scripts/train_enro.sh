@@ -11,8 +11,7 @@ Usage: scripts/train_enro.sh METHOD --data DIR (--base mbart.cc25/model.pt | --t
 
 Step 2 of 3 for WMT16 en-ro (after scripts/preprocess_enro.sh, before scripts/eval_enro.sh).
 
-METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, pfeiffer, houlsby,
-        pa_ffn, scaled_pa, pa_attn, sa_attn, mhpa, bitfit, prompt) -> --arch METHOD_mbart_large
+METHOD  a preset of unifairseq ($(preset_list)) -> --arch METHOD_mbart_large
         (pre-LN layers + embedding layer norm, as mbart.cc25);
         delta -> --arch delta_mbart_large (every delta flag from FAIRSEQ-TRAIN-ARGS);
         full  -> --arch mbart_large --encoder-normalize-before --decoder-normalize-before

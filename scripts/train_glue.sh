@@ -12,8 +12,7 @@ Usage: scripts/train_glue.sh TASK METHOD --data DIR (--base roberta.base/model.p
 Step 2 of 3 for GLUE (after scripts/preprocess_glue.sh, before scripts/eval_glue.sh).
 TASK: MNLI or SST-2 (must match the data).
 
-METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, pfeiffer, houlsby,
-        pa_ffn, scaled_pa, pa_attn, sa_attn, mhpa, bitfit, prompt) -> --arch METHOD_roberta_base
+METHOD  a preset of unifairseq ($(preset_list)) -> --arch METHOD_roberta_base
         (GLUE's MAM: prefix l=16, FFN adapter r=16, s=2); the classification head is trained too;
         delta -> --arch delta_roberta_base (every delta flag from FAIRSEQ-TRAIN-ARGS);
         full  -> --arch roberta_base (full fine-tuning).

@@ -11,8 +11,7 @@ Usage: scripts/train_xsum.sh METHOD --data DIR (--base bart.large/model.pt | --t
 
 Step 2 of 3 for XSum (after scripts/preprocess_xsum.sh, before scripts/eval_xsum.sh).
 
-METHOD  a preset of unifairseq (mam, prefix, gated_prefix, lora_attn, lora_ffn, pfeiffer, houlsby,
-        pa_ffn, scaled_pa, pa_attn, sa_attn, mhpa, bitfit, prompt) -> --arch METHOD_bart_large;
+METHOD  a preset of unifairseq ($(preset_list)) -> --arch METHOD_bart_large;
         delta -> --arch delta_bart_large (every delta flag from FAIRSEQ-TRAIN-ARGS);
         full  -> --arch bart_large (full fine-tuning).
 

@@ -31,6 +31,33 @@ METHODS = [
     ("lora_attn+pfeiffer", "delta_bart_base", SMALL + ["--attn-mode", "lora", "--ffn-mode", "adapter",
                                                        "--ffn-option", "pfeiffer",
                                                        "--ffn-adapter-init-option", "bert"], False),
+    ("ia3", "ia3_bart_base", [], True),
+    ("ia3_attn", "delta_bart_base", ["--attn-mode", "ia3"], True),
+    ("dora_attn", "dora_attn_bart_base", SMALL, True),
+    ("dora_ffn", "delta_bart_base", SMALL + ["--ffn-mode", "dora"], True),
+    ("dora_attn+ia3_ffn", "delta_bart_base", SMALL + ["--attn-mode", "dora", "--ffn-mode", "ia3"], True),
 ]
 
 IDS = [m[0] for m in METHODS]
+
+
+def mergeable(arch: str, flags) -> bool:
+    """Does every method of this row merge into the base weights (the registry says)?"""
+    from tiny import tiny_args
+    from unifairseq.core.plan import DeltaPlan
+
+    return not DeltaPlan.from_args(tiny_args(arch, flags)).mergeable()
+
+
+def on_projections(arch: str, flags) -> bool:
+    """Does the row put a delta on a projection (a DeltaLinear with a LinearDelta)?"""
+    from tiny import tiny_args
+    from unifairseq.core.methods import ATTN_SITES, FFN_SITES
+    from unifairseq.core.plan import DeltaPlan
+
+    return any(s.site in ATTN_SITES + FFN_SITES and s.site not in ("heads", "attn_out", "ffn")
+               for s in DeltaPlan.from_args(tiny_args(arch, flags)).specs)
+
+
+MERGEABLE = [m for m in METHODS if mergeable(m[1], m[2])]
+PROJECTION_MERGES = [m for m in MERGEABLE if on_projections(m[1], m[2])]

@@ -8,7 +8,8 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.prefix import PrefixProvider
+from unifairseq.core.plan import DeltaPlan
+from unifairseq.core.methods.prefix import PrefixProvider
 
 C, H, L_PREFIX = 16, 4, 5
 
@@ -16,7 +17,8 @@ C, H, L_PREFIX = 16, 4, 5
 def make_pair(delta: DeltaConfig, prefix=None, **kw):
     torch.manual_seed(0)
     ref = MultiheadAttention(C, H, **kw).eval()
-    ours = DeltaMultiheadAttention(C, H, delta=delta, layer_idx=0, prefix=prefix, **kw).eval()
+    kind = "cross" if kw.get("encoder_decoder_attention") else "self"
+    ours = DeltaMultiheadAttention(C, H, plan=DeltaPlan(delta), kind=kind, layer_idx=0, prefix=prefix, **kw).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from methods import IDS, METHODS
+from methods import IDS, MERGEABLE, METHODS
 from test_methods import full_logits, perturb_deltas, save_base_checkpoint
 from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict, tiny_model
@@ -84,7 +84,7 @@ def test_export_inference_folds_prefix_mlp_with_same_outputs(name, arch, flags, 
     assert diff <= 1e-5, diff
 
 
-@pytest.mark.parametrize("name", ["lora_attn", "lora_ffn", "bitfit"])
+@pytest.mark.parametrize("name", [m[0] for m in MERGEABLE])
 def test_merge_gives_plain_fairseq_checkpoint_and_unmerge_restores_base(name, tmp_path):
     arch, flags = {m[0]: (m[1], m[2]) for m in METHODS}[name]
     model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags)
@@ -107,8 +107,78 @@ def test_merge_gives_plain_fairseq_checkpoint_and_unmerge_restores_base(name, tm
     back = tmp_path / "back.pt"
     export_unmerge(str(merged), str(ckpt), str(back))
     b0, b1 = load_checkpoint_file(str(base))["model"], load_checkpoint_file(str(back))["model"]
+    assert b0.keys() == b1.keys()
     for k in b0:
-        assert torch.allclose(b0[k], b1[k], atol=1e-6), k
+        assert torch.allclose(b0[k], b1[k], atol=1e-5), k
+
+
+def write_delta_checkpoint(model, args, tmp_path):
+    """A delta checkpoint in fairseq's layout (what fairseq-train writes) and its base file."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    base = tmp_path / "base.pt"
+    save_base_checkpoint(model, base)
+    model.base_path = str(base)
+    ckpt = tmp_path / "delta.pt"
+    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [],
+                           "extra_state": {}, "last_optimizer_state": None}, str(ckpt))
+    return ckpt, base
+
+
+@pytest.mark.parametrize("arch,flags", [("lora_attn_roberta_base", ["--attn-bn", "4"]), ("bitfit_roberta_base", []),
+                                        ("ia3_roberta_base", []), ("dora_attn_roberta_base", ["--attn-bn", "4"])])
+def test_roberta_merge_keeps_the_trained_head_and_loads_in_fairseqs_roberta(arch, flags, tmp_path):
+    """Merging a RoBERTa delta writes a plain roberta_base checkpoint that carries the trained
+    classification head, and fairseq's own RobertaModel loads it (it registers the head from the file,
+    as the hub does with load_checkpoint_heads) and gives the delta model's outputs."""
+    from test_roberta_mbart import HEAD, roberta_logits, roberta_tokens
+    from tiny import tiny_roberta
+
+    model, task, args = tiny_roberta(arch, flags)
+    perturb_deltas(model)
+    ckpt, base = write_delta_checkpoint(model, args, tmp_path)
+    merged = tmp_path / "merged.pt"
+    assert export_merge(str(ckpt), str(merged))["arch"] == "roberta_base"
+    state = load_checkpoint_file(str(merged))
+    assert any(k.startswith(f"classification_heads.{HEAD}.out_proj") for k in state["model"])
+    plain, _, plain_args = tiny_roberta("roberta_base", seed=9)
+    del plain.classification_heads[HEAD]
+    plain.args.load_checkpoint_heads = True
+    plain.load_state_dict(state["model"], strict=True)  # fairseq's upgrade_state_dict_named runs here
+    tokens = roberta_tokens(task.source_dictionary)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(roberta_logits(model, tokens), roberta_logits(plain, tokens), atol=1e-5)
+    if arch.startswith("bitfit"):
+        return
+    back = tmp_path / "back.pt"
+    export_unmerge(str(merged), str(ckpt), str(back))
+    b0, b1 = load_checkpoint_file(str(base))["model"], load_checkpoint_file(str(back))["model"]
+    encoder = [k for k in b0 if not k.startswith("classification_heads.")]  # the test's base file holds a head
+    assert set(encoder) == set(b1)  # the delta's head goes with the delta
+    for k in encoder:
+        assert torch.allclose(b0[k], b1[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("arch", ["lora_attn_mbart_large", "dora_attn_mbart_large", "ia3_mbart_large"])
+def test_mbart_merge_round_trip(arch, tmp_path):
+    model, task, args = tiny_model(arch, ["--attn-bn", "4"])
+    perturb_deltas(model)
+    ckpt, base = write_delta_checkpoint(model, args, tmp_path)
+    merged = tmp_path / "merged.pt"
+    assert export_merge(str(ckpt), str(merged))["arch"] == "mbart_large"
+    plain, _, _ = tiny_model("mbart_large", ["--encoder-normalize-before", "--decoder-normalize-before",
+                                             "--layernorm-embedding"], dictionary=task.source_dictionary)
+    plain.load_state_dict(load_checkpoint_file(str(merged))["model"], strict=True)
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(full_logits(model, src, lens, prev), full_logits(plain, src, lens, prev), atol=1e-5)
+    back = tmp_path / "back.pt"
+    export_unmerge(str(merged), str(ckpt), str(back))
+    b0, b1 = load_checkpoint_file(str(base))["model"], load_checkpoint_file(str(back))["model"]
+    for k in b0:
+        assert torch.allclose(b0[k], b1[k], atol=1e-5), k
 
 
 def test_merge_refuses_methods_that_cannot_merge(tmp_path):

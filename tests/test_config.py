@@ -3,7 +3,8 @@ import pytest
 
 from tiny import tiny_model
 from unifairseq.core.accounting import ModelShape, formula_count, stored_delta_weights
-from unifairseq.core.config import PRESETS, DeltaConfig, DeltaConfigError
+from unifairseq.core.config import DeltaConfig, DeltaConfigError
+from unifairseq.core.presets import PRESETS
 from unifairseq.tools.count import build_translation_model
 
 BART_LARGE = ModelShape.encoder_decoder(1024, 4096, 12, 12)

@@ -5,15 +5,18 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from methods import IDS, METHODS
+from methods import IDS, METHODS, PROJECTION_MERGES
 from tiny import random_batch, tiny_dict, tiny_model
 from unifairseq.core.accounting import stored_delta_weights
-from unifairseq.core.modules import LoRALinear, is_delta_name
+from unifairseq.core.modules import DeltaLinear, is_delta_name
 
 
 def perturb_deltas(model, seed=0, std=0.05):
     """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
     g = torch.Generator().manual_seed(seed)
+    for m in model.modules():  # DoRA's magnitude starts from the base weight at the first forward: set it now
+        if isinstance(m, DeltaLinear) and hasattr(m.delta, "init_magnitude"):
+            m.delta.init_magnitude(m.weight)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.requires_grad:
@@ -138,15 +141,14 @@ def test_formula_count_matches_built_model(name, arch, flags, identity):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == model.delta_report["trainable"]
 
 
-LORA = [m for m in METHODS if "lora" in m[0]]
-
-
-@pytest.mark.parametrize("name,arch,flags,identity", LORA, ids=[m[0] for m in LORA])
-def test_lora_merge_round_trip(name, arch, flags, identity):
+@pytest.mark.parametrize("name,arch,flags,identity", PROJECTION_MERGES, ids=[m[0] for m in PROJECTION_MERGES])
+def test_merge_round_trip(name, arch, flags, identity):
+    """Every projection delta (LoRA, DoRA, (IA)³) merged into its weight: the same outputs as
+    unmerged, a plain BART with the merged weights gives them too, and unmerging restores W."""
     model, task, _ = tiny_model(arch, flags)
     perturb_deltas(model)
     src, lens, prev, _ = random_batch(task.source_dictionary)
-    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    lora = [m for m in model.modules() if isinstance(m, DeltaLinear) and m.delta is not None]
     assert lora
     before = {id(m): m.weight.detach().clone() for m in lora}
     # train mode with dropout off: fairseq's attention fast path must not bypass LoRA on W_q/W_v
@@ -164,8 +166,7 @@ def test_lora_merge_round_trip(name, arch, flags, identity):
             for m in lora:
                 m.unmerge()
         assert torch.allclose(unmerged, merged, atol=1e-5), (unmerged - merged).abs().max()
-        if name in ("lora_attn", "lora_ffn"):  # LoRA alone: merged = a plain fairseq BART
-            assert torch.allclose(merged, base, atol=1e-5)
+        assert torch.allclose(merged, base, atol=1e-5)  # merged: a plain fairseq BART computes it
         for m in lora:
             assert torch.allclose(m.weight, before[id(m)], atol=1e-6)
 
@@ -174,7 +175,7 @@ def test_prefix_mlp_runs_once_per_forward_in_training_with_per_layer_gradients()
     """Training: one reparametrization-MLP pass per encoder/decoder forward, shared by its layers,
     with the same loss and gradients as the per-layer computation (used under activation
     checkpointing)."""
-    from unifairseq.core.prefix import PrefixProvider
+    from unifairseq.core.methods.prefix import PrefixProvider
 
     d = tiny_dict()
     model, _, _ = tiny_model("mam_bart_base", dictionary=d)

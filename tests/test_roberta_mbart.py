@@ -93,3 +93,25 @@ def test_parallel_ffn_adapter_input_pre_and_post_ln(family, reads):
         assert not torch.allclose(seen["adapter_in"], seen["fc1_in"])
     else:
         assert torch.equal(seen["adapter_in"], seen["fc1_in"])
+
+
+def test_roberta_delta_arch_with_nothing_to_train_is_refused():
+    from unifairseq.core.config import DeltaConfigError
+
+    with pytest.raises(DeltaConfigError, match="delta_roberta_base: nothing to train.*roberta_large"):
+        tiny_roberta("delta_roberta_base")
+
+
+def test_roberta_prompt_tuning_fits_the_position_table():
+    """sentence_prediction's inputs of --max-positions tokens plus l prompt vectors would overflow the
+    learned position table: the model declares l fewer positions (what fairseq filters and
+    --shorten-method truncate cut to), and a longer input is refused with the fix, not an IndexError."""
+    model, task, args = tiny_roberta("prompt_roberta_base", ["--attn-bn", "5"])
+    assert args.max_positions == 64 and model.max_positions() == 59
+    d = task.source_dictionary
+    model.eval()
+    with torch.no_grad():
+        roberta_logits(model, roberta_tokens(d, T=59))  # the longest input that fits: runs
+        with pytest.raises(ValueError, match=r"60 tokens plus the 5 prompt vectors needs 65 positions.*"
+                                             r"at most 59 tokens.*--shorten-method truncate"):
+            roberta_logits(model, roberta_tokens(d, T=60))

@@ -53,7 +53,7 @@ the full state dict for full fine-tuning).
 Decoding: fairseq's ``SequenceGenerator`` (beam ``--beam``) on the first ``--gen-batch`` source
 sentences, with ``min_len = max_len = --gen-len`` so that every model decodes exactly the same number
 of steps whatever its (random) weights predict; median of ``--gen-runs`` runs. LoRA
-is timed unmerged and merged (``LoRALinear.merge()`` on every LoRA site; the merged hypotheses are
+is timed unmerged and merged (``DeltaLinear.merge()`` on every LoRA site; the merged hypotheses are
 checked against the unmerged ones). Prefixes are served from the inference cache (``PrefixProvider``
 runs its MLP once per set of weights). The base-model reference is the ``full`` row's decode (plain
 fairseq ``bart_<size>``); the ``frozen`` row decodes the same model again, which shows the noise.
@@ -171,7 +171,7 @@ def worker(o: argparse.Namespace) -> dict:
     from fairseq.sequence_generator import SequenceGenerator
 
     from unifairseq.tools.count import BART_VOCAB, build_translation_model, dummy_dictionary
-    from unifairseq.core.modules import LoRALinear
+    from unifairseq.core.modules import DeltaLinear
     from unifairseq.tools.export import fold_prefix_mlps
 
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
@@ -195,7 +195,7 @@ def worker(o: argparse.Namespace) -> dict:
     elif m in ("frozen", "none", "frozen_2d"):
         if m == "none":
             for mod in model.modules():
-                if isinstance(mod, LoRALinear):
+                if isinstance(mod, DeltaLinear) and mod.delta is not None:
                     mod.merge()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -336,7 +336,7 @@ def worker(o: argparse.Namespace) -> dict:
 
         ts, hyps = decode("")
         res["decode_runs_s"], res["decode_s"] = ts, statistics.median(ts)
-        loras = [mod for mod in model.modules() if isinstance(mod, LoRALinear) and not mod.merged]
+        loras = [mod for mod in model.modules() if isinstance(mod, DeltaLinear) and mod.delta is not None and not mod.merged]
         if loras:
             for mod in loras:
                 mod.merge()
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
             json.dump(res, f)
         return 0
 
-    from unifairseq.core.config import PRESETS
+    from unifairseq.core.presets import PRESETS
 
     for m in o.methods:
         if m not in PRESETS and m not in EXTRA:

@@ -1,4 +1,4 @@
-"""Freezing the base and honest parameter accounting.
+"""Freezing the base and honest parameter accounting, read from the plan and the method registry.
 
 Three numbers are reported for every model:
 
@@ -10,55 +10,25 @@ Three numbers are reported for every model:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Union
 
 import torch.nn as nn
 
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.modules import Bottleneck, is_delta_name
-from unifairseq.core.prefix import PrefixProvider
+from unifairseq.core.methods import ModelShape  # noqa: F401  (re-exported: the shape the counts need)
+from unifairseq.core.modules import DeltaModule, is_delta_name
+from unifairseq.core.plan import DeltaPlan
+
+PlanLike = Union[DeltaPlan, DeltaConfig]
 
 
-@dataclass
-class ModelShape:
-    d: int  # model dim
-    d_ff: int  # FFN inner dim
-    attn_sublayers: int  # all attention sub-layers (enc self + dec self + cross for BART)
-    self_attn_sublayers: int  # self-attention only (where Houlsby puts its first adapter)
-    ffn_sublayers: int
-    bias_params: int = 0  # base bias elements (BitFit's count); 0 when unknown
-
-    @classmethod
-    def encoder_decoder(cls, d: int, d_ff: int, enc_layers: int, dec_layers: int, bias_params: int = 0):
-        return cls(d, d_ff, enc_layers + 2 * dec_layers, enc_layers + dec_layers, enc_layers + dec_layers,
-                   bias_params)
-
-    @classmethod
-    def encoder_only(cls, d: int, d_ff: int, layers: int, bias_params: int = 0):
-        return cls(d, d_ff, layers, layers, layers, bias_params)
+def as_plan(delta: PlanLike) -> DeltaPlan:
+    return delta if isinstance(delta, DeltaPlan) else DeltaPlan(delta)
 
 
-def formula_count(delta: DeltaConfig, shape: ModelShape) -> int:
+def formula_count(delta: PlanLike, shape: ModelShape) -> int:
     """The paper's parameter count for a method on a model shape (App. B)."""
-    d, n = shape.d, 0
-    if delta.attn_mode in ("prefix", "prefix_nomlp"):
-        n += 2 * delta.attn_bn * d * shape.attn_sublayers  # P_k, P_v: 2*l*d
-    elif delta.attn_mode == "adapter":
-        n += 2 * delta.attn_bn * d * shape.attn_sublayers  # W_down, W_up (MH PA: P_k, P_v)
-    elif delta.attn_mode == "lora":
-        n += 4 * delta.attn_bn * d * shape.attn_sublayers  # W_q and W_v, 2*r*d each
-    elif delta.attn_mode == "prompt_tuning":
-        n += delta.attn_bn * d
-    elif delta.attn_mode == "bitfit":
-        n += shape.bias_params
-    if delta.ffn_mode == "adapter":
-        n += 2 * delta.ffn_bn * d * shape.ffn_sublayers
-        if delta.ffn_option == "houlsby":
-            n += 2 * delta.ffn_bn * d * shape.self_attn_sublayers
-    elif delta.ffn_mode == "lora":
-        n += 2 * delta.ffn_bn * (d + shape.d_ff) * shape.ffn_sublayers  # 10*r*d when d_ff = 4d
-    return n
+    return as_plan(delta).formula(shape)
 
 
 def is_base_name(name: str) -> bool:
@@ -70,44 +40,36 @@ def base_bias_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if is_base_name(n) and n.endswith("bias"))
 
 
-def stored_delta_weights(model: nn.Module, delta: DeltaConfig) -> int:
-    """The formula count read off a built model's modules (must equal `formula_count`)."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Bottleneck):
-            n += m.W_down.weight.numel() + m.W_up.weight.numel()
-        elif isinstance(m, PrefixProvider):
-            n += m.num_layers * 2 * m.length * m.dim
-    for name, p in model.named_parameters():
-        if name.endswith("delta_prompt.weight"):
-            n += p.numel()
-    if delta.bitfit:
-        n += base_bias_params(model)
+def stored_delta_weights(model: nn.Module, delta: PlanLike) -> int:
+    """The formula count read off a built model's modules (must equal `formula_count`): each delta
+    module's own count of what the paper stores, plus the base parameters a plan trains in place."""
+    plan = as_plan(delta)
+    n = sum(m.stored_count() for m in model.modules() if isinstance(m, DeltaModule))
+    n += sum(p.numel() for name, p in model.named_parameters() if is_base_name(name) and plan.is_trainable(name))
     return n
 
 
-def is_trainable_name(name: str, delta: DeltaConfig) -> bool:
-    if is_delta_name(name) or name.startswith("classification_heads."):
-        return True  # task heads are new, task-specific weights: always trained
-    if delta.bitfit and name.endswith("bias"):
-        return True
-    return False
+def is_trainable_name(name: str, delta: PlanLike) -> bool:
+    return as_plan(delta).is_trainable(name)
 
 
-def freeze_base(model: nn.Module, delta: DeltaConfig) -> None:
+def freeze_base(model: nn.Module, delta: PlanLike) -> None:
     """Only delta parameters require grad; fairseq's trainer then gives only them to the optimizer."""
+    plan = as_plan(delta)
     for name, p in model.named_parameters():
-        p.requires_grad_(is_trainable_name(name, delta))
+        p.requires_grad_(plan.is_trainable(name))
 
 
-def parameter_report(model: nn.Module, delta: DeltaConfig, shape: ModelShape) -> Dict[str, float]:
+def parameter_report(model: nn.Module, delta: PlanLike, shape: ModelShape) -> Dict[str, float]:
+    plan = as_plan(delta)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for n, p in model.named_parameters() if is_base_name(n))
-    return dict(trainable=trainable, base=base, formula=formula_count(delta, shape),
-                trainable_pct=100.0 * trainable / base, formula_pct=100.0 * formula_count(delta, shape) / base)
+    formula = plan.formula(shape)
+    return dict(trainable=trainable, base=base, formula=formula,
+                trainable_pct=100.0 * trainable / base, formula_pct=100.0 * formula / base)
 
 
-def format_report(method: str, delta: DeltaConfig, rep: Dict[str, float]) -> str:
-    return (f"unifairseq {method} [{delta.describe()}]: trainable parameters {rep['trainable']:,} "
+def format_report(method: str, delta: PlanLike, rep: Dict[str, float]) -> str:
+    return (f"unifairseq {method} [{as_plan(delta).describe()}]: trainable parameters {rep['trainable']:,} "
             f"({rep['trainable_pct']:.2f}% of the {rep['base']:,} frozen base parameters); "
             f"paper formula count {rep['formula']:,} ({rep['formula_pct']:.2f}%)")

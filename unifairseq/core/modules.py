@@ -1,24 +1,18 @@
-"""The design dimensions as small torch modules, independent of fairseq.
+"""The design dimensions as small torch modules, shared by the method modules (core/methods/).
 
     functional form   Bottleneck:   f(x) = g(x W_down) W_up      (g = ReLU: adapter, identity: LoRA)
     composition       Composition:  h <- h + s * Δh              (s = 1: add, fixed s: scaled add,
                                                                   learnable s)
-    insertion         Adapter:      parallel reads the sub-layer input x,
-                                    sequential reads the sub-layer output h
-    representation    where the module sits: LoRALinear on a projection (W_q, W_v, W_1, W_2),
-                                    Adapter on an attention output or the FFN (FFNAdapterSite).
+    representation    DeltaLinear:  a projection (W_q, W_k, W_v, W_o, W_1, W_2) with a LinearDelta
+                                    (LoRA, DoRA, (IA)³) and, for W_1/W_2, the FFN site it reads/writes
 
-The softmax functional form (prefix tuning) lives with the attention heads in
-`attention.py` because it needs the attention logits.
-
-Every trainable delta parameter sits in a submodule whose name starts with ``delta_``:
-that naming is how the freezer, the parameter accounting and the delta
-checkpoints tell deltas from the base.
+Every trainable delta parameter sits in a submodule whose name starts with ``delta_``: that naming
+is how the freezer, the parameter accounting and the delta checkpoints tell deltas from the base.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,18 +27,24 @@ def is_delta_name(name: str) -> bool:
 
 
 class DeltaModule(nn.Module):
-    """Base of every delta module: knows how to (re)initialise its own direct parameters.
+    """Base of every delta module: knows how to (re)initialise its own direct parameters, and how
+    many of them the paper's formula counts.
 
-    Needed because fairseq's BART/RoBERTa constructors run `init_bert_params` over
-    the whole model after it is built, which would overwrite e.g. LoRA's zero W_up.
+    Needed because fairseq's BART/RoBERTa constructors run `init_bert_params` over the whole model
+    after it is built, which would overwrite e.g. LoRA's zero W_up.
     """
 
     def reset_delta_parameters(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def stored_count(self) -> int:
+        """The parameters of this module (not of its DeltaModule children) that the paper counts."""
+        return 0
+
 
 class Bottleneck(DeltaModule):
-    """Functional form f(x) = g(x W_down) W_up, optionally with a layer norm on its input or output.
+    """Functional form f(x) = g(x W_down) W_up, optionally with a layer norm on its input (`in`)
+    or on its scaled output (`out`: LN(s * f(x)), as the reference code and AdapterHub compute it).
 
     x: (..., d_in) -> (..., d_out)
     """
@@ -77,7 +77,12 @@ class Bottleneck(DeltaModule):
             if ln is not None:
                 ln.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stored_count(self) -> int:
+        return self.W_down.weight.numel() + self.W_up.weight.numel()
+
+    def forward(self, x: torch.Tensor, scale=None) -> torch.Tensor:
+        """f(x); with `scale` (the composition's s) the output is LN_out(s * f(x)) -- the scale
+        goes inside the output layer norm."""
         if self.ln_in is not None:
             x = self.ln_in(x)
         if self.dropout is not None:
@@ -86,6 +91,8 @@ class Bottleneck(DeltaModule):
         if self.nonlinearity == "relu":
             z = F.relu(z)
         y = self.W_up(z)
+        if scale is not None:
+            y = scale(y)
         if self.ln_out is not None:
             y = self.ln_out(y)
         return y
@@ -105,150 +112,96 @@ class Composition(DeltaModule):
         if isinstance(self.s, nn.Parameter):
             nn.init.ones_(self.s)
 
-    def forward(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def scale(self, delta: torch.Tensor) -> torch.Tensor:
         if isinstance(self.s, float) and self.s == 1.0:
-            return h + delta
-        return h + self.s * delta
+            return delta
+        return self.s * delta
+
+    def forward(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return h + self.scale(delta)
 
 
-class Adapter(DeltaModule):
-    """Bottleneck + composition + insertion form.
+class LinearDelta(DeltaModule):
+    """A delta on one projection y = x W^T + b (W: out x in, as nn.Linear). The merge math lives
+    here: `merged(W, b)` gives the weights of the plain linear that computes the same function,
+    `unmerged(W', b')` takes them back."""
 
-    parallel:   h_out <- h_out + s * f(x_in)      (x_in = the sub-layer's input)
-    sequential: h_out <- h_out + s * f(h_out)
+    module_name = ""  # the attribute it sits under on its DeltaLinear (e.g. "delta_lora")
+
+    def forward(self, x: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merged(self, W: torch.Tensor, b: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+    def unmerged(self, W: torch.Tensor, b: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+
+class DeltaLinear(nn.Linear):
+    """nn.Linear whose base weight keeps its name (`q_proj.weight`, `fc1.weight`), so official
+    checkpoints load unchanged, with an optional LinearDelta and an optional FFN site.
+
+    fairseq's FFN is fc2(act(fc1(x))): fc1 (role "in") hands its input x to the site (`read`, the
+    parallel adapter's input), fc2 (role "out") hands its output to the site (`write`, where the
+    adapter's Δh is added). `merge()` folds the delta into W (inference at the base model's speed);
+    `unmerge()` takes it out again.
     """
 
-    def __init__(self, d: int, r: int, insertion: str, scalar: Union[float, str] = 1.0,
-                 layernorm: str = "none", init: str = "bert"):
-        super().__init__()
-        assert insertion in ("parallel", "sequential"), insertion
-        self.insertion = insertion
-        self.form = Bottleneck(d, r, nonlinearity="relu", layernorm=layernorm, init=init)
-        self.compose = Composition(scalar)
-
-    def reset_delta_parameters(self) -> None:
-        pass  # its parts (form, compose) are DeltaModules and reset themselves
-
-    def forward(self, h_out: torch.Tensor, x_in: Optional[torch.Tensor] = None) -> torch.Tensor:
-        src = x_in if self.insertion == "parallel" else h_out
-        assert src is not None, "a parallel adapter needs the sub-layer input"
-        return self.compose(h_out, self.form(src))
-
-
-class LoRALinear(nn.Linear):
-    """nn.Linear with LoRA: y = x W^T + b + s * dropout(x) W_down W_up,  s = alpha / r.
-
-    A subclass of nn.Linear so that the base weight keeps its name (`q_proj.weight`)
-    and official checkpoints load unchanged. `merge()` folds s * W_down W_up into W
-    (inference at the base model's speed); `unmerge()` takes it out again.
-    """
-
-    def __init__(self, in_features: int, out_features: int, r: int, alpha: float,
-                 dropout: float = 0.0, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 delta: Optional[LinearDelta] = None, site=None, role: Optional[str] = None):
         super().__init__(in_features, out_features, bias=bias)
-        self.delta_lora = Bottleneck(in_features, r, out_features, nonlinearity="identity",
-                                     init="lora", bias=False)
-        self.r = r
-        self.scaling = alpha / r
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.delta_name = delta.module_name if delta is not None else None
+        if delta is not None:
+            setattr(self, delta.module_name, delta)
+        # the site belongs to the layer (registered there); keep an unregistered reference here
+        object.__setattr__(self, "_site", site)
+        self.role = role
         self.merged = False
 
+    @property
+    def delta(self) -> Optional[LinearDelta]:
+        return getattr(self, self.delta_name) if self.delta_name else None
+
     @classmethod
-    def from_linear(cls, linear: nn.Linear, r: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
-        new = cls(linear.in_features, linear.out_features, r, alpha, dropout, bias=linear.bias is not None)
-        new.weight = linear.weight  # share, do not copy: the base weight stays the same tensor
+    def wrap(cls, linear: nn.Linear, delta: Optional[LinearDelta]) -> "DeltaLinear":
+        """The same projection (the very same weight tensors, not copies) with a delta."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, delta=delta)
+        new.weight = linear.weight
         if linear.bias is not None:
             new.bias = linear.bias
         return new
 
-    def delta_weight(self) -> torch.Tensor:
-        """s * (W_down W_up)^T in nn.Linear's (out, in) layout."""
-        return self.scaling * (self.delta_lora.W_up.weight @ self.delta_lora.W_down.weight)
-
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
+        if not self.merged and self.delta is not None:
+            W, b = self.delta.merged(self.weight, self.bias)
+            self.weight.copy_(W.to(self.weight.dtype))
+            if b is not None:
+                self.bias.copy_(b.to(self.bias.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            W, b = self.delta.unmerged(self.weight, self.bias)
+            self.weight.copy_(W.to(self.weight.dtype))
+            if b is not None:
+                self.bias.copy_(b.to(self.bias.dtype))
             self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return y
-        xd = self.lora_dropout(x) if self.lora_dropout is not None else x
-        return y + self.scaling * self.delta_lora(xd)
-
-
-class FFNAdapterSite(DeltaModule):
-    """The FFN adapter, read at fc1 and written at fc2 of fairseq's layer.
-
-    fairseq's layer computes  fc2(dropout(act(fc1(x))))  with x the FFN input; the
-    layer's `fc1`/`fc2` are `FFNLinear`s that call `read` and `write` here, so the
-    fairseq forward runs unchanged:
-      parallel:   Δh = f(x) is added to the FFN output (x = FFN input, what fc1 reads)
-      sequential: h + f(h) on the FFN output (Pfeiffer; Houlsby also adds one after attention)
-    """
-
-    def __init__(self, d: int, r: int, insertion: str, scalar, layernorm: str, init: str):
-        super().__init__()
-        self.delta_adapter = Adapter(d, r, insertion, scalar, layernorm, init)
-        self._x: Optional[torch.Tensor] = None
-
-    def reset_delta_parameters(self) -> None:
-        pass  # delta_adapter resets itself
-
-    def read(self, x: torch.Tensor) -> None:
-        if self.delta_adapter.insertion == "parallel":
-            self._x = x
-
-    def write(self, h: torch.Tensor) -> torch.Tensor:
-        if self.delta_adapter.insertion == "sequential":
-            return self.delta_adapter(h)
-        x, self._x = self._x, None
-        if x is None:
-            raise RuntimeError("FFN adapter: fc2 ran without fc1 first; the layer's FFN must call fc1 then fc2")
-        return self.delta_adapter(h, x)
-
-
-def make_ffn_linear(in_features: int, out_features: int, role: str, site: Optional[FFNAdapterSite],
-                    lora: Optional[tuple]) -> nn.Linear:
-    """Build fc1 (role 'in') or fc2 (role 'out') for a layer.
-
-    The result is an nn.Linear (or LoRALinear) instance whose forward also calls the
-    site's read (fc1) or write (fc2). Parameter names stay `weight`/`bias`, so official
-    checkpoints load as they are.
-    """
-    base_cls = LoRALinear if lora is not None else nn.Linear
-    args = (in_features, out_features) + (tuple(lora) if lora is not None else ())
-    layer = _SITE_CLASSES[(base_cls, role)](*args)
-    # the site belongs to the layer (registered there); keep an unregistered reference here
-    object.__setattr__(layer, "_site", site)
-    return layer
-
-
-def _with_site(base_cls, role):
-    class _SiteLinear(base_cls):
-        def forward(self, x):
-            site = self._site
-            if site is not None and role == "in":
-                site.read(x)
-            y = super().forward(x)
-            if site is not None and role == "out":
-                y = site.write(y)
-            return y
-
-    _SiteLinear.__name__ = f"{'FFNIn' if role == 'in' else 'FFNOut'}{base_cls.__name__}"
-    _SiteLinear.__qualname__ = _SiteLinear.__name__
-    return _SiteLinear
-
-
-_SITE_CLASSES = {(cls, role): _with_site(cls, role) for cls in (nn.Linear, LoRALinear) for role in ("in", "out")}
+        site = self._site
+        if site is not None and self.role == "in":
+            site.read(x)
+        delta = self.delta
+        if delta is None or self.merged:
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = delta(x, self.weight, self.bias)
+        if site is not None and self.role == "out":
+            y = site.write(y)
+        return y
 
 
 def reset_all_deltas(model: nn.Module) -> None:

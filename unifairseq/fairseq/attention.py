@@ -1,67 +1,53 @@
-"""Multi-head attention with the attention-side deltas.
+"""Multi-head attention with the attention-side deltas (fairseq glue around core/heads.py).
 
 fairseq's `MultiheadAttention.forward` has a fast path that hands `q_proj.weight`
 etc. straight to `F.multi_head_attention_forward`, which would silently bypass any
-delta on a projection (LoRA) and has no place for prefixes. This subclass keeps
-fairseq's module (names, incremental-state buffers, reordering) and replaces only
-`forward` with one attention computation that every method goes through, in
-training, in a full forward and in incremental decoding alike.
+delta on a projection (LoRA, DoRA, (IA)³) and has no place for prefixes. This subclass keeps
+fairseq's module (names, incremental-state buffers, reordering, the beamable cross-attention
+layout) and replaces only `forward` with one attention computation that every method goes
+through, in training, in a full forward and in incremental decoding alike.
 
-Head-level deltas (modified representation = attention heads), per head with
-q = x W_q / sqrt(d_h), context K = C W_k, V = C W_v and prefix P_k, P_v (l x d_h):
-
-  concat        softmax(q [P_k; K]^T) [P_v; V]                         (prefix tuning)
-  gate_add      (1 - λ) softmax(q K^T) V + λ softmax(q P_k^T) P_v       (its gated form, §3.1)
-                λ = Σ exp(q P_k^T) / (Σ exp(q P_k^T) + Σ exp(q K^T))
-  add           softmax(q K^T) V + softmax(q P_k^T) P_v                 (prefix, no gate)
-  relu          softmax(q K^T) V + ReLU(q P_k^T) P_v                    (multi-head parallel adapter)
-
-Padding and causal masks apply to the context logits only; prefixes are always visible.
-Attention-output deltas (parallel / sequential adapter) act on the out_proj output.
+What sits where comes from the plan: projection deltas at q/k/v/out_proj (`DeltaLinear`), a
+head-level delta (the prefix family, MH PA; the math in core/heads.py) and an adapter on the
+attention output (parallel reads the input x, sequential the output).
 """
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from unifairseq.core.config import DeltaConfig
-from unifairseq.core.modules import Adapter, LoRALinear
-from unifairseq.core.prefix import PrefixProvider
+from unifairseq.core import heads
+from unifairseq.core.methods.prefix import PrefixProvider
+from unifairseq.core.modules import DeltaLinear
+from unifairseq.core.plan import DeltaPlan
 
-
-def head_form(delta: DeltaConfig) -> Optional[str]:
-    """How the heads are modified: concat | gate_add | add | relu, or None."""
-    if not delta.head_delta:
-        return None
-    if delta.attn_option in ("cross_attn_relu", "mh_adapter"):
-        return "relu"
-    if delta.attn_option == "concat":
-        return "concat"
-    return delta.attn_composition  # cross_attn: add or gate_add
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 class DeltaMultiheadAttention(MultiheadAttention):
-    def __init__(self, embed_dim: int, num_heads: int, *, delta: DeltaConfig, layer_idx: int,
-                 prefix: Optional[PrefixProvider] = None, out_adapter: Optional[Adapter] = None,
-                 **mha_kwargs):
+    def __init__(self, embed_dim: int, num_heads: int, *, plan: DeltaPlan, kind: str, layer_idx: int,
+                 prefix: Optional[PrefixProvider] = None, **mha_kwargs):
         super().__init__(embed_dim, num_heads, **mha_kwargs)
         if self.use_xformers or self.bias_k is not None or self.add_zero_attn:
             raise ValueError("unifairseq deltas do not support xformers, add_bias_kv or add_zero_attn attention")
-        if delta.attn_mode == "lora":  # LoRA on W_q and W_v (Hu et al.), s = alpha / r
-            self.q_proj = LoRALinear.from_linear(self.q_proj, delta.attn_bn, delta.lora_alpha, delta.lora_dropout)
-            self.v_proj = LoRALinear.from_linear(self.v_proj, delta.attn_bn, delta.lora_alpha, delta.lora_dropout)
-        self.head_form = head_form(delta)
+        for name in PROJECTIONS:  # LoRA / DoRA / (IA)³ on the projections the plan names
+            spec = plan.at(name, kind)
+            if spec is not None:
+                proj = getattr(self, name)
+                setattr(self, name, DeltaLinear.wrap(proj, plan.build(spec, in_features=proj.in_features,
+                                                                      out_features=proj.out_features)))
+        heads_spec = plan.at("heads", kind)
+        self.head_form = heads_spec.opts["form"] if heads_spec is not None else None
         assert (self.head_form is None) == (prefix is None)
         # shared by all layers of this attention kind and registered on the encoder/decoder:
         # keep a plain reference so its parameters are not registered (and saved) L times
         object.__setattr__(self, "prefix_source", prefix)
         self.layer_idx = layer_idx
-        self.delta_out = out_adapter
+        self.delta_out = plan.build(plan.at("attn_out", kind), dim=embed_dim)
 
     def prefix_kv(self) -> Tuple[Tensor, Tensor]:
         """This layer's P_k, P_v, each H x l x d_h."""
@@ -127,7 +113,9 @@ class DeltaMultiheadAttention(MultiheadAttention):
         # decoding step, so incremental decoding with a prefix keeps the explicit path
         fused_ok = self.head_form is None or (self.head_form == "concat" and incremental_state is None)
         if x == 1 and not need_weights and fused_ok and not self._dropout_active():
-            attn = self._fused_attention(q, k, v, attn_mask, key_padding_mask)  # B x H x T x D
+            q4 = q.view(T, B, H, D).permute(1, 2, 0, 3)  # B x H x T x D
+            prefix = self.prefix_kv() if self.head_form == "concat" else None
+            attn = heads.fused_attention(q4, k, v, attn_mask, key_padding_mask, prefix)  # B x H x T x D
             out = self.out_proj(attn.permute(2, 0, 1, 3).reshape(T, B, C))
             return (out if self.delta_out is None else self.delta_out(out, query)), None
 
@@ -140,10 +128,9 @@ class DeltaMultiheadAttention(MultiheadAttention):
             logits = logits.masked_fill(key_padding_mask.view(kv_B, 1, 1, 1, S).to(torch.bool), float("-inf"))
 
         if self.head_form is None:
-            probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(q)
-            attn = torch.einsum("bxhts,bhsd->bxhtd", self.dropout_module(probs), v)
+            attn, probs = heads.attention(q, logits, v, self.dropout_module)
         else:
-            attn, probs = self._head_delta(q, logits, v)
+            attn, probs = heads.head_delta(self.head_form, q, logits, v, *self.prefix_kv(), self.dropout_module)
 
         attn = attn.permute(3, 0, 1, 2, 4).reshape(T, B, C)  # T x B x C
         out = self.out_proj(attn)
@@ -160,62 +147,3 @@ class DeltaMultiheadAttention(MultiheadAttention):
     def _dropout_active(self) -> bool:
         drop = self.dropout_module
         return drop.p > 0 and (self.training or drop.apply_during_inference)
-
-    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
-                         key_padding_mask: Optional[Tensor]) -> Tensor:
-        """The same attention (no head delta, or the concat prefix) through torch's fused kernel, as
-        fairseq's own fast path does: used when no weights are returned and no attention dropout
-        applies. q: T x B x C (scaled), k, v: B x H x S x D -> B x H x T x D."""
-        T, B, _ = q.shape
-        S = k.size(2)
-        q = q.view(T, B, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
-        mask = None  # additive, broadcast to B x H x T x S
-        if attn_mask is not None:
-            mask = attn_mask.to(q.dtype).view(1, 1, T, S)
-        if key_padding_mask is not None and key_padding_mask.dim() > 0:
-            pad = torch.zeros(B, 1, 1, S, dtype=q.dtype, device=q.device).masked_fill(
-                key_padding_mask.view(B, 1, 1, S).to(torch.bool), float("-inf"))
-            mask = pad if mask is None else mask + pad
-        if self.head_form == "concat":  # prefix keys/values in front, never masked
-            P_k, P_v = self.prefix_kv()  # H x l x D
-            k = torch.cat([P_k.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=2)
-            v = torch.cat([P_v.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=2)
-            if mask is not None:
-                mask = F.pad(mask, (P_k.size(1), 0))
-        if mask is not None:
-            mask = mask.expand(B, 1, T, mask.size(-1))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-
-    def _head_delta(self, q: Tensor, logits: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
-        """q: kvB x x x H x T x D, logits: ... x T x S, v: kvB x H x S x D -> attn (like q) and the
-        probabilities over the S context positions (for need_weights)."""
-        P_k, P_v = self.prefix_kv()  # H x l x D each
-        P_k, P_v = P_k.to(q.dtype), P_v.to(q.dtype)
-        l = P_k.size(1)
-
-        def context(weights: Tensor) -> Tensor:
-            return torch.einsum("bxhts,bhsd->bxhtd", weights, v)
-
-        def over_prefix(weights_p: Tensor) -> Tensor:
-            return torch.einsum("bxhtl,hld->bxhtd", weights_p, P_v)
-
-        logits_p = torch.einsum("bxhtd,hld->bxhtl", q, P_k)
-
-        if self.head_form == "concat":
-            probs = F.softmax(torch.cat([logits_p, logits], dim=-1), dim=-1, dtype=torch.float32).type_as(q)
-            dropped = self.dropout_module(probs)
-            return context(dropped[..., l:]) + over_prefix(dropped[..., :l]), probs[..., l:]
-
-        probs = F.softmax(logits, dim=-1, dtype=torch.float32).type_as(q)
-        attn = context(self.dropout_module(probs))
-        if self.head_form == "relu":
-            return attn + over_prefix(F.relu(logits_p)), probs
-
-        probs_p = F.softmax(logits_p, dim=-1, dtype=torch.float32).type_as(q)
-        delta = over_prefix(self.dropout_module(probs_p))
-        if self.head_form == "add":
-            return attn + delta, probs
-        # gate_add: λ(x) = Σ exp(prefix logits) / (Σ exp(prefix logits) + Σ exp(context logits))
-        lam = torch.sigmoid(torch.logsumexp(logits_p.float(), -1) - torch.logsumexp(logits.float(), -1))
-        lam = lam.unsqueeze(-1).type_as(q)
-        return (1 - lam) * attn + lam * delta, probs

@@ -25,7 +25,7 @@ from typing import Dict, Optional
 
 import torch
 
-from unifairseq.core.accounting import is_trainable_name
+from unifairseq.core.accounting import as_plan
 from unifairseq.core.modules import is_delta_name
 from unifairseq.fairseq.safe_globals import register_safe_globals
 
@@ -97,8 +97,9 @@ def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
     """sha256 over the frozen base tensors: names, shapes, dtypes and up to 4,096 values of each,
     spread over the tensor (fast on a 400M-parameter model, and any real difference shows)."""
     h = hashlib.sha256()
+    plan = as_plan(delta)
     for name in sorted(state):
-        if is_trainable_name(name, delta) or name in META_KEYS or name.endswith("version"):
+        if plan.is_trainable(name) or name in META_KEYS or name.endswith("version"):
             continue
         t = state[name]
         if not torch.is_tensor(t):
@@ -113,14 +114,15 @@ def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
 
 def is_delta_only(state_dict, model_keys, delta) -> bool:
     """True when the dict holds no base tensor of the model (a delta checkpoint)."""
-    return not any(k in model_keys and not is_trainable_name(k, delta) and not k.endswith("version")
+    plan = as_plan(delta)
+    return not any(k in model_keys and not plan.is_trainable(k) and not k.endswith("version")
                    for k in state_dict)
 
 
 class DeltaCheckpointMixin:
     """For fairseq models with deltas: what `state_dict()` saves and how `load_state_dict()` loads.
 
-    Set on the model by the builder: `delta` (DeltaConfig), `save_delta_only`, `delta_base`
+    Set on the model by the builder: `delta_plan` (DeltaPlan), `save_delta_only`, `delta_base`
     (override path), `delta_allow_base_mismatch`.
     """
 
@@ -141,8 +143,8 @@ class DeltaCheckpointMixin:
         if not getattr(self, "save_delta_only", False):
             return full
         if self.base_fingerprint is None:
-            self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
-        out = OrderedDict((k, v) for k, v in full.items() if is_trainable_name(k[len(prefix):], self.delta))
+            self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
+        out = OrderedDict((k, v) for k, v in full.items() if self.delta_plan.is_trainable(k[len(prefix):]))
         out[prefix + FINGERPRINT_KEY] = _str_to_tensor(self.base_fingerprint)
         out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.base_path or "")
         return out
@@ -154,7 +156,7 @@ class DeltaCheckpointMixin:
         stored_fp = _tensor_to_str(stored_fp) if stored_fp is not None else None
         stored_path = _tensor_to_str(stored_path) if stored_path is not None else None
         full = self.full_state_dict()
-        if is_delta_only(state_dict, full, self.delta):
+        if is_delta_only(state_dict, full, self.delta_plan):
             self._ensure_base(stored_path)
             self._check_fingerprint(stored_fp, stored_path)
             merged = OrderedDict((k, v) for k, v in self.full_state_dict().items())
@@ -167,7 +169,7 @@ class DeltaCheckpointMixin:
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model) is the base
         self.base_path = getattr(self, "base_path_hint", None) or self.base_path
-        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
+        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         if stored_fp is not None and stored_fp != self.base_fingerprint:
             logger.warning("unifairseq: loaded a full checkpoint whose recorded base fingerprint differs")
         return result
@@ -177,7 +179,7 @@ class DeltaCheckpointMixin:
         """Load the frozen base weights from a (full) fairseq checkpoint file."""
         state = load_checkpoint_file(path)
         sd = state["model"]
-        if is_delta_only(sd, self.full_state_dict(), self.delta) and any(k in sd for k in META_KEYS):
+        if is_delta_only(sd, self.full_state_dict(), self.delta_plan) and any(k in sd for k in META_KEYS):
             raise DeltaCheckpointError(f"{path!r} is itself a delta checkpoint, not a base model; point "
                                        "--delta-base at the full pretrained checkpoint (e.g. bart.large/model.pt)")
         own = self.full_state_dict()
@@ -192,7 +194,7 @@ class DeltaCheckpointMixin:
         sd.update(keep)
         torch.nn.Module.load_state_dict(self, sd, strict=True)
         self.base_path = os.path.abspath(path)
-        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta)
+        self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         logger.info(f"unifairseq: base model loaded from {path} (fingerprint {self.base_fingerprint[:12]})")
 
     def _ensure_base(self, stored_path: Optional[str]) -> None:

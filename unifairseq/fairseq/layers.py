@@ -6,11 +6,12 @@ Nothing here copies a fairseq `forward`: the layers override `build_self_attenti
 encoder's, for prompt tuning, which prepends l learned vectors to the token
 embeddings and then calls fairseq's own forward.
 
-Where each FFN delta reads and writes (fairseq's FFN is fc2(act(fc1(x))) with x the
-FFN input):
+Which method sits where is the plan's (core/plan.py); this module only puts the method's
+module at its site. Where each FFN delta reads and writes (fairseq's FFN is fc2(act(fc1(x)))
+with x the FFN input):
   parallel adapter    reads x (what fc1 reads), adds s * f(x) to fc2's output
   sequential adapter  h + f(h) on fc2's output (Pfeiffer; Houlsby adds one after self-attention)
-  LoRA                on W_1 and W_2 themselves
+  LoRA, DoRA          on W_1 and W_2 themselves; (IA)³ on fc2's input (the hidden activation)
 In a post-LN model (BART, RoBERTa) x is the residual stream after the previous layer
 norm. In a pre-LN model (mBART) the FFN reads final_layer_norm(x); the parallel adapter
 reads the residual stream x itself (a pre-hook on final_layer_norm), as the paper's code
@@ -28,31 +29,16 @@ from fairseq.models.transformer import TransformerConfig, TransformerDecoder, Tr
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
+from unifairseq.core.methods.prefix import PrefixProvider
+from unifairseq.core.modules import DeltaLinear
+from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
-from unifairseq.core.config import DeltaConfig
-from unifairseq.core.modules import Adapter, DeltaModule, FFNAdapterSite, make_ffn_linear
-from unifairseq.core.prefix import PrefixProvider
 
 
 # ------------------------------------------------------------------ helpers
-def make_prefix(delta: DeltaConfig, num_layers: int, dim: int, heads: int) -> Optional[PrefixProvider]:
-    """The P_k/P_v source for one attention kind, or None if the heads are not modified."""
-    if not delta.head_delta:
-        return None
-    mid = delta.mid_dim if delta.attn_mode == "prefix" else 0
-    return PrefixProvider(num_layers, delta.attn_bn, dim, mid_dim=mid, dropout=delta.prefix_dropout,
-                          zero_values=delta.attn_option == "mh_adapter", head_dim=dim // heads)
-
-
-def make_out_adapter(delta: DeltaConfig, dim: int, is_self_attn: bool) -> Optional[Adapter]:
-    """The adapter on an attention output: --attn-mode adapter, or Houlsby's after self-attention."""
-    if delta.attn_mode == "adapter" and delta.attn_option in ("parallel", "sequential"):
-        return Adapter(dim, delta.attn_bn, delta.attn_option, 1.0,
-                       delta.ffn_adapter_layernorm_option, delta.ffn_adapter_init_option)
-    if delta.ffn_option == "houlsby" and is_self_attn:
-        return Adapter(dim, delta.ffn_bn, "sequential", delta.ffn_adapter_scalar,
-                       delta.ffn_adapter_layernorm_option, delta.ffn_adapter_init_option)
-    return None
+def make_prefix(plan: DeltaPlan, kind: str, num_layers: int, dim: int, heads: int) -> Optional[PrefixProvider]:
+    """The P_k/P_v source for one attention kind, or None if the plan leaves its heads alone."""
+    return plan.build(plan.at("heads", kind), num_layers=num_layers, dim=dim, heads=heads)
 
 
 def _check_quant_noise(q_noise: float) -> None:
@@ -63,16 +49,13 @@ def _check_quant_noise(q_noise: float) -> None:
 class _DeltaLayerMixin:
     """The FFN hooks, shared by encoder and decoder layers."""
 
-    delta: DeltaConfig
+    plan: DeltaPlan
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         _check_quant_noise(q_noise)
-        d = self.delta
-        if d.ffn_mode == "adapter":
-            # fc1 is built before fc2: the site is created here and shared by both
-            self.delta_ffn = FFNAdapterSite(
-                input_dim, d.ffn_bn, "parallel" if d.ffn_option == "parallel" else "sequential",
-                d.ffn_adapter_scalar, d.ffn_adapter_layernorm_option, d.ffn_adapter_init_option)
+        site = self.plan.build(self.plan.at("ffn"), dim=input_dim)
+        if site is not None:  # fc1 is built before fc2: the site is created here and shared by both
+            self.delta_ffn = site
         return self._ffn_linear(input_dim, output_dim, "in")
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
@@ -80,17 +63,18 @@ class _DeltaLayerMixin:
         return self._ffn_linear(input_dim, output_dim, "out")
 
     def _ffn_linear(self, input_dim, output_dim, role):
-        d = self.delta
-        lora = (d.ffn_bn, d.lora_alpha, d.lora_dropout) if d.ffn_mode == "lora" else None
+        spec = self.plan.at("fc1" if role == "in" else "fc2")  # LoRA / DoRA on W_1, W_2; (IA)³ on fc2's input
+        delta = self.plan.build(spec, in_features=input_dim, out_features=output_dim)
         site = getattr(self, "delta_ffn", None)
         if role == "in" and self._reads_residual():
             site = None  # the pre-LN residual is read by a hook on final_layer_norm instead (see below)
-        return make_ffn_linear(input_dim, output_dim, role, site, lora)
+        return DeltaLinear(input_dim, output_dim, delta=delta, site=site, role=role)
 
     def _reads_residual(self) -> bool:
         """Pre-LN (mBART): the parallel FFN adapter reads the residual stream x, not
         final_layer_norm(x), as the paper's code did."""
-        return self.normalize_before and self.delta.ffn_option == "parallel"
+        site = getattr(self, "delta_ffn", None)
+        return self.normalize_before and site is not None and site.parallel
 
     def _hook_residual_read(self) -> None:
         if self._reads_residual():
@@ -100,11 +84,10 @@ class _DeltaLayerMixin:
     def _read_residual(self, module, inputs):
         self.delta_ffn.read(inputs[0])
 
-    def _attention(self, embed_dim, num_heads, prefix, is_self_attn, **kwargs):
+    def _attention(self, embed_dim, num_heads, prefix, kind, **kwargs):
         _check_quant_noise(self.quant_noise)
-        return DeltaMultiheadAttention(
-            embed_dim, num_heads, delta=self.delta, layer_idx=self.layer_idx, prefix=prefix,
-            out_adapter=make_out_adapter(self.delta, embed_dim, is_self_attn), **kwargs)
+        return DeltaMultiheadAttention(embed_dim, num_heads, plan=self.plan, kind=kind, layer_idx=self.layer_idx,
+                                       prefix=prefix, **kwargs)
 
 
 def _set_before_init(module: nn.Module, **attrs) -> None:
@@ -116,21 +99,21 @@ def _set_before_init(module: nn.Module, **attrs) -> None:
 
 # ------------------------------------------------------------------- layers
 class DeltaEncoderLayer(_DeltaLayerMixin, TransformerEncoderLayerBase):
-    def __init__(self, cfg, delta: DeltaConfig, layer_idx: int, prefix: Optional[PrefixProvider],
+    def __init__(self, cfg, plan: DeltaPlan, layer_idx: int, prefix: Optional[PrefixProvider],
                  return_fc: bool = False):
-        _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix=prefix)
+        _set_before_init(self, plan=plan, layer_idx=layer_idx, _prefix=prefix)
         super().__init__(cfg, return_fc=return_fc)
         self._hook_residual_read()
 
     def build_self_attention(self, embed_dim, cfg):
-        return self._attention(embed_dim, cfg.encoder.attention_heads, self._prefix, True,
+        return self._attention(embed_dim, cfg.encoder.attention_heads, self._prefix, "self",
                                dropout=cfg.attention_dropout, self_attention=True)
 
 
 class DeltaDecoderLayer(_DeltaLayerMixin, TransformerDecoderLayerBase):
-    def __init__(self, cfg, delta: DeltaConfig, layer_idx: int, prefix_self: Optional[PrefixProvider],
+    def __init__(self, cfg, plan: DeltaPlan, layer_idx: int, prefix_self: Optional[PrefixProvider],
                  prefix_cross: Optional[PrefixProvider], no_encoder_attn: bool = False):
-        _set_before_init(self, delta=delta, layer_idx=layer_idx, _prefix_self=prefix_self,
+        _set_before_init(self, plan=plan, layer_idx=layer_idx, _prefix_self=prefix_self,
                          _prefix_cross=prefix_cross)
         super().__init__(cfg, no_encoder_attn=no_encoder_attn)
         self._hook_residual_read()
@@ -138,12 +121,12 @@ class DeltaDecoderLayer(_DeltaLayerMixin, TransformerDecoderLayerBase):
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         if cfg.cross_self_attention:
             raise ValueError("--cross-self-attention is not supported with unifairseq deltas")
-        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_self, True,
+        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_self, "self",
                                dropout=cfg.attention_dropout, add_bias_kv=add_bias_kv,
                                add_zero_attn=add_zero_attn, self_attention=True)
 
     def build_encoder_attention(self, embed_dim, cfg):
-        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_cross, False,
+        return self._attention(embed_dim, cfg.decoder.attention_heads, self._prefix_cross, "cross",
                                kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim,
                                dropout=cfg.attention_dropout, encoder_decoder_attention=True)
 
@@ -197,32 +180,19 @@ def _output_projection_2d(decoder, features: torch.Tensor) -> torch.Tensor:
     return decoder.output_projection(features.reshape(B * T, C)).view(B, T, -1)
 
 
-class PromptEmbedding(DeltaModule):
-    """Prompt tuning: l learned vectors prepended to the encoder's token embeddings."""
-
-    def __init__(self, length: int, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(length, dim))
-        self.reset_delta_parameters()
-
-    def reset_delta_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)
-
-
 class DeltaTransformerEncoder(TransformerEncoder):
-    def __init__(self, args, dictionary, embed_tokens, delta: DeltaConfig, return_fc=False):
-        _set_before_init(self, delta=delta, _n_layers_built=0)
+    def __init__(self, args, dictionary, embed_tokens, plan: DeltaPlan, return_fc=False):
+        _set_before_init(self, plan=plan, delta=plan.cfg, _n_layers_built=0)
         super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
-        self.delta_prompt = PromptEmbedding(delta.prompt_len, embed_tokens.embedding_dim) \
-            if delta.prompt_len > 0 else None
+        self.delta_prompt = plan.build(plan.at("embed"), dim=embed_tokens.embedding_dim)
         _share_prefix_mlp_per_pass(self, [getattr(self, "delta_prefix", None)], args)
 
     def build_encoder_layer(self, args):
         cfg = TransformerConfig.from_namespace(args)
         if self._n_layers_built == 0:
-            self.delta_prefix = make_prefix(self.delta, cfg.encoder.layers, cfg.encoder.embed_dim,
+            self.delta_prefix = make_prefix(self.plan, "self", cfg.encoder.layers, cfg.encoder.embed_dim,
                                             cfg.encoder.attention_heads)
-        layer = DeltaEncoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix,
+        layer = DeltaEncoderLayer(cfg, self.plan, self._n_layers_built, self.delta_prefix,
                                   return_fc=self.return_fc)
         self._n_layers_built += 1
         return _wrap_layer(layer, cfg)
@@ -233,23 +203,29 @@ class DeltaTransformerEncoder(TransformerEncoder):
             # B x T -> B x (l+T): the prompt vectors go in front of the token embeddings; the
             # placeholder ids (bos, never padding) only feed fairseq's padding mask and positions.
             B, l = src_tokens.size(0), self.delta_prompt.weight.size(0)
+            if self.embed_positions is not None and src_tokens.size(1) + l > super().max_positions():
+                raise ValueError(
+                    f"prompt tuning: an input of {src_tokens.size(1)} tokens plus the {l} prompt vectors needs "
+                    f"{src_tokens.size(1) + l} positions, but the model has {super().max_positions()}. Inputs must "
+                    f"be at most {self.max_positions()} tokens: pass --max-positions/--tokens-per-sample "
+                    f"{self.max_positions()} with --shorten-method truncate (sentence_prediction) or "
+                    f"--truncate-source (translation), or a shorter prompt (--attn-bn)")
             if token_embeddings is None:
                 token_embeddings = self.embed_tokens(src_tokens)
-            prompt = self.delta_prompt.weight.to(token_embeddings.dtype).unsqueeze(0).expand(B, -1, -1)
-            token_embeddings = torch.cat([prompt, token_embeddings], dim=1)
+            token_embeddings = self.delta_prompt.prepend(token_embeddings)
             src_tokens = torch.cat([src_tokens.new_full((B, l), self.dictionary.bos()), src_tokens], dim=1)
             if src_lengths is not None:
                 src_lengths = src_lengths + l
         return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
     def max_positions(self):
-        return super().max_positions() - (self.delta.prompt_len if self.delta_prompt is not None else 0)
+        return super().max_positions() - self.plan.prompt_len
 
 
 class DeltaTransformerDecoder(TransformerDecoder):
-    def __init__(self, args, dictionary, embed_tokens, delta: DeltaConfig, no_encoder_attn=False,
+    def __init__(self, args, dictionary, embed_tokens, plan: DeltaPlan, no_encoder_attn=False,
                  output_projection=None):
-        _set_before_init(self, delta=delta, _n_layers_built=0)
+        _set_before_init(self, plan=plan, delta=plan.cfg, _n_layers_built=0)
         super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn,
                          output_projection=output_projection)
         _share_prefix_mlp_per_pass(
@@ -263,12 +239,12 @@ class DeltaTransformerDecoder(TransformerDecoder):
     def build_decoder_layer(self, args, no_encoder_attn=False):
         cfg = TransformerConfig.from_namespace(args)
         if self._n_layers_built == 0:
-            self.delta_prefix_self = make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim,
+            self.delta_prefix_self = make_prefix(self.plan, "self", cfg.decoder.layers, cfg.decoder.embed_dim,
                                                  cfg.decoder.attention_heads)
             self.delta_prefix_cross = None if no_encoder_attn else \
-                make_prefix(self.delta, cfg.decoder.layers, cfg.decoder.embed_dim,
-                                                 cfg.decoder.attention_heads)
-        layer = DeltaDecoderLayer(cfg, self.delta, self._n_layers_built, self.delta_prefix_self,
+                make_prefix(self.plan, "cross", cfg.decoder.layers, cfg.decoder.embed_dim,
+                            cfg.decoder.attention_heads)
+        layer = DeltaDecoderLayer(cfg, self.plan, self._n_layers_built, self.delta_prefix_self,
                                   self.delta_prefix_cross, no_encoder_attn=no_encoder_attn)
         self._n_layers_built += 1
         return _wrap_layer(layer, cfg)

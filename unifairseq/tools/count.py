@@ -20,8 +20,8 @@ from fairseq.models import build_model
 from fairseq.tasks.translation import TranslationTask
 
 import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
-from unifairseq.core.config import PRESETS
-from unifairseq.core.prefix import PrefixProvider
+from unifairseq.core.presets import PRESETS
+from unifairseq.core.methods.prefix import PrefixProvider
 
 BART_VOCAB = 50264  # len(bart.large/dict.txt) with fairseq's 4 special symbols
 

@@ -2,12 +2,15 @@
 
     unifairseq-export inference CKPT OUT   small delta file: no optimizer state, the prefix
                                            reparametrization MLP folded into static vectors
-    unifairseq-export merge CKPT OUT       LoRA (and BitFit) merged into the base weights: a plain
-                                           fairseq checkpoint that vanilla fairseq loads, no --user-dir
-    unifairseq-export unmerge MERGED CKPT OUT   the merged LoRA taken back out: the base again
+    unifairseq-export merge CKPT OUT       LoRA, DoRA, (IA)³ (and BitFit) merged into the base weights: a
+                                           plain fairseq checkpoint that vanilla fairseq loads, no --user-dir;
+                                           a trained classification head travels with it
+    unifairseq-export unmerge MERGED CKPT OUT   the merge taken back out: the base again
 
-Everything works on state dicts (no data directory or task needed). Outputs are written
-atomically and never replace an existing file unless --force is given.
+The math is the methods' own (core/methods/: `LinearDelta.merged` / `unmerged`, `PrefixProvider.fold`):
+each site's module is built from the checkpoint's plan and loaded with its trained values, on state
+dicts (no data directory or task needed). Outputs are written atomically and never replace an
+existing file unless --force is given.
 """
 from __future__ import annotations
 
@@ -21,14 +24,18 @@ from typing import Dict, Optional
 
 import torch
 
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, DeltaCheckpointError, _tensor_to_str,
-                         atomic_save, load_checkpoint_file)
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.prefix import PrefixProvider
+from unifairseq.core.methods import METHODS
+from unifairseq.core.methods.prefix import PrefixProvider
+from unifairseq.core.modules import LinearDelta, is_delta_name
+from unifairseq.core.plan import DeltaPlan
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, DeltaCheckpointError,
+                                           _tensor_to_str, atomic_save, load_checkpoint_file)
 
-logger = logging.getLogger("unifairseq.tools.export")
+logger = logging.getLogger("unifairseq.export")
 
-PREFIX_MLP_SUFFIXES = ("wte.weight", "mlp_down.weight", "mlp_down.bias", "mlp_up.weight", "mlp_up.bias")
+UNMERGE_KEY = "unifairseq_unmerge"  # what an exact unmerge needs beside the merged weights (DoRA's norms)
+HEAD_PREFIX = "classification_heads."
 
 
 # ------------------------------------------------------------------ helpers
@@ -51,47 +58,61 @@ def set_model_arg(state: dict, name: str, value) -> None:
                 setattr(holder, name, value)
 
 
-def delta_config(state: dict) -> DeltaConfig:
-    return DeltaConfig.from_args(model_args(state))
+def delta_plan(state: dict) -> DeltaPlan:
+    return DeltaPlan(DeltaConfig.from_args(model_args(state)))
 
 
 def fold_prefix_mlps(model_sd: Dict[str, torch.Tensor]) -> int:
-    """Replace every prefix MLP (wte, mlp_down, mlp_up) by the vectors it computes. Returns the
-    number of parameters dropped."""
-    owners = sorted({k[: -len("wte.weight")] for k in model_sd if k.endswith("delta_prefix.wte.weight")
-                     or k.endswith("delta_prefix_self.wte.weight") or k.endswith("delta_prefix_cross.wte.weight")})
+    """Replace every prefix MLP (wte, mlp_down, mlp_up) by the vectors it computes, through
+    PrefixProvider.fold(). Returns the number of parameters dropped."""
+    owners = sorted({k[: -len("wte.weight")] for k in model_sd
+                     if k.endswith(".wte.weight") and k.split(".")[-3].startswith("delta_prefix")})
     dropped = 0
     for owner in owners:
-        t = {s: model_sd.pop(owner + s) for s in PREFIX_MLP_SUFFIXES}
-        length, dim = t["wte.weight"].shape
-        mid = t["mlp_down.weight"].shape[0]
-        layers = t["mlp_up.weight"].shape[0] // (2 * dim)
-        prov = PrefixProvider(layers, length, dim, mid_dim=mid)
-        prov.load_state_dict(t)
-        with torch.no_grad():
-            P = prov.all_layers().detach().clone()
-        model_sd[owner + "prefix"] = P
-        dropped += sum(v.numel() for v in t.values()) - P.numel()
+        t = {k[len(owner):]: model_sd.pop(k) for k in [k for k in model_sd if k.startswith(owner)]}
+        prov = PrefixProvider.from_state(t)
+        before = sum(v.numel() for v in t.values())
+        prov.fold()
+        for k, v in prov.state_dict().items():
+            model_sd[owner + k] = v
+        dropped += before - prov.prefix.numel()
     return dropped
 
 
-def lora_pairs(model_sd):
-    """(base weight key, W_down key, W_up key) for every LoRA site."""
-    for k in model_sd:
-        if k.endswith(".delta_lora.W_down.weight"):
-            site = k[: -len(".delta_lora.W_down.weight")]
-            yield site + ".weight", k, site + ".delta_lora.W_up.weight"
+def linear_deltas(plan: DeltaPlan, delta_sd: Dict[str, torch.Tensor], base_sd: Dict[str, torch.Tensor]):
+    """(host, LinearDelta module with the trained values) for every projection with a delta: the
+    module is the method's own, built from the plan for that site and loaded from the checkpoint."""
+    names = {m.module_name for m in METHODS.values() if m.module_name}
+    hosts = {}
+    for k in delta_sd:
+        parts = k.split(".")
+        for i, part in enumerate(parts):
+            if part in names:
+                hosts.setdefault(".".join(parts[:i]), part)
+                break
+    for host, module_name in sorted(hosts.items()):
+        site = host.split(".")[-1]
+        kind = "cross" if ".encoder_attn." in host + "." else "self"
+        spec = plan.at(site, kind)
+        if spec is None or METHODS[spec.method].module_name != module_name:
+            raise DeltaCheckpointError(f"{host}.{module_name}: the checkpoint's flags put no such delta at {site}")
+        W = base_sd[host + ".weight"]
+        module: LinearDelta = plan.build(spec, in_features=W.shape[1], out_features=W.shape[0])
+        pre = f"{host}.{module_name}."
+        module.load_state_dict({k[len(pre):]: v for k, v in delta_sd.items() if k.startswith(pre)})
+        yield host, module
 
 
-def check_mergeable(delta: DeltaConfig) -> None:
-    ok_attn = delta.attn_mode in ("none", "lora", "bitfit")
-    ok_ffn = delta.ffn_mode in ("none", "lora")
-    if not (ok_attn and ok_ffn):
-        what = [m for m, ok in ((f"--attn-mode {delta.attn_mode}", ok_attn), (f"--ffn-mode {delta.ffn_mode}", ok_ffn))
-                if not ok]
+def refuse_unmergeable(plan: DeltaPlan) -> None:
+    bad = [m for m in plan.methods if m.merge != "merge"]
+    if bad:
+        cfg = plan.cfg
+        what = [f"--{side}-mode {getattr(cfg, side + '_mode')}" for side in ("attn", "ffn")
+                if any(getattr(cfg, side + "_mode") in getattr(m, side + "_modes") for m in bad)]
         raise DeltaCheckpointError(
-            f"cannot merge {' and '.join(what)} into the base weights: prefixes, adapters and prompts add "
-            "computation that a plain fairseq model does not have. Only LoRA (and BitFit) merge; use "
+            f"cannot merge {' and '.join(what)} into the base weights ({', '.join(m.name for m in bad)}): prefixes, "
+            "adapters and prompts add computation that a plain fairseq model does not have. Only "
+            f"{', '.join(m.name for m in METHODS.values() if m.merge == 'merge')} merge; use "
             "`unifairseq-export inference` for a small delta file that fairseq-generate --user-dir loads")
 
 
@@ -116,12 +137,12 @@ def parent_arch(arch: str) -> str:
 # ----------------------------------------------------------------- commands
 def export_inference(path: str, out: str, force: bool = False) -> dict:
     state = load_checkpoint_file(path)
-    delta = delta_config(state)
+    plan = delta_plan(state)
     sd = OrderedDict(state["model"])
     if FINGERPRINT_KEY not in sd:
         raise DeltaCheckpointError(f"{path!r} is not a delta checkpoint (no base fingerprint); "
                                    "train with a delta architecture, or use `merge` for LoRA")
-    dropped = fold_prefix_mlps(sd)
+    dropped = fold_prefix_mlps(sd) if any(m.merge == "fold" for m in plan.methods) else 0
     new = copy.copy(state)
     new["model"] = sd
     new["last_optimizer_state"] = None
@@ -130,38 +151,49 @@ def export_inference(path: str, out: str, force: bool = False) -> dict:
     if dropped:
         new["cfg"] = copy.deepcopy(state.get("cfg"))
         new["args"] = copy.deepcopy(state.get("args"))
-        set_model_arg(new, "attn_mode", "prefix_nomlp")
+        for m in plan.methods:
+            for k, v in (m.folded_args() if m.merge == "fold" else {}).items():
+                set_model_arg(new, k, v)
     _refuse_same_file(path, out)
     atomic_save(new, out, overwrite=force)
     params = sum(v.numel() for k, v in sd.items() if k not in META_KEYS)
     logger.info(f"wrote {out}: {params:,} parameters ({os.path.getsize(out):,} bytes); "
-                f"dropped {dropped:,} prefix-MLP parameters and the optimizer state ({delta.describe()})")
+                f"dropped {dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
     return dict(params=params, dropped=dropped, bytes=os.path.getsize(out))
 
 
 def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
+    """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
+    trained task heads travel with the merged model."""
     state = load_checkpoint_file(path)
-    delta = delta_config(state)
-    check_mergeable(delta)
+    plan = delta_plan(state)
+    refuse_unmergeable(plan)
     base_state = load_base_for(state, path, base)
     merged = OrderedDict(base_state["model"])
     sd = state["model"]
-    for w, down, up in lora_pairs(sd):
-        r = sd[down].shape[0]
-        s = delta.lora_alpha / r
-        merged[w] = merged[w] + (s * (sd[up].float() @ sd[down].float())).to(merged[w].dtype)
-    if delta.bitfit:
-        for k, v in sd.items():
-            if k.endswith("bias") and k not in META_KEYS:
-                merged[k] = v.clone()
+    unmerge = {}
+    with torch.no_grad():
+        for host, module in linear_deltas(plan, sd, merged):
+            W, b = merged[host + ".weight"], merged.get(host + ".bias")
+            W2, b2 = module.merged(W.float(), None if b is None else b.float())
+            merged[host + ".weight"] = W2.to(W.dtype)
+            if b is not None:
+                merged[host + ".bias"] = b2.to(b.dtype)
+            if getattr(module, "norm_at_merge", None) is not None:
+                unmerge[host] = module.norm_at_merge
+    for k, v in sd.items():  # what a plan trains in place (BitFit's biases) and the task heads
+        if k not in META_KEYS and (k.startswith(HEAD_PREFIX) or (not is_delta_name(k) and plan.is_trainable(k))):
+            merged[k] = v.clone()
     # the layout of fairseq's released checkpoints: the model args (argparse.Namespace) with the plain
     # parent architecture, one optimizer-history entry without optimizer state
     new = {"model": merged, "args": copy.deepcopy(state.get("args")), "cfg": copy.deepcopy(state.get("cfg")),
            "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
                                   "lr_scheduler_state": {"best": None}, "num_updates": 0}],
            "extra_state": {}, "last_optimizer_state": None}
-    arch = getattr(model_args(state), "arch", None) if not isinstance(model_args(state), dict) \
-        else model_args(state).get("arch")
+    if unmerge:
+        new[UNMERGE_KEY] = unmerge
+    args = model_args(state)
+    arch = args.get("arch") if isinstance(args, dict) else getattr(args, "arch", None)
     parent = parent_arch(arch)
     set_model_arg(new, "arch", parent)
     set_model_arg(new, "_name", parent)
@@ -169,28 +201,38 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
         new["cfg"]["common"]["user_dir"] = None  # vanilla fairseq needs no plugin for this file
     _refuse_same_file(path, out)
     atomic_save(new, out, overwrite=force)
-    logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with LoRA merged ({os.path.getsize(out):,} bytes)")
+    logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with {', '.join(m.name for m in plan.methods)} "
+                f"merged ({os.path.getsize(out):,} bytes)")
     return dict(bytes=os.path.getsize(out), arch=parent)
 
 
 def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = False) -> dict:
     merged = load_checkpoint_file(merged_path)
     state = load_checkpoint_file(delta_path)
-    delta = delta_config(state)
-    check_mergeable(delta)
-    if delta.bitfit:
-        raise DeltaCheckpointError("BitFit replaced the base biases when merging; they cannot be recovered from "
-                                   "the merged file. Use the base checkpoint itself")
+    plan = delta_plan(state)
+    refuse_unmergeable(plan)
+    for m in plan.methods:
+        if m.unmerge_refusal:
+            raise DeltaCheckpointError(m.unmerge_refusal)
     base = OrderedDict(merged["model"])
     sd = state["model"]
-    for w, down, up in lora_pairs(sd):
-        s = delta.lora_alpha / sd[down].shape[0]
-        base[w] = base[w] - (s * (sd[up].float() @ sd[down].float())).to(base[w].dtype)
-    new = dict(merged)
+    norms = merged.get(UNMERGE_KEY) or {}
+    with torch.no_grad():
+        for host, module in linear_deltas(plan, sd, base):
+            if host in norms:
+                module.norm_at_merge = norms[host]
+            W, b = base[host + ".weight"], base.get(host + ".bias")
+            W2, b2 = module.unmerged(W.float(), None if b is None else b.float())
+            base[host + ".weight"] = W2.to(W.dtype)
+            if b is not None:
+                base[host + ".bias"] = b2.to(b.dtype)
+    for k in [k for k in base if k.startswith(HEAD_PREFIX) and k in sd]:
+        del base[k]  # the delta's task head is not part of the base
+    new = {k: v for k, v in merged.items() if k != UNMERGE_KEY}
     new["model"] = base
     _refuse_same_file(merged_path, out)
     atomic_save(new, out, overwrite=force)
-    logger.info(f"wrote {out}: LoRA taken back out of {merged_path}")
+    logger.info(f"wrote {out}: {', '.join(m.name for m in plan.methods)} taken back out of {merged_path}")
     return dict(bytes=os.path.getsize(out))
 
 
@@ -201,17 +243,19 @@ def _refuse_same_file(src: str, out: str) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    import unifairseq.fairseq.models  # noqa: F401  (architecture names, safe globals)
+    import unifairseq.fairseq
+
+    unifairseq.fairseq.register()  # architecture names, safe globals
 
     ap = argparse.ArgumentParser(prog="unifairseq-export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("inference", help="small delta file for inference (prefix MLP folded, no optimizer)")
     p.add_argument("ckpt"), p.add_argument("out")
-    p = sub.add_parser("merge", help="merge LoRA/BitFit into the base: a plain fairseq checkpoint")
+    p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base checkpoint (default: the path recorded in CKPT)")
-    p = sub.add_parser("unmerge", help="take a merged LoRA back out of a merged checkpoint")
+    p = sub.add_parser("unmerge", help="take a merged delta back out of a merged checkpoint")
     p.add_argument("merged"), p.add_argument("ckpt"), p.add_argument("out")
     for p in sub.choices.values():
         p.add_argument("--force", action="store_true", help="replace OUT if it exists")

@@ -14,10 +14,11 @@ from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture, mbart_large_architecture
 
 from unifairseq.core.accounting import ModelShape, base_bias_params
+from unifairseq.core.config import add_delta_args
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
-from unifairseq.core.config import DeltaConfig, DeltaConfigError, add_delta_args
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
-from unifairseq.fairseq.models.common import fill_missing_delta_keys, prepare_delta_model, register_presets
+from unifairseq.fairseq.models.common import (building, current_plan, fill_missing_delta_keys, plan_for,
+                                              prepare_delta_model, register_presets)
 
 
 @register_model("delta_bart")
@@ -29,24 +30,19 @@ class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
 
     @classmethod
     def build_model(cls, args, task):
-        delta = DeltaConfig.from_args(args)
-        if delta.attn_mode == "none" and delta.ffn_mode == "none":
-            raise DeltaConfigError(
-                f"--arch {getattr(args, 'arch', 'delta_bart')}: nothing to train. delta_* architectures take the "
-                "method from the flags: give --attn-mode and/or --ffn-mode, pick a preset such as mam_bart_large, "
-                "or use fairseq's plain bart_large for full fine-tuning")
-        model = super().build_model(args, task)
+        with building(plan_for(args, "bart")) as plan:
+            model = super().build_model(args, task)
         shape = ModelShape.encoder_decoder(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
                                            args.encoder_layers, args.decoder_layers, base_bias_params(model))
-        return prepare_delta_model(model, args, delta, shape)
+        return prepare_delta_model(model, args, plan, shape)
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return DeltaTransformerEncoder(args, src_dict, embed_tokens, DeltaConfig.from_args(args))
+        return DeltaTransformerEncoder(args, src_dict, embed_tokens, current_plan(args))
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
-        return DeltaTransformerDecoder(args, tgt_dict, embed_tokens, DeltaConfig.from_args(args),
+        return DeltaTransformerDecoder(args, tgt_dict, embed_tokens, current_plan(args),
                                        no_encoder_attn=getattr(args, "no_cross_attention", False))
 
     def upgrade_state_dict_named(self, state_dict, name):

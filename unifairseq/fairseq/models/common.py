@@ -2,28 +2,61 @@
 lack delta tensors, the classification heads, and the preset -> architecture registration."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from typing import List
 
 from fairseq.models import register_model_architecture
 
-from unifairseq.core.accounting import format_report, freeze_base, parameter_report
-from unifairseq.core.config import PRESETS, DeltaConfig
+from unifairseq.core.accounting import ModelShape, format_report, freeze_base, parameter_report
+from unifairseq.core.config import DeltaConfigError
 from unifairseq.core.modules import is_delta_name, reset_all_deltas
+from unifairseq.core.plan import DeltaPlan
+from unifairseq.core.presets import PRESETS
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
 ARCH_PARENT = {}  # delta architecture -> plain fairseq architecture (for merged exports)
 
 
-def prepare_delta_model(model, args, delta: DeltaConfig, shape: ModelShape):
+_BUILDING: List[DeltaPlan] = []
+
+
+def plan_for(args, family: str) -> DeltaPlan:
+    """The plan of a model about to be built: validated once, refused when it trains nothing."""
+    plan = DeltaPlan.from_args(args)
+    if plan.empty:
+        raise DeltaConfigError(
+            f"--arch {getattr(args, 'arch', 'delta_' + family)}: nothing to train. delta_* architectures take the "
+            f"method from the flags: give --attn-mode and/or --ffn-mode, pick a preset such as mam_{family}_large, "
+            f"or use fairseq's plain {family}_large for full fine-tuning")
+    return plan
+
+
+@contextlib.contextmanager
+def building(plan: DeltaPlan):
+    """fairseq's build_model calls our build_encoder/build_decoder hooks with the args only: they
+    read the plan of the model being built from here instead of building it again."""
+    _BUILDING.append(plan)
+    try:
+        yield plan
+    finally:
+        _BUILDING.pop()
+
+
+def current_plan(args) -> DeltaPlan:
+    return _BUILDING[-1] if _BUILDING else DeltaPlan.from_args(args)
+
+
+def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape):
     """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
     them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
     reset_all_deltas(model)
-    freeze_base(model, delta)
-    model.delta = delta
-    model.delta_report = parameter_report(model, delta, shape)
-    logger.info(format_report(getattr(args, "arch", "delta model"), delta, model.delta_report))
+    freeze_base(model, plan)
+    model.delta, model.delta_plan = plan.cfg, plan
+    model.delta_report = parameter_report(model, plan, shape)
+    logger.info(format_report(getattr(args, "arch", "delta model"), plan, model.delta_report))
     model.save_delta_only = not getattr(args, "delta_save_full", False)
     model.delta_allow_base_mismatch = bool(getattr(args, "delta_allow_base_mismatch", False))
     model.delta_base = getattr(args, "delta_base", None)

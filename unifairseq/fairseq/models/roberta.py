@@ -18,10 +18,11 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_hasattr
 
 from unifairseq.core.accounting import ModelShape, base_bias_params, format_report, parameter_report
+from unifairseq.core.config import add_delta_args
+from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
-from unifairseq.core.config import DeltaConfig, add_delta_args
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
-from unifairseq.fairseq.models.common import fill_missing_delta_keys, prepare_delta_model, register_presets
+from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -30,14 +31,20 @@ GLUE_MAM = dict(attn_bn=16, ffn_bn=16, ffn_adapter_scalar=2.0)
 
 
 class DeltaRobertaEncoder(RobertaEncoder):
-    def __init__(self, args, dictionary, delta: DeltaConfig):
-        object.__setattr__(self, "delta", delta)  # read by build_encoder, called from __init__
+    def __init__(self, args, dictionary, plan: DeltaPlan):
+        object.__setattr__(self, "plan", plan)  # read by build_encoder, called from __init__
         super().__init__(args, dictionary)
 
     def build_encoder(self, args, dictionary, embed_tokens):
-        encoder = DeltaTransformerEncoder(args, dictionary, embed_tokens, self.delta)
+        encoder = DeltaTransformerEncoder(args, dictionary, embed_tokens, self.plan)
         encoder.apply(init_bert_params)  # as fairseq's RobertaEncoder; deltas are re-initialised later
         return encoder
+
+    def max_positions(self):
+        """fairseq's RobertaEncoder answers --max-positions; with prompt tuning the l prompt vectors
+        take l of those positions, so inputs must be l tokens shorter (the trainer filters longer
+        ones, sentence_prediction's --shorten-method truncate cuts to this)."""
+        return self.args.max_positions - self.plan.prompt_len
 
 
 @register_model("delta_roberta")
@@ -54,17 +61,17 @@ class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
             if not safe_hasattr(args, "tokens_per_sample"):
                 args.tokens_per_sample = task.max_positions()
             args.max_positions = args.tokens_per_sample
-        delta = DeltaConfig.from_args(args)
-        model = cls(args, DeltaRobertaEncoder(args, task.source_dictionary, delta))
+        plan = plan_for(args, "roberta")
+        model = cls(args, DeltaRobertaEncoder(args, task.source_dictionary, plan))
         model.delta_shape = ModelShape.encoder_only(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
                                                     args.encoder_layers, base_bias_params(model))
-        return prepare_delta_model(model, args, delta, model.delta_shape)
+        return prepare_delta_model(model, args, plan, model.delta_shape)
 
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)
         # the head is new and task-specific: it is trained (requires_grad stays True) and saved
-        self.delta_report = parameter_report(self, self.delta, self.delta_shape)
-        logger.info(format_report(getattr(self.args, "arch", "delta_roberta"), self.delta, self.delta_report)
+        self.delta_report = parameter_report(self, self.delta_plan, self.delta_shape)
+        logger.info(format_report(getattr(self.args, "arch", "delta_roberta"), self.delta_plan, self.delta_report)
                     + f" -- including the '{name}' classification head")
 
     def upgrade_state_dict_named(self, state_dict, name):

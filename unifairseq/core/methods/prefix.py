@@ -1,4 +1,16 @@
-"""Prefix vectors P_k, P_v for every layer of one attention kind.
+"""Prefix tuning (Li & Liang 2021): l learned key/value vectors per layer in front of each head's
+context. Functional form softmax(q P_k^T) P_v, modified representation the attention heads,
+parallel insertion, gated-add composition (paper §3.1; the head math is in core/heads.py):
+
+    concat     softmax(q [P_k; K]^T) [P_v; V]                        (--attn-option concat)
+    gate_add   (1 - λ) softmax(q K^T) V + λ softmax(q P_k^T) P_v      (cross_attn + gate_add)
+    add        softmax(q K^T) V + softmax(q P_k^T) P_v                (cross_attn + add)
+    relu       softmax(q K^T) V + ReLU(q P_k^T) P_v                   (cross_attn_relu: MH PA's form)
+
+Count: 2*l*d per attention sub-layer (the stored vectors, however they are parametrized).
+Export: folds the reparametrization MLP into the stored vectors; no merge into the base.
+
+Prefix vectors P_k, P_v for every layer of one attention kind (`PrefixProvider`):
 
 Two parametrizations (paper §2, reference code):
 
@@ -22,6 +34,9 @@ import torch.nn.functional as F
 
 from unifairseq.core.modules import DeltaModule
 
+from . import register_method
+from .base import ALL_KINDS, Method, Spec
+
 
 class PrefixProvider(DeltaModule):
     def __init__(self, num_layers: int, length: int, dim: int, mid_dim: int = 0,
@@ -43,6 +58,21 @@ class PrefixProvider(DeltaModule):
         # the encoder/decoder (begin_pass/end_pass, called by layers.py); None outside a pass
         self._pass: Optional[list] = None
         self.reset_delta_parameters()
+
+    @classmethod
+    def from_state(cls, t) -> "PrefixProvider":
+        """A provider with the sizes and values of a saved one (its state dict)."""
+        if "prefix" in t:
+            L, _, length, dim = t["prefix"].shape
+            prov = cls(L, length, dim)
+        else:
+            length, dim = t["wte.weight"].shape
+            prov = cls(t["mlp_up.weight"].shape[0] // (2 * dim), length, dim, mid_dim=t["mlp_down.weight"].shape[0])
+        prov.load_state_dict(t)
+        return prov
+
+    def stored_count(self) -> int:
+        return self.num_layers * 2 * self.length * self.dim  # what the paper counts, MLP or not
 
     def reset_delta_parameters(self) -> None:
         self._cache = None
@@ -130,3 +160,46 @@ class PrefixProvider(DeltaModule):
 
     def extra_repr(self) -> str:
         return f"layers={self.num_layers}, l={self.length}, d={self.dim}, mid_dim={self.mid_dim}"
+
+
+def build_provider(spec: Spec, num_layers: int, dim: int, heads: int) -> PrefixProvider:
+    o = spec.opts
+    return PrefixProvider(num_layers, o["l"], dim, mid_dim=o["mid_dim"], dropout=o["dropout"],
+                          zero_values=o["zero_values"], head_dim=dim // heads)
+
+
+@register_method
+class Prefix(Method):
+    name = "prefix"
+    attn_modes = ("prefix", "prefix_nomlp")
+    attn_options = ("concat", "cross_attn", "cross_attn_relu")
+    merge = "fold"
+    presets = {
+        "prefix": dict(attn_mode="prefix", attn_option="concat", attn_bn=200, mid_dim=800),
+        "gated_prefix": dict(attn_mode="prefix", attn_option="cross_attn", attn_composition="gate_add",
+                             attn_bn=30, mid_dim=800),
+    }
+
+    def gate_capable(self, cfg) -> bool:
+        return cfg.attn_option == "cross_attn"  # the softmax prefix computed as its own attention
+
+    def validate(self, cfg, bad) -> None:
+        if cfg.attn_mode == "prefix" and cfg.mid_dim <= 0:
+            bad("mid_dim", f"the prefix reparametrization MLP needs --mid-dim > 0, got {cfg.mid_dim}; "
+                "use --attn-mode prefix_nomlp for direct prefix vectors")
+
+    def specs(self, cfg):
+        form = {"concat": "concat", "cross_attn_relu": "relu"}.get(cfg.attn_option, cfg.attn_composition)
+        return [Spec(self.name, "heads", ALL_KINDS, dict(
+            l=cfg.attn_bn, mid_dim=cfg.mid_dim if cfg.attn_mode == "prefix" else 0, dropout=cfg.prefix_dropout,
+            zero_values=False, form=form))]
+
+    def formula(self, spec, shape) -> int:
+        return 2 * spec.opts["l"] * shape.d * shape.attn(spec.kinds)  # P_k, P_v: 2*l*d
+
+    def build(self, spec, num_layers: int, dim: int, heads: int) -> PrefixProvider:
+        return build_provider(spec, num_layers, dim, heads)
+
+    def folded_args(self) -> dict:
+        """The flags of the exported model once the MLP is folded into stored vectors."""
+        return dict(attn_mode="prefix_nomlp")
