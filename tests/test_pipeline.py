@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 from test_datacheck import write_split
 
+from unifairseq.data.tsv import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(default_data_root())
 XSUM, ENRO, GLUE = DATA / "xsum", DATA / "wmt16_en_ro", DATA / "glue"
 NEEDED = [XSUM / "test.source", XSUM / "test.target", XSUM / "test_subset1000.jsonl", ENRO / "dev.en",
           ENRO / "dev.ro", ENRO / "test.en", ENRO / "test.ro", GLUE / "SST-2" / "train.tsv",
@@ -345,6 +347,16 @@ def test_raw_readers(tmp_path):
     meta = pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "glue"))
     assert meta["train_examples"] == 2 and meta["num_classes"] == 3 and meta["pair"]
     assert (tmp_path / "glue" / "valid.label").read_text() == "entailment\nneutral\n"
+    assert (tmp_path / "glue" / "valid.input0").read_text() == "A man.\nP\n"
+    # the shared GLUE reader's errors name the file and what is missing
+    with pytest.raises(pipeline.PipelineError, match=r"SST-2: .*mnli.tsv: the header .* lacks the column\(s\) "
+                                                     r"sentence, label"):
+        pipeline.glue_tsv("SST-2", str(tsv), str(tsv), str(tmp_path / "g2"))
+    with pytest.raises(pipeline.PipelineError, match="nowhere.tsv does not exist"):
+        pipeline.glue_tsv("MNLI", str(tsv), str(tmp_path / "nowhere.tsv"), str(tmp_path / "g3"))
+    write(tsv, ["index\tpairID\tsentence1\tsentence2\tgold_label", "1\t2c\tX\tY\t-", "short"])
+    with pytest.raises(pipeline.PipelineError, match="holds no examples"):
+        pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "g4"))
 
 
 # ===================================================================== the fairseq tasks

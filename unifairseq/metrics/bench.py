@@ -15,19 +15,18 @@ Both implementations get the same Python lists of ints and must return identical
 timing is the best of ``--repeat`` runs of ``corpus_rouge`` for one ROUGE type.
 """
 import argparse
-import os
 import random
 import re
 import sys
 import time
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
+from ..data.tsv import default_data_root
 
 
 def data_dir():
-    """``$UNIFAIRSEQ_DATA``, else ``<repo>/../shared/data``."""
-    return Path(os.environ.get("UNIFAIRSEQ_DATA") or _REPO.parent / "shared" / "data")
+    """``$UNIFAIRSEQ_DATA``, else ``<repo>/../shared/data`` (unifairseq.data.tsv.default_data_root)."""
+    return Path(default_data_root())
 
 
 def read_xsum(split="test"):
