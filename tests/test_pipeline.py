@@ -266,6 +266,53 @@ def test_bleu_matches_sacrebleu():
     assert scoring.bleu(refs, refs)["bleu_wmt16_ro"] == pytest.approx(100.0)
 
 
+# two tiny pairs scored by hand (rouge-score lowercases, keeps [a-z0-9] runs and stems only tokens of
+# more than 3 letters, the same on both sides here; sacreBLEU 13a leaves these words as they are)
+KNOWN_HYPS = ["the cat sat on the mat", "police arrested two men"]
+KNOWN_REFS = ["the cat is on the mat", "two men were arrested by police"]
+# pair 1: 6 vs 6 tokens, unigrams the,the,cat,on,mat = 5; bigrams the-cat, on-the, the-mat = 3;
+#         LCS "the cat on the mat" = 5                 -> F1 5/6, 3/5, 5/6
+# pair 2: 4 vs 6 tokens, unigrams 4 (P 1, R 2/3); bigram two-men = 1 (P 1/3, R 1/5);
+#         LCS "two men" = 2 (P 1/2, R 1/3)             -> F1 4/5, 1/4, 2/5
+KNOWN_ROUGE = {"rouge1": 100 * (5 / 6 + 4 / 5) / 2, "rouge2": 100 * (3 / 5 + 1 / 4) / 2,
+               "rougeL": 100 * (5 / 6 + 2 / 5) / 2, "rougeLsum": 100 * (5 / 6 + 2 / 5) / 2,  # one sentence each
+               "rouge1_precision": 100 * (5 / 6 + 1) / 2, "rouge1_recall": 100 * (5 / 6 + 2 / 3) / 2}
+BLEU_HYPS = ["the cat sat on the mat today", "two men were arrested"]
+BLEU_REFS = ["the cat sat on the mat", "two men were arrested by police"]
+# matched / total n-grams over both sentences: 1-grams 6+4 / 7+4, 2-grams 5+3 / 6+3, 3-grams 4+2 / 5+2,
+# 4-grams 3+1 / 4+1; brevity penalty exp(1 - 12/11) (11 hypothesis tokens, 12 reference tokens)
+KNOWN_BLEU = 100 * math.exp(1 - 12 / 11) * (10 / 11 * 8 / 9 * 6 / 7 * 4 / 5) ** 0.25
+
+
+def test_scores_equal_hand_computed_values(tmp_path):
+    """The scoring the eval scripts run (by path, as scripts/lib.sh's pyrun does) against ROUGE
+    counted by hand and BLEU both by hand and from sacrebleu called directly."""
+    import sacrebleu
+
+    assert KNOWN_BLEU == pytest.approx(sacrebleu.corpus_bleu(BLEU_HYPS, [BLEU_REFS]).score, abs=1e-9)
+    assert KNOWN_BLEU == pytest.approx(78.78, abs=0.01)
+    for name, hyps, refs in (("rouge", KNOWN_HYPS, KNOWN_REFS), ("bleu", BLEU_HYPS, BLEU_REFS)):
+        write(tmp_path / f"{name}.hyp", hyps)
+        write(tmp_path / f"{name}.ref", refs)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+             "run_name='__main__')", str(REPO / "unifairseq" / "scoring.py"), name, "--hyps", str(tmp_path / f"{name}.hyp"),
+             "--refs", str(tmp_path / f"{name}.ref"), "--json", str(tmp_path / f"{name}.json")],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    rouge = json.loads((tmp_path / "rouge.json").read_text())
+    assert rouge["n"] == 2
+    for key, want in KNOWN_ROUGE.items():
+        assert rouge[key] == pytest.approx(want, abs=1e-4), key  # the JSON holds 4 decimals
+    bleu = json.loads((tmp_path / "bleu.json").read_text())
+    assert bleu["n"] == 2 and bleu["bleu"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+    # the WMT16 Romanian pipeline leaves plain lowercase words alone: the same value
+    assert bleu["bleu_wmt16_ro"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+    # and in process, unrounded inputs to the same functions
+    assert _scoring().rouge(KNOWN_HYPS, KNOWN_REFS)["rouge2"] == pytest.approx(42.5, abs=1e-9)
+    assert _scoring().bleu(BLEU_HYPS, BLEU_REFS, romanian=False)["bleu"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+
+
 def test_romanian_normalization_known_strings():
     scoring = _scoring()
     # normalise-romanian.py: s/t with cedilla -> with comma below; nothing else
