@@ -1,5 +1,5 @@
 """The SST-2 demo (`python -m unifairseq.demo`, `scripts/demo.sh`), reduced with --quick: the packaged
-all-MiniLM-L6-v2 imported, 256 real SST-2 training examples, full fine-tuning and MAM for 16
+all-MiniLM-L6-v2 imported, 256 real SST-2 training examples, full fine-tuning and MAM for 24
 updates each, then the whole dev set evaluated; the table, results.json and the PNG must be there,
 and both methods must beat the dev majority class (counted here from dev.tsv). The quick run gets a
 budget far too small: it must warn, and still train every update. About a minute on 2 idle CPU
@@ -68,8 +68,8 @@ def test_quick_demo_outputs(quick):
         assert isinstance(acc, float) and 0.0 <= acc <= 1.0
         assert m["dev_total"] == n_dev, "the dev set must never be subsampled"
         assert m["dev_correct"] == round(acc * n_dev)
-        assert m["updates"] == m["planned_updates"] == 16, "the budget must never cut a run short"
-        assert "--stop-time-hours" not in m["command"] and "--max-update 16 " in m["command"]
+        assert m["updates"] == m["planned_updates"] == 24, "the budget must never cut a run short"
+        assert "--stop-time-hours" not in m["command"] and "--max-update 24 " in m["command"]
         assert m["trainable"] > 0 and m["checkpoint_bytes"] == os.path.getsize(m["checkpoint"])
         assert m["inference_bytes"] > 0 and Path(m["inference_file"]).is_file()
     # above the majority class of the dev set, counted here from dev.tsv (444 of 872 on GLUE SST-2)
