@@ -40,7 +40,7 @@ Options:
 Everything after '--' goes to fairseq-generate last.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (default <repo>/user_dir; it must import unifairseq.fairseq.tasks).
+UNIFAIRSEQ_USER_DIR (default <repo>/user_dir; it must call unifairseq.fairseq.register()).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-generate's status otherwise.
 USAGE
 }
@@ -81,9 +81,7 @@ check_eval_base
 check_int_vars BEAM MAX_LEN_B BSZ
 SPM=${SPM:-$(pyrun pipeline meta "$DATA/meta.json" spm_model)}
 [ -f "$SPM" ] || die "sentencepiece model '$SPM' does not exist (give --spm-model)"
-[ -f "$USER_DIR/__init__.py" ] && grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py must import unifairseq.fairseq.tasks (registers --task translation_mbart):
-    add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
+check_user_dir_tasks translation_mbart "fairseq 0.12's translation_from_pretrained_bart cannot decode"
 
 if [ "$TINY" = 1 ]; then BSZ=8; fi
 eval_devices

@@ -37,7 +37,7 @@ Options:
 Everything after '--' goes to fairseq-generate last.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (default <repo>/user_dir; it must import unifairseq.fairseq.tasks).
+UNIFAIRSEQ_USER_DIR (default <repo>/user_dir; it must call unifairseq.fairseq.register()).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-generate's status otherwise.
 USAGE
 }
@@ -75,9 +75,7 @@ check_subset source-target.source.idx
 check_refs "$DATA/raw/$SUBSET.target"
 check_eval_base
 check_int_vars BEAM MIN_LEN MAX_LEN_B NO_REPEAT BSZ
-[ -f "$USER_DIR/__init__.py" ] && grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py must import unifairseq.fairseq.tasks (registers --task translation_rouge, whose
-    generator fixes fairseq 0.12's --no-repeat-ngram-size): add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
+check_user_dir_tasks translation_rouge "its generator fixes fairseq 0.12's --no-repeat-ngram-size"
 ENC_JSON=$(pyrun pipeline meta "$DATA/meta.json" encoder_json)
 VOCAB_BPE=$(pyrun pipeline meta "$DATA/meta.json" vocab_bpe)
 [ -f "$ENC_JSON" ] && [ -f "$VOCAB_BPE" ] || die "the GPT-2 BPE files recorded in $DATA/meta.json are gone"

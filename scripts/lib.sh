@@ -135,6 +135,13 @@ check_base() {
 check_user_dir() {
     [ -f "$USER_DIR/__init__.py" ] || die "fairseq user dir '$USER_DIR' has no __init__.py (set UNIFAIRSEQ_USER_DIR)"
 }
+# check_user_dir_tasks TASK WHY: the user dir registers unifairseq's tasks (TASK is needed for WHY).
+check_user_dir_tasks() {
+    check_user_dir
+    grep -Eq "unifairseq\.fairseq\.(tasks|register\(\))" "$USER_DIR/__init__.py" \
+        || die "$USER_DIR/__init__.py registers no unifairseq tasks (--task $1 is needed: $2): make it call
+    unifairseq.fairseq.register(), as the repository's user_dir/ does"
+}
 # count_gpus: GPUS from --gpus, else counted (--tiny: 0, and OMP_NUM_THREADS=1 unless set).
 count_gpus() {
     if [ "$TINY" = 1 ]; then GPUS=0; export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi  # tiny CPU models: extra threads only contend

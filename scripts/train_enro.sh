@@ -60,7 +60,7 @@ updates of at most 1024 tokens (update-freq 1); lr 1e-3; validation only at the 
 OMP_NUM_THREADS=1 unless set. Every other setting is the paper's.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.fairseq.tasks).
+UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must call unifairseq.fairseq.register()).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's status otherwise.
 USAGE
 }
@@ -104,10 +104,7 @@ case ",$LANGS," in *,en_XX,*ro_RO,*|*,ro_RO,*en_XX,*) ;; *) die "--langs must co
 check_data preprocess_enro --layout translation --langs en_XX ro_RO --splits train,valid --max-positions 1024 \
     --src-extra 1
 check_base mbart.cc25/model.pt
-check_user_dir
-grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py does not import unifairseq.fairseq.tasks, which registers --task translation_mbart:
-    add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
+check_user_dir_tasks translation_mbart "fairseq 0.12's translation_from_pretrained_bart cannot train"
 check_int_opts PER_GPU SEED
 SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/enro_$METHOD}")
 

@@ -51,7 +51,7 @@ lr 1e-3; validation/ROUGE only at the end; OMP_NUM_THREADS=1 unless set. Every o
 the paper's.
 
 Environment: UNIFAIRSEQ_BIN (python + fairseq-*; default <repo>/.venv/bin, else PATH),
-UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must import unifairseq.fairseq.tasks).
+UNIFAIRSEQ_USER_DIR (fairseq --user-dir; default <repo>/user_dir; xsum/enro: it must call unifairseq.fairseq.register()).
 Exit status: 0 on success, 2 on usage, input or tool errors, fairseq-train's status otherwise.
 USAGE
 }
@@ -91,10 +91,7 @@ VALID_SUBSET=valid1
 check_data preprocess_xsum --layout translation --langs source target --splits "train,$VALID_SUBSET" \
     --truncate-source --max-positions 1024
 check_base bart.large/model.pt
-check_user_dir
-grep -q "unifairseq.fairseq.tasks" "$USER_DIR/__init__.py" \
-    || die "$USER_DIR/__init__.py does not import unifairseq.fairseq.tasks, which registers --task translation_rouge
-    (ROUGE-2 model selection): add the line 'import unifairseq.fairseq.tasks  # noqa: F401' to it"
+check_user_dir_tasks translation_rouge "ROUGE-2 model selection"
 check_int_opts PER_GPU SEED
 SAVE=$(mkdir_abs "${SAVE:-$REPO/runs/xsum_$METHOD}")
 

@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 from test_datacheck import write_split
 
+from unifairseq.data.tsv import default_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(default_data_root())
 XSUM, ENRO, GLUE = DATA / "xsum", DATA / "wmt16_en_ro", DATA / "glue"
 NEEDED = [XSUM / "test.source", XSUM / "test.target", XSUM / "test_subset1000.jsonl", ENRO / "dev.en",
           ENRO / "dev.ro", ENRO / "test.en", ENRO / "test.ro", GLUE / "SST-2" / "train.tsv",
@@ -127,7 +129,9 @@ def fake_fairseq(tmp_path):
     the train scripts' settings are checked without training (and GPU counts without GPUs)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # the environment's python (a wrapper, not a symlink: a symlinked venv python loses its venv)
+    (bin_dir / "python").write_text(f"#!/usr/bin/env bash\nexec '{sys.executable}' \"$@\"\n")
+    (bin_dir / "python").chmod(0o755)
     argv_file = tmp_path / "argv.json"
     (bin_dir / "fairseq-train").write_text(
         f"#!/usr/bin/env bash\nexec '{sys.executable}' -c "
@@ -135,7 +139,7 @@ def fake_fairseq(tmp_path):
     (bin_dir / "fairseq-train").chmod(0o755)
     user_dir = tmp_path / "user_dir"
     user_dir.mkdir()
-    (user_dir / "__init__.py").write_text("import unifairseq.fairseq.models\nimport unifairseq.fairseq.tasks\n")
+    (user_dir / "__init__.py").write_text("import unifairseq.fairseq\nunifairseq.fairseq.register()\n")
     base = tmp_path / "base.pt"
     base.write_bytes(b"x")
     xsum = tmp_path / "xsum" / "bin"
@@ -264,6 +268,53 @@ def test_bleu_matches_sacrebleu():
     assert scoring.bleu(refs, refs)["bleu_wmt16_ro"] == pytest.approx(100.0)
 
 
+# two tiny pairs scored by hand (rouge-score lowercases, keeps [a-z0-9] runs and stems only tokens of
+# more than 3 letters, the same on both sides here; sacreBLEU 13a leaves these words as they are)
+KNOWN_HYPS = ["the cat sat on the mat", "police arrested two men"]
+KNOWN_REFS = ["the cat is on the mat", "two men were arrested by police"]
+# pair 1: 6 vs 6 tokens, unigrams the,the,cat,on,mat = 5; bigrams the-cat, on-the, the-mat = 3;
+#         LCS "the cat on the mat" = 5                 -> F1 5/6, 3/5, 5/6
+# pair 2: 4 vs 6 tokens, unigrams 4 (P 1, R 2/3); bigram two-men = 1 (P 1/3, R 1/5);
+#         LCS "two men" = 2 (P 1/2, R 1/3)             -> F1 4/5, 1/4, 2/5
+KNOWN_ROUGE = {"rouge1": 100 * (5 / 6 + 4 / 5) / 2, "rouge2": 100 * (3 / 5 + 1 / 4) / 2,
+               "rougeL": 100 * (5 / 6 + 2 / 5) / 2, "rougeLsum": 100 * (5 / 6 + 2 / 5) / 2,  # one sentence each
+               "rouge1_precision": 100 * (5 / 6 + 1) / 2, "rouge1_recall": 100 * (5 / 6 + 2 / 3) / 2}
+BLEU_HYPS = ["the cat sat on the mat today", "two men were arrested"]
+BLEU_REFS = ["the cat sat on the mat", "two men were arrested by police"]
+# matched / total n-grams over both sentences: 1-grams 6+4 / 7+4, 2-grams 5+3 / 6+3, 3-grams 4+2 / 5+2,
+# 4-grams 3+1 / 4+1; brevity penalty exp(1 - 12/11) (11 hypothesis tokens, 12 reference tokens)
+KNOWN_BLEU = 100 * math.exp(1 - 12 / 11) * (10 / 11 * 8 / 9 * 6 / 7 * 4 / 5) ** 0.25
+
+
+def test_scores_equal_hand_computed_values(tmp_path):
+    """The scoring the eval scripts run (by path, as scripts/lib.sh's pyrun does) against ROUGE
+    counted by hand and BLEU both by hand and from sacrebleu called directly."""
+    import sacrebleu
+
+    assert KNOWN_BLEU == pytest.approx(sacrebleu.corpus_bleu(BLEU_HYPS, [BLEU_REFS]).score, abs=1e-9)
+    assert KNOWN_BLEU == pytest.approx(78.78, abs=0.01)
+    for name, hyps, refs in (("rouge", KNOWN_HYPS, KNOWN_REFS), ("bleu", BLEU_HYPS, BLEU_REFS)):
+        write(tmp_path / f"{name}.hyp", hyps)
+        write(tmp_path / f"{name}.ref", refs)
+        proc = subprocess.run(
+            [sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+             "run_name='__main__')", str(REPO / "unifairseq" / "scoring.py"), name, "--hyps", str(tmp_path / f"{name}.hyp"),
+             "--refs", str(tmp_path / f"{name}.ref"), "--json", str(tmp_path / f"{name}.json")],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    rouge = json.loads((tmp_path / "rouge.json").read_text())
+    assert rouge["n"] == 2
+    for key, want in KNOWN_ROUGE.items():
+        assert rouge[key] == pytest.approx(want, abs=1e-4), key  # the JSON holds 4 decimals
+    bleu = json.loads((tmp_path / "bleu.json").read_text())
+    assert bleu["n"] == 2 and bleu["bleu"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+    # the WMT16 Romanian pipeline leaves plain lowercase words alone: the same value
+    assert bleu["bleu_wmt16_ro"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+    # and in process, unrounded inputs to the same functions
+    assert _scoring().rouge(KNOWN_HYPS, KNOWN_REFS)["rouge2"] == pytest.approx(42.5, abs=1e-9)
+    assert _scoring().bleu(BLEU_HYPS, BLEU_REFS, romanian=False)["bleu"] == pytest.approx(KNOWN_BLEU, abs=1e-4)
+
+
 def test_romanian_normalization_known_strings():
     scoring = _scoring()
     # normalise-romanian.py: s/t with cedilla -> with comma below; nothing else
@@ -345,6 +396,16 @@ def test_raw_readers(tmp_path):
     meta = pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "glue"))
     assert meta["train_examples"] == 2 and meta["num_classes"] == 3 and meta["pair"]
     assert (tmp_path / "glue" / "valid.label").read_text() == "entailment\nneutral\n"
+    assert (tmp_path / "glue" / "valid.input0").read_text() == "A man.\nP\n"
+    # the shared GLUE reader's errors name the file and what is missing
+    with pytest.raises(pipeline.PipelineError, match=r"SST-2: .*mnli.tsv: the header .* lacks the column\(s\) "
+                                                     r"sentence, label"):
+        pipeline.glue_tsv("SST-2", str(tsv), str(tsv), str(tmp_path / "g2"))
+    with pytest.raises(pipeline.PipelineError, match="nowhere.tsv does not exist"):
+        pipeline.glue_tsv("MNLI", str(tsv), str(tmp_path / "nowhere.tsv"), str(tmp_path / "g3"))
+    write(tsv, ["index\tpairID\tsentence1\tsentence2\tgold_label", "1\t2c\tX\tY\t-", "short"])
+    with pytest.raises(pipeline.PipelineError, match="holds no examples"):
+        pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "g4"))
 
 
 # ===================================================================== the fairseq tasks

@@ -19,9 +19,11 @@ import argparse
 import json
 import math
 import os
+import runpy
 import shutil
 import subprocess
 import sys
+import types
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
@@ -130,34 +132,27 @@ GLUE_TASKS = {
 }
 
 
+def _tsv():
+    """unifairseq.data.tsv, the shared GLUE TSV reader; by path when this file runs on its own (the
+    scripts run it so, without the package __init__, which loads torch and fairseq)."""
+    if __package__:
+        from .data import tsv
+        return tsv
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tsv.py")
+    return types.SimpleNamespace(**runpy.run_path(path))
+
+
 def _read_tsv(path: str, task: str) -> Tuple[List[str], List[str], List[str], int]:
+    """(first sentences, second sentences or "", labels, rows skipped) of a GLUE TSV file."""
     s1_col, s2_col, label_cols, _, _ = GLUE_TASKS[task]
-    if not os.path.isfile(path):
-        raise PipelineError(f"{task} file {path!r} does not exist")
-    with open(path, encoding="utf-8", newline="\n") as f:
-        header = f.readline().rstrip("\n").rstrip("\r").split("\t")
-        cols = {name: i for i, name in enumerate(header)}
-        need = [s1_col] + ([s2_col] if s2_col else [])
-        missing = [c for c in need if c not in cols]
-        label_col = next((c for c in label_cols if c in cols), None)
-        if missing or label_col is None:
-            raise PipelineError(f"{path}: the header {header} lacks the column(s) "
-                                f"{missing + ([] if label_col else ['/'.join(label_cols)])} that {task} needs")
-        idx = [cols[c] for c in need] + [cols[label_col]]
-        s1, s2, labels, skipped = [], [], [], 0
-        for line in f:
-            row = line.rstrip("\n").rstrip("\r").split("\t")
-            if len(row) <= max(idx):
-                skipped += 1
-                continue
-            label = row[cols[label_col]].strip()
-            if label in ("", "-"):  # MNLI pairs without a gold label
-                skipped += 1
-                continue
-            s1.append(_clean(row[cols[s1_col]]))
-            s2.append(_clean(row[cols[s2_col]]) if s2_col else "")
-            labels.append(label)
-    return s1, s2, labels, skipped
+    tsv = _tsv()
+    try:
+        table = tsv.read_glue_tsv(path, [s1_col] + ([s2_col] if s2_col else []), label_cols, skip_unlabelled=True)
+    except tsv.TsvError as e:
+        raise PipelineError(f"{task}: {e}") from None
+    s1 = [r[0] for r in table.rows]
+    s2 = [r[1] if s2_col else "" for r in table.rows]
+    return s1, s2, [r[-1] for r in table.rows], table.skipped
 
 
 def glue_tsv(task: str, train: str, dev: str, out: str, max_train: int = 0) -> Dict[str, object]:
@@ -169,8 +164,6 @@ def glue_tsv(task: str, train: str, dev: str, out: str, max_train: int = 0) -> D
         s1, s2, labels, skipped = _read_tsv(path, task)
         if split == "train" and max_train > 0:
             s1, s2, labels = s1[:max_train], s2[:max_train], labels[:max_train]
-        if not labels:
-            raise PipelineError(f"{path}: no labelled examples")
         write_lines(os.path.join(out, f"{split}.input0"), s1)
         if meta["pair"]:
             write_lines(os.path.join(out, f"{split}.input1"), s2)
