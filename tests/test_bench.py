@@ -35,7 +35,7 @@ def test_bench_tiny_rounds_write_medians_and_every_round(tmp_path):
     proc, report = _bench(tmp_path, "--methods", "mam", "lora_attn", "--rounds", "2")
     assert "| mam |" in proc.stdout and "| lora_attn |" in proc.stdout  # the markdown tables
     assert "[round 1/2, 5/5]" in proc.stderr and "[round 2/2, 5/5]" in proc.stderr  # progress lines
-    assert "Merged LoRA decode vs unmerged: same" in proc.stdout
+    assert "Merged LoRA decode vs unmerged: same" in proc.stdout and ", 1 thread, Adam fused" in proc.stdout
 
     res = report["results"]
     assert report["config"]["optimizer"] == "fused" and report["config"]["malloc"][0] == "retain"

@@ -161,7 +161,9 @@ def tables(report: dict) -> str:
     x = "{:.2f}x"
     rounds = f"{c['rounds']} interleaved rounds: median over rounds (min–max)"
     lines = [f"Training step ({c['shape']}, batch {c['batch']} x {c['src_len']} source / {c['tgt_len']} target "
-             f"tokens, {c['device']}{' fp16' if c['fp16'] else ''}, Adam {c.get('optimizer', 'loop')}, "
+             f"tokens, {c['device']}{' fp16' if c['fp16'] else ''}"
+             f"{'' if not c.get('threads') else ', %d thread%s' % (c['threads'], 's' if c['threads'] > 1 else '')}, "
+             f"Adam {c.get('optimizer', 'loop')}, "
              f"{'malloc ' + c['malloc'][0] + ', ' if c.get('malloc') else ''}each round's step = median of {c['steps']} "
              f"after {c['warmup']} warm-up; {rounds}; ratios within each round; memory = {mem})", "",
              "| method | trainable | step (s) | vs full | vs frozen floor | train memory (MB) | peak (MB) | "
