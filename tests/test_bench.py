@@ -10,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from unifairseq.bench import cli, rounds as bench_rounds
 from unifairseq.bench.mergecheck import compare_decodes
 from unifairseq.bench.report import add_ratios, check_targets, compare, merged_checks, summarize
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 # one thread: on a shared 2-core machine two OpenMP threads can spin far longer than the tiny ops take

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from unifairseq.data.tsv import default_data_root
+from env import DATA, REPO, require_data, tool_env
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 SCRIPT = REPO / "scripts" / "demo.sh"
-DATA = Path(default_data_root())
 SST2 = DATA / "glue" / "SST-2"
-HAVE_DATA = (SST2 / "train.tsv").is_file() and (SST2 / "dev.tsv").is_file()
-
-
-def _env(**extra):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
-    env.setdefault("UNIFAIRSEQ_BIN", str(Path(sys.executable).parent))
-    return env
+_env = tool_env
 
 
 def dev_labels() -> list:
@@ -44,10 +37,7 @@ def dev_size() -> int:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    if not HAVE_DATA:
-        # CI has the real data beside the checkout: there, missing data is a failure, never a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"GLUE SST-2 not found at {SST2}/{{train,dev}}.tsv; set UNIFAIRSEQ_DATA")
+    require_data("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv")
     work = tmp_path_factory.mktemp("demo")
     # a budget of 3 seconds: warnings only, every run still trains all its updates
     proc = subprocess.run(["bash", str(SCRIPT), "--quick", "--workdir", str(work), "--budget-minutes", "0.05"], cwd=REPO,

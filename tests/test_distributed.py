@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from test_resume_generate import REPO, demo, pytestmark, train_argv  # noqa: F401
+from test_resume_generate import REPO, _enro_data, demo, pytestmark, train_argv  # noqa: F401
 from unifairseq.fairseq.checkpoint import load_checkpoint_file
 
 

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from test_resume_generate import BIN, REPO, demo, losses, pytestmark, train_argv  # noqa: F401
+from test_resume_generate import BIN, REPO, _enro_data, demo, losses, pytestmark, train_argv  # noqa: F401
 from unifairseq.fairseq.checkpoint import load_checkpoint_file
 
 

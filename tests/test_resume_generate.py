@@ -14,17 +14,19 @@ import torch
 import unifairseq  # noqa: F401
 from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
-HAVE_DATA = (DATA / "wmt16_en_ro" / "dev.en").is_file()
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason=f"WMT16 en-ro data not found under {DATA}; "
-                                "set UNIFAIRSEQ_DATA to the directory holding wmt16_en_ro/")
+from env import BIN, DATA, REPO, require_data, tool_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _enro_data():
+    require_data("wmt16_en_ro/dev.en", "wmt16_en_ro/dev.ro")
 
 
 def run(cmd, **kw):
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, PYTHONUNBUFFERED="1", UNIFAIRSEQ_BIN=str(BIN)), **kw)
+                       env=tool_env(), **kw)
     assert p.returncode == 0, f"{cmd[0]} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
 

