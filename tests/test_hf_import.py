@@ -17,8 +17,8 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
-from unifairseq.tools import hf_import, hf_tokenize  # noqa: E402
-from unifairseq.tools.hf_tokenize import HFTokenizer  # noqa: E402
+from unifairseq.convert import hf_import, hf_tokenize  # noqa: E402
+from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
 
 TOL = 1e-4
 SENTENCES = [

@@ -1,6 +1,6 @@
 """Convert a local Hugging Face model folder into a fairseq checkpoint.
 
-    unifairseq-import-hf SRC_DIR OUT_DIR [--force]      (or: python -m unifairseq.tools.hf_import ...)
+    unifairseq-import-hf SRC_DIR OUT_DIR [--force]      (or: python -m unifairseq.convert.hf_import ...)
 
 SRC_DIR holds config.json, the weights (model.safetensors or pytorch_model.bin, sharded or not)
 and the tokenizer files (tokenizer.json, or vocab.txt, or vocab.json + merges.txt). OUT_DIR gets
@@ -25,7 +25,7 @@ Supported (config.json `model_type`):
 
 The vocabulary: fairseq's <s> <pad> </s> <unk> are the HF tokens in those roles (BERT: [CLS] [PAD]
 [SEP] [UNK]), then all other HF ids in order; embedding rows (and the LM-head bias) are permuted
-to match. See `unifairseq.tools.hf_tokenize` for the naming rules and for tokenizing data with it.
+to match. See `unifairseq.convert.hf_tokenize` for the naming rules and for tokenizing data with it.
 
 Load the result with fairseq:
 
@@ -63,7 +63,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-logger = logging.getLogger("unifairseq.tools.hf_import")
+logger = logging.getLogger("unifairseq.convert.hf_import")
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "bart", "mbart")
 FAIRSEQ_LN_EPS = 1e-5
@@ -502,7 +502,7 @@ def convert(src_dir: str, out_dir: str, force: bool = False, seed: int = 0, eps_
     import torch
     from fairseq import checkpoint_utils, tasks
 
-    from unifairseq.tools.hf_tokenize import HFVocabError, build_vocab_map, load_tokenizer
+    from unifairseq.convert.hf_tokenize import HFVocabError, build_vocab_map, load_tokenizer
 
     cfg = read_config(src_dir)
     mt = cfg["model_type"]
