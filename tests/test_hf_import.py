@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
-from unifairseq.convert import hf_import, hf_tokenize  # noqa: E402
+from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
 from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
 
 TOL = 1e-4
@@ -183,7 +183,7 @@ def test_minilm_checkpoint_format(minilm):
     from safetensors.torch import load_file
 
     hf_emb = load_file(str(src / "model.safetensors"))["embeddings.word_embeddings.weight"]
-    c = hf_import.EMBED_RESCALE  # eps 1e-12 -> the tables are stored times 16 (exactly)
+    c = hf_to_fairseq.EMBED_RESCALE  # eps 1e-12 -> the tables are stored times 16 (exactly)
     assert args.no_scale_embedding is True and c == 16
     assert torch.equal(emb[d.index("the")], hf_emb[vocab.hf_ids[d.index("the")]] * c)
     assert torch.equal(emb[d.bos()], hf_emb[101] * c) and torch.equal(emb[d.pad()], hf_emb[0] * c)
