@@ -19,6 +19,9 @@ from fairseq.data import Dictionary  # noqa: E402
 
 from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
 from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
+from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
+
+register_safe_globals()  # the checkpoints hold argparse.Namespace; torch.load is weights-only
 
 TOL = 1e-4
 SENTENCES = [
@@ -164,7 +167,7 @@ def test_minilm_checkpoint_format(minilm):
     src, out, path, _ = minilm
     import argparse
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)  # `import unifairseq` allow-lists Namespace
+    state = torch.load(str(path), map_location="cpu", weights_only=True)  # Namespace allow-listed above
     assert set(state) == {"args", "model", "optimizer_history", "extra_state", "last_optimizer_state"}
     args = state["args"]
     assert isinstance(args, argparse.Namespace)
