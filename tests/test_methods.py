@@ -134,10 +134,10 @@ def test_formula_count_matches_built_model(name, arch, flags, identity):
     # trainable = exactly the parameters that require grad, and nothing else has grad enabled
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable, name
-    if name == "bitfit":
-        assert all(n.endswith("bias") for n in trainable)
-    else:
-        assert all(is_delta_name(n) for n in trainable)
+    plan = model.delta_plan  # the registry's word on what trains: delta tensors, or base parameters in place
+    in_place = [n for n in trainable if not is_delta_name(n)]
+    assert all(plan.is_trainable(n) for n in trainable)
+    assert bool(in_place) == any(s.site == "bias" for s in plan.specs)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == model.delta_report["trainable"]
 
 

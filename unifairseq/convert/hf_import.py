@@ -87,7 +87,7 @@ def build_args(plan: Plan, data_dir: str) -> argparse.Namespace:
 
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:
     """Only builtin values (enums as their value), so that torch.load(weights_only=True) needs no global
-    but argparse.Namespace, which `import unifairseq` allow-lists."""
+    but argparse.Namespace, which unifairseq.fairseq.safe_globals allow-lists."""
     import enum
 
     def plain(v):

@@ -46,17 +46,11 @@ def infer_langs(data_bin: str, source_lang: Optional[str], target_lang: Optional
     return src, tgt
 
 
-def model_flags(layers: int, dim: int, ffn_dim: int, heads: int) -> list:
-    return ["--encoder-layers", str(layers), "--decoder-layers", str(layers),
-            "--encoder-embed-dim", str(dim), "--decoder-embed-dim", str(dim),
-            "--encoder-ffn-embed-dim", str(ffn_dim), "--decoder-ffn-embed-dim", str(ffn_dim),
-            "--encoder-attention-heads", str(heads), "--decoder-attention-heads", str(heads)]
-
-
 def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int = 128, heads: int = 4,
                     seed: int = 0, source_lang: Optional[str] = None, target_lang: Optional[str] = None,
                     embed_std: Optional[float] = None):
-    """Returns (model, args): fairseq's plain BARTModel (arch bart_base, sizes overridden).
+    """Returns (model, args): fairseq's plain BARTModel (arch bart_base, sizes overridden), built by
+    the one tiny-base factory (unifairseq.tools.tiny_base.build) over DATA_BIN's joined dictionary.
 
     embed_std: redraw the (shared) token embeddings from normal(0, embed_std), padding row zero.
     None keeps fairseq's init_bert_params (std 0.02).
@@ -65,55 +59,22 @@ def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int 
         raise ToolError(f"DATA_BIN {data_bin!r} is not a directory; run `fairseq-preprocess "
                         "--joined-dictionary --destdir DATA_BIN ...` first")
     src, tgt = infer_langs(data_bin, source_lang, target_lang)
-    src_path = os.path.join(data_bin, f"dict.{src}.txt")
+    src_path, tgt_path = (os.path.join(data_bin, f"dict.{lang}.txt") for lang in (src, tgt))
     if not os.path.isfile(src_path):
         raise ToolError(f"missing dictionary {src_path!r}: DATA_BIN must hold the joined dictionary written by "
                         "`fairseq-preprocess --joined-dictionary`")
-    if dim % heads:
-        raise ToolError(f"--dim {dim} is not divisible by --heads {heads}")
-
-    import torch
-    from fairseq import options
-    from fairseq.data import Dictionary
-    from fairseq.models import build_model
-    from fairseq.tasks.translation import TranslationTask
-
-    src_dict = Dictionary.load(src_path)
-    tgt_path = os.path.join(data_bin, f"dict.{tgt}.txt")
-    tgt_dict = Dictionary.load(tgt_path) if os.path.isfile(tgt_path) else src_dict
-    if tgt_dict != src_dict:
+    if os.path.isfile(tgt_path) and tgt_path != src_path and open(src_path).read() != open(tgt_path).read():
         raise ToolError(f"{src_path} and {tgt_path} differ: BART shares all embeddings, so the data must be "
                         "binarised with `fairseq-preprocess --joined-dictionary`")
+    if dim % heads:
+        raise ToolError(f"--dim {dim} is not divisible by --heads {heads}")
+    from .tiny_base import TinyBaseError, build
 
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        data_bin, "--task", "translation", "--arch", "bart_base", "--source-lang", src, "--target-lang", tgt,
-        "--seed", str(seed), "--cpu", *model_flags(layers, dim, ffn_dim, heads)])
-    task = TranslationTask(args, src_dict, tgt_dict)
-    torch.manual_seed(seed)
-    model = build_model(args, task)
-    if embed_std is not None:
-        # bart_base shares encoder/decoder input and output embeddings: one matrix to redraw
-        tables = {id(e.weight): e for e in (model.encoder.embed_tokens, model.decoder.embed_tokens)}
-        with torch.no_grad():
-            for emb in tables.values():
-                emb.weight.normal_(0.0, embed_std)
-                emb.weight[emb.padding_idx].zero_()
-    return model, args
-
-
-def checkpoint_state(model, args) -> dict:
-    """The layout of the released bart.large/model.pt.
-
-    `optimizer_history` holds one entry without optimizer state (what fairseq itself writes
-    always has at least one): fairseq 0.12's loader (`checkpoint_utils._upgrade_state_dict`)
-    reads `state["optimizer_history"][-1]` unconditionally, so an empty list makes
-    `fairseq-train --restore-file` fail with IndexError.
-    """
-    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
-                "lr_scheduler_state": {"best": None}, "num_updates": 0}]
-    return {"args": args, "model": model.state_dict(), "optimizer_history": history, "extra_state": {},
-            "last_optimizer_state": None}
+    try:
+        return build("bart", data_bin, layers, dim, ffn_dim, heads, seed, src, tgt if os.path.isfile(tgt_path) else src,
+                     embed_std=embed_std, arch="bart_base")
+    except TinyBaseError as e:
+        raise ToolError(str(e)) from None
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -150,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"make_tiny_bart: error: {e}", file=sys.stderr)
         return 2
     from fairseq import checkpoint_utils
+
+    from .tiny_base import checkpoint_state
 
     out_dir = os.path.dirname(os.path.abspath(a.out_pt))
     os.makedirs(out_dir, exist_ok=True)

@@ -5,7 +5,7 @@
     python -m unifairseq.tools.tiny_base roberta DATA_BIN/input0 OUT_PT
 
 Each stands in for the released checkpoint of the paper's base model and has its layout
-(see `unifairseq.tools.make_tiny_bart`): `bart` is fairseq's `bart_large` architecture for the
+(`checkpoint_state`): `bart` is fairseq's `bart_large` architecture for the
 translation task (as bart.large), `mbart` is `mbart_large` with mbart.cc25's pre-LN layers and
 embedding layer norm for `translation_from_pretrained_bart` (whose dictionary gains the `[xx_YY]`
 language symbols and `<mask>`, as mbart.cc25's does), `roberta` is `roberta_base` for
@@ -21,7 +21,6 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from unifairseq.tools.make_tiny_bart import checkpoint_state, model_flags
 
 logger = logging.getLogger("unifairseq.tools.tiny_base")
 
@@ -30,11 +29,32 @@ class TinyBaseError(RuntimeError):
     pass
 
 
+def model_flags(layers: int, dim: int, ffn_dim: int, heads: int) -> list:
+    return ["--encoder-layers", str(layers), "--decoder-layers", str(layers),
+            "--encoder-embed-dim", str(dim), "--decoder-embed-dim", str(dim),
+            "--encoder-ffn-embed-dim", str(ffn_dim), "--decoder-ffn-embed-dim", str(ffn_dim),
+            "--encoder-attention-heads", str(heads), "--decoder-attention-heads", str(heads)]
+
+
+def checkpoint_state(model, args) -> dict:
+    """The layout of the released bart.large/model.pt.
+
+    `optimizer_history` holds one entry without optimizer state (what fairseq itself writes
+    always has at least one): fairseq 0.12's loader (`checkpoint_utils._upgrade_state_dict`)
+    reads `state["optimizer_history"][-1]` unconditionally, so an empty list makes
+    `fairseq-train --restore-file` fail with IndexError.
+    """
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": None}, "num_updates": 0}]
+    return {"args": args, "model": model.state_dict(), "optimizer_history": history, "extra_state": {},
+            "last_optimizer_state": None}
+
+
 def fairseq_args(kind: str, data: str, layers: int, dim: int, ffn_dim: int, heads: int, seed: int,
                  source_lang: Optional[str], target_lang: Optional[str], langs: Optional[str],
-                 max_positions: int) -> List[str]:
+                 max_positions: int, arch: Optional[str] = None) -> List[str]:
     if kind == "bart":
-        return [data, "--task", "translation", "--arch", "bart_large", "--source-lang", source_lang,
+        return [data, "--task", "translation", "--arch", arch or "bart_large", "--source-lang", source_lang,
                 "--target-lang", target_lang, *model_flags(layers, dim, ffn_dim, heads)]
     if kind == "mbart":
         if not langs:
@@ -51,8 +71,11 @@ def fairseq_args(kind: str, data: str, layers: int, dim: int, ffn_dim: int, head
 
 def build(kind: str, data: str, layers: int = 2, dim: int = 64, ffn_dim: int = 128, heads: int = 4,
           seed: int = 0, source_lang: Optional[str] = None, target_lang: Optional[str] = None,
-          langs: Optional[str] = None, max_positions: int = 512, embed_std: Optional[float] = None):
-    """(model, args) of a plain fairseq model of that kind over DATA's dictionary."""
+          langs: Optional[str] = None, max_positions: int = 512, embed_std: Optional[float] = None,
+          arch: Optional[str] = None):
+    """(model, args) of a plain fairseq model of that kind over DATA's dictionary: the one factory of
+    tiny bases (make_tiny_bart and the pipelines' --tiny mode use it). `arch` overrides BART's
+    architecture (default bart_large, the layout of bart.large)."""
     if not os.path.isdir(data):
         raise TinyBaseError(f"{data!r} is not a directory (a fairseq-preprocess output)")
     if kind == "roberta":
@@ -72,7 +95,8 @@ def build(kind: str, data: str, layers: int = 2, dim: int = 64, ffn_dim: int = 1
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
-        *fairseq_args(kind, data, layers, dim, ffn_dim, heads, seed, source_lang, target_lang, langs, max_positions),
+        *fairseq_args(kind, data, layers, dim, ffn_dim, heads, seed, source_lang, target_lang, langs, max_positions,
+                      arch),
         "--seed", str(seed), "--cpu"])
     task = tasks.setup_task(args)
     torch.manual_seed(seed)
