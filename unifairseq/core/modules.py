@@ -134,7 +134,13 @@ class LinearDelta(DeltaModule):
     def merged(self, W: torch.Tensor, b: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
-    def unmerged(self, W: torch.Tensor, b: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def unmerge_record(self, W: torch.Tensor) -> Optional[torch.Tensor]:
+        """What taking the merge back out needs besides this delta's own parameters, read off the base
+        weight before merging (DoRA: the row norms); None when nothing is."""
+        return None
+
+    def unmerged(self, W: torch.Tensor, b: Optional[torch.Tensor],
+                 record: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
 
@@ -158,6 +164,7 @@ class DeltaLinear(nn.Linear):
         object.__setattr__(self, "_site", site)
         self.role = role
         self.merged = False
+        self._unmerge_record = None
 
     @property
     def delta(self) -> Optional[LinearDelta]:
@@ -175,6 +182,7 @@ class DeltaLinear(nn.Linear):
     @torch.no_grad()
     def merge(self) -> None:
         if not self.merged and self.delta is not None:
+            self._unmerge_record = self.delta.unmerge_record(self.weight)
             W, b = self.delta.merged(self.weight, self.bias)
             self.weight.copy_(W.to(self.weight.dtype))
             if b is not None:
@@ -184,7 +192,7 @@ class DeltaLinear(nn.Linear):
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            W, b = self.delta.unmerged(self.weight, self.bias)
+            W, b = self.delta.unmerged(self.weight, self.bias, self._unmerge_record)
             self.weight.copy_(W.to(self.weight.dtype))
             if b is not None:
                 self.bias.copy_(b.to(self.bias.dtype))

@@ -175,12 +175,13 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
     with torch.no_grad():
         for host, module in linear_deltas(plan, sd, merged):
             W, b = merged[host + ".weight"], merged.get(host + ".bias")
+            record = module.unmerge_record(W.float())
+            if record is not None:
+                unmerge[host] = record
             W2, b2 = module.merged(W.float(), None if b is None else b.float())
             merged[host + ".weight"] = W2.to(W.dtype)
             if b is not None:
                 merged[host + ".bias"] = b2.to(b.dtype)
-            if getattr(module, "norm_at_merge", None) is not None:
-                unmerge[host] = module.norm_at_merge
     for k, v in sd.items():  # what a plan trains in place (BitFit's biases) and the task heads
         if k not in META_KEYS and (k.startswith(HEAD_PREFIX) or (not is_delta_name(k) and plan.is_trainable(k))):
             merged[k] = v.clone()
@@ -216,13 +217,11 @@ def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = Fa
             raise DeltaCheckpointError(m.unmerge_refusal)
     base = OrderedDict(merged["model"])
     sd = state["model"]
-    norms = merged.get(UNMERGE_KEY) or {}
+    norms = merged.get(UNMERGE_KEY) or {}  # what each site's unmerge needs (LinearDelta.unmerge_record)
     with torch.no_grad():
         for host, module in linear_deltas(plan, sd, base):
-            if host in norms:
-                module.norm_at_merge = norms[host]
             W, b = base[host + ".weight"], base.get(host + ".bias")
-            W2, b2 = module.unmerged(W.float(), None if b is None else b.float())
+            W2, b2 = module.unmerged(W.float(), None if b is None else b.float(), norms.get(host))
             base[host + ".weight"] = W2.to(W.dtype)
             if b is not None:
                 base[host + ".bias"] = b2.to(b.dtype)

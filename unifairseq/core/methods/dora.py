@@ -9,8 +9,8 @@ m (one value per output feature) starts at ||W||_row of the pretrained weight an
 W' = W at start. m is set from the first base weight the layer computes with (the pretrained weights
 are loaded after the model is built): it is stored as NaN until then. The norm is not detached, so
 gradients are those of the formula above (peft detaches it to save memory).
-Count: r*(d_in + d_out) + d_out per projection. Export: merges exactly; the unmerge needs ||V||_row,
-which `merged()` records (the file-level merge stores it beside the merged weights).
+Count: r*(d_in + d_out) + d_out per projection. Export: merges exactly; the unmerge needs ||V||_row
+(`unmerge_record`), which the file-level merge stores beside the merged weights.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ class DoRA(LinearDelta):
         self.m = nn.Parameter(torch.empty(out_features))
         self.r, self.scaling = r, alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.norm_at_merge = None  # ||V||_row recorded by merged(), for an exact unmerged()
         self.reset_delta_parameters()
 
     def reset_delta_parameters(self) -> None:
@@ -69,15 +68,17 @@ class DoRA(LinearDelta):
     def merged(self, W, b):
         self.init_magnitude(W)
         V = W + (self.scaling * (self.W_up.weight @ self.W_down.weight)).to(W.dtype)
-        norm = torch.linalg.vector_norm(V, dim=1)
-        self.norm_at_merge = norm.detach().clone()
-        return (self.m / norm).to(W.dtype).unsqueeze(1) * V, b
+        return (self.m / torch.linalg.vector_norm(V, dim=1)).to(W.dtype).unsqueeze(1) * V, b
 
-    def unmerged(self, W, b, norm=None):
-        norm = self.norm_at_merge if norm is None else norm
-        if norm is None:
-            raise ValueError("DoRA: unmerging needs ||V||_row recorded when the weights were merged")
-        V = W * (norm / self.m).to(W.dtype).unsqueeze(1)
+    def unmerge_record(self, W):
+        """||V||_row: W' = m * V / ||V||_row alone does not tell V's scale (any multiple of V has W's direction)."""
+        self.init_magnitude(W)
+        return self.row_norm(W).detach().clone()
+
+    def unmerged(self, W, b, record=None):
+        if record is None:
+            raise ValueError("DoRA: unmerging needs ||V||_row, recorded when the weights were merged")
+        V = W * (record / self.m).to(W.dtype).unsqueeze(1)
         return V - (self.scaling * (self.W_up.weight @ self.W_down.weight)).to(W.dtype), b
 
 

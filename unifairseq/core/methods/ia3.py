@@ -48,7 +48,7 @@ class IA3(LinearDelta):
             return W * l.unsqueeze(0), b
         return W * l.unsqueeze(1), (None if b is None else b * l)
 
-    def unmerged(self, W, b):
+    def unmerged(self, W, b, record=None):
         l = self.l.to(W.dtype)
         if self.where == "in":
             return W / l.unsqueeze(0), b

@@ -49,7 +49,7 @@ class LoRA(LinearDelta):
     def merged(self, W, b):
         return W + self.delta_weight().to(W.dtype), b
 
-    def unmerged(self, W, b):
+    def unmerged(self, W, b, record=None):
         return W - self.delta_weight().to(W.dtype), b
 
 
