@@ -14,39 +14,31 @@ Count: r*(d_in + d_out) + d_out per projection. Export: merges exactly; the unme
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unifairseq.core.modules import LinearDelta
-
 from . import register_method
-from .base import Method
-from .lora import check_alpha, projection_shape, projection_specs
+from .lora import LoRA, LoRAMethod, projection_shape
 
 
-class DoRA(LinearDelta):
+class DoRA(LoRA):
+    """LoRA's W_down, W_up and scale s, plus the magnitude m; a different y and merge."""
     module_name = "delta_dora"
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0):
-        super().__init__()
-        self.W_down = nn.Linear(in_features, r, bias=False)
-        self.W_up = nn.Linear(r, out_features, bias=False)
-        self.m = nn.Parameter(torch.empty(out_features))
-        self.r, self.scaling = r, alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.reset_delta_parameters()
+        self.m = None  # LoRA's __init__ resets the parameters before m exists
+        super().__init__(in_features, out_features, r, alpha, dropout)
+        self.m = nn.Parameter(torch.full((out_features,), float("nan")))  # set from the base it first sees
 
     def reset_delta_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.W_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.W_up.weight)
-        with torch.no_grad():
-            self.m.fill_(float("nan"))  # set from the pretrained weight it first sees
+        super().reset_delta_parameters()
+        if self.m is not None:
+            with torch.no_grad():
+                self.m.fill_(float("nan"))
 
     def stored_count(self) -> int:
-        return self.W_down.weight.numel() + self.W_up.weight.numel() + self.m.numel()
+        return super().stored_count() + self.m.numel()
 
     @torch.no_grad()
     def init_magnitude(self, W: torch.Tensor) -> None:
@@ -55,8 +47,7 @@ class DoRA(LinearDelta):
             self.m.copy_(self.row_norm(W).to(self.m.dtype))
 
     def row_norm(self, W: torch.Tensor) -> torch.Tensor:
-        V = W + (self.scaling * (self.W_up.weight @ self.W_down.weight)).to(W.dtype)
-        return torch.linalg.vector_norm(V, dim=1)
+        return torch.linalg.vector_norm(W + self.delta_weight().to(W.dtype), dim=1)
 
     def forward(self, x, W, b):
         self.init_magnitude(W)
@@ -67,7 +58,7 @@ class DoRA(LinearDelta):
 
     def merged(self, W, b):
         self.init_magnitude(W)
-        V = W + (self.scaling * (self.W_up.weight @ self.W_down.weight)).to(W.dtype)
+        V = W + self.delta_weight().to(W.dtype)
         return (self.m / torch.linalg.vector_norm(V, dim=1)).to(W.dtype).unsqueeze(1) * V, b
 
     def unmerge_record(self, W):
@@ -79,28 +70,19 @@ class DoRA(LinearDelta):
         if record is None:
             raise ValueError("DoRA: unmerging needs ||V||_row, recorded when the weights were merged")
         V = W * (record / self.m).to(W.dtype).unsqueeze(1)
-        return V - (self.scaling * (self.W_up.weight @ self.W_down.weight)).to(W.dtype), b
+        return V - self.delta_weight().to(W.dtype), b
 
 
 @register_method
-class DoRAMethod(Method):
+class DoRAMethod(LoRAMethod):
+    """A LoRA variant: the same flags, sites and validation; another module and count."""
     name = "dora"
     attn_modes = ("dora",)
     ffn_modes = ("dora",)
+    module_cls = DoRA
     module_name = DoRA.module_name
-    merge = "merge"
     presets = {"dora_attn": dict(attn_mode="dora", attn_bn=16, lora_alpha=32.0, lora_dropout=0.1)}
-
-    def validate(self, cfg, bad) -> None:
-        check_alpha(cfg, bad)
-
-    def specs(self, cfg):
-        return projection_specs(self.name, cfg, self.attn_modes, self.ffn_modes)
 
     def formula(self, spec, shape) -> int:
         d_in, d_out, n = projection_shape(spec, shape)
-        return (spec.opts["r"] * (d_in + d_out) + d_out) * n  # W_down, W_up and the magnitude m
-
-    def build(self, spec, in_features: int, out_features: int) -> DoRA:
-        o = spec.opts
-        return DoRA(in_features, out_features, o["r"], o["alpha"], o["dropout"])
+        return super().formula(spec, shape) + d_out * n  # and the magnitude m

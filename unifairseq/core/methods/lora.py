@@ -84,6 +84,7 @@ class LoRAMethod(Method):
     name = "lora"
     attn_modes = ("lora",)
     ffn_modes = ("lora",)
+    module_cls = LoRA  # variants (DoRA) subclass this method and swap the module
     module_name = LoRA.module_name
     merge = "merge"
     presets = {
@@ -103,4 +104,4 @@ class LoRAMethod(Method):
 
     def build(self, spec, in_features: int, out_features: int) -> LoRA:
         o = spec.opts
-        return LoRA(in_features, out_features, o["r"], o["alpha"], o["dropout"])
+        return self.module_cls(in_features, out_features, o["r"], o["alpha"], o["dropout"])
