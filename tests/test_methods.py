@@ -14,9 +14,6 @@ from unifairseq.core.modules import DeltaLinear, is_delta_name
 def perturb_deltas(model, seed=0, std=0.05):
     """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():  # DoRA's magnitude starts from the base weight at the first forward: set it now
-        if isinstance(m, DeltaLinear) and hasattr(m.delta, "init_magnitude"):
-            m.delta.init_magnitude(m.weight)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.requires_grad:
@@ -224,3 +221,18 @@ def test_output_projection_of_delta_decoder_equals_fairseq():
         ours = model.decoder.output_layer(feats)
         ref = torch.nn.functional.linear(feats, model.decoder.output_projection.weight)
     assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_dora_magnitude_starts_from_the_base_that_is_loaded():
+    """DoRA's m = ||W||_row of the *pretrained* weight: a base loaded into a fresh DoRA model the way
+    --restore-file does (fairseq's load_state_dict with the missing delta tensors filled) sets m from
+    that base, so the model starts as exactly that base -- not as the random weights it was built with."""
+    model, task, _ = tiny_model("dora_attn_bart_base", ["--attn-bn", "4"], seed=0)
+    plain, _, _ = tiny_model("bart_base", seed=5)  # another base
+    model.load_state_dict(plain.state_dict(), strict=True)
+    q = model.encoder.layers[0].self_attn.q_proj
+    assert torch.allclose(q.delta.m, q.weight.norm(dim=1))
+    src, lens, prev, _ = random_batch(task.source_dictionary)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(full_logits(model, src, lens, prev), full_logits(plain, src, lens, prev), atol=1e-5)

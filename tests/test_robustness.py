@@ -29,8 +29,9 @@ def test_checkpoint_activations_keeps_delta_gradients(name, arch, flags, identit
         assert torch.allclose(plain[n], ckpt[n], atol=1e-6), n
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "torch_adam"])
-def test_bf16_on_cpu_trains_with_fp32_master_weights(optimizer):
+@pytest.mark.parametrize("arch,optimizer", [("mam_bart_base", "adam"), ("mam_bart_base", "torch_adam"),
+                                            ("dora_attn_bart_base", "adam"), ("ia3_bart_base", "torch_adam")])
+def test_bf16_on_cpu_trains_with_fp32_master_weights(arch, optimizer):
     """fairseq's --bf16 path (bf16 model, FP16Optimizer with fp32 master weights). fairseq's option
     parsing makes --bf16 imply --tpu; the test turns that off to run the same trainer on the CPU."""
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -42,7 +43,7 @@ def test_bf16_on_cpu_trains_with_fp32_master_weights(optimizer):
     from tiny import TINY, tiny_args
 
     d = tiny_dict()
-    args = tiny_args("mam_bart_base", ["--attn-bn", "4", "--ffn-bn", "8", "--mid-dim", "8", "--bf16",
+    args = tiny_args(arch, ["--attn-bn", "4", "--ffn-bn", "8", "--mid-dim", "8", "--bf16",
                                        *TRAIN_FLAGS, "--optimizer", optimizer], dims=TINY)
     args.tpu = False
     cfg = convert_namespace_to_omegaconf(args)

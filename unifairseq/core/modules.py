@@ -12,7 +12,7 @@ is how the freezer, the parameter accounting and the delta checkpoints tell delt
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -134,6 +134,16 @@ class LinearDelta(DeltaModule):
     def merged(self, W: torch.Tensor, b: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
+    def from_base(self, W: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Initial values of the parameters that start from the pretrained weight W (DoRA's magnitude),
+        by parameter name; {} for a delta whose initialisation does not depend on W."""
+        return {}
+
+    @torch.no_grad()
+    def init_from_base(self, W: torch.Tensor) -> None:
+        for name, value in self.from_base(W).items():
+            getattr(self, name).copy_(value)
+
     def unmerge_record(self, W: torch.Tensor) -> Optional[torch.Tensor]:
         """What taking the merge back out needs besides this delta's own parameters, read off the base
         weight before merging (DoRA: the row norms); None when nothing is."""
@@ -177,6 +187,8 @@ class DeltaLinear(nn.Linear):
         new.weight = linear.weight
         if linear.bias is not None:
             new.bias = linear.bias
+        if delta is not None:
+            delta.init_from_base(new.weight)
         return new
 
     @torch.no_grad()
@@ -213,7 +225,28 @@ class DeltaLinear(nn.Linear):
 
 
 def reset_all_deltas(model: nn.Module) -> None:
-    """(Re)initialise every delta module of a model, e.g. after fairseq's init_bert_params."""
+    """(Re)initialise every delta module of a model, e.g. after fairseq's init_bert_params, then the
+    parameters that start from the (current) base weights."""
     for m in model.modules():
         if isinstance(m, DeltaModule):
             m.reset_delta_parameters()
+    init_deltas_from_base(model)
+
+
+def init_deltas_from_base(model: nn.Module) -> None:
+    """Set the delta parameters that start from the pretrained weights (DoRA's magnitude) from the
+    weights the model holds now: after building, and after a new base is loaded under fresh deltas."""
+    for m in model.modules():
+        if isinstance(m, DeltaLinear) and m.delta is not None:
+            m.delta.init_from_base(m.weight)
+
+
+def base_init_values(model: nn.Module, base_state: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, torch.Tensor]:
+    """{key: value} of the base-dependent delta parameters (DoRA's m) as they start on the base in
+    `base_state` -- what a fresh delta on that base holds."""
+    out = {}
+    for host, m in model.named_modules():
+        if isinstance(m, DeltaLinear) and m.delta is not None and prefix + host + ".weight" in base_state:
+            for name, value in m.delta.from_base(base_state[prefix + host + ".weight"]).items():
+                out[f"{prefix}{host}.{m.delta_name}.{name}"] = value
+    return out

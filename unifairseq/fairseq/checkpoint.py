@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import torch
 
 from unifairseq.core.accounting import as_plan
-from unifairseq.core.modules import is_delta_name
+from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.safe_globals import register_safe_globals
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,10 @@ class DeltaCheckpointMixin:
                 raise DeltaCheckpointError(
                     f"base model {path!r} does not fit this model: {k} has shape {tuple(v.shape)} there and "
                     f"{tuple(own[k].shape)} here (another architecture or dictionary?)")
-        keep = {k: v for k, v in own.items() if is_delta_name(k)}  # keep the current delta modules
+        # keep the current delta values, except those that start from the base (DoRA's m): under fresh
+        # deltas they must come from this base; a delta loaded next overwrites them anyway
+        from_base = base_init_values(self, sd)
+        keep = {k: v for k, v in own.items() if is_delta_name(k) and k not in from_base}
         sd = OrderedDict(sd)
         sd.update(keep)
         torch.nn.Module.load_state_dict(self, sd, strict=True)

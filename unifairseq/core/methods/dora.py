@@ -6,9 +6,9 @@ direction, the direction being the LoRA-updated weight:
     y = x W'^T + b = (m / ||V||_row) * (x W^T + s * dropout(x) W_down^T W_up^T) + b
 
 m (one value per output feature) starts at ||W||_row of the pretrained weight and W_up at zero, so
-W' = W at start. m is set from the first base weight the layer computes with (the pretrained weights
-are loaded after the model is built): it is stored as NaN until then. The norm is not detached, so
-gradients are those of the formula above (peft detaches it to save memory).
+W' = W at start (`from_base`: the glue sets m again whenever a base is loaded under fresh deltas).
+The norm is not detached, so gradients are those of the formula above (peft detaches it to save
+memory).
 Count: r*(d_in + d_out) + d_out per projection. Export: merges exactly; the unmerge needs ||V||_row
 (`unmerge_record`), which the file-level merge stores beside the merged weights.
 """
@@ -27,43 +27,32 @@ class DoRA(LoRA):
     module_name = "delta_dora"
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0):
-        self.m = None  # LoRA's __init__ resets the parameters before m exists
         super().__init__(in_features, out_features, r, alpha, dropout)
-        self.m = nn.Parameter(torch.full((out_features,), float("nan")))  # set from the base it first sees
-
-    def reset_delta_parameters(self) -> None:
-        super().reset_delta_parameters()
-        if self.m is not None:
-            with torch.no_grad():
-                self.m.fill_(float("nan"))
+        self.m = nn.Parameter(torch.ones(out_features))  # set by from_base once the host's weight is known
 
     def stored_count(self) -> int:
         return super().stored_count() + self.m.numel()
 
-    @torch.no_grad()
-    def init_magnitude(self, W: torch.Tensor) -> None:
+    def from_base(self, W: torch.Tensor):
         """m = ||W + s W_up W_down||_row (= ||W||_row while W_up is still zero): W' = W."""
-        if torch.isnan(self.m).any():
-            self.m.copy_(self.row_norm(W).to(self.m.dtype))
+        with torch.no_grad():
+            return {"m": self.row_norm(W.float()).to(self.m.dtype)}
 
     def row_norm(self, W: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(W + self.delta_weight().to(W.dtype), dim=1)
 
     def forward(self, x, W, b):
-        self.init_magnitude(W)
         g = (self.m / self.row_norm(W)).to(x.dtype)  # d_out
         xd = self.dropout(x) if self.dropout is not None else x
         y = g * (F.linear(x, W) + self.scaling * self.W_up(self.W_down(xd)))
         return y if b is None else y + b
 
     def merged(self, W, b):
-        self.init_magnitude(W)
         V = W + self.delta_weight().to(W.dtype)
         return (self.m / torch.linalg.vector_norm(V, dim=1)).to(W.dtype).unsqueeze(1) * V, b
 
     def unmerge_record(self, W):
         """||V||_row: W' = m * V / ||V||_row alone does not tell V's scale (any multiple of V has W's direction)."""
-        self.init_magnitude(W)
         return self.row_norm(W).detach().clone()
 
     def unmerged(self, W, b, record=None):

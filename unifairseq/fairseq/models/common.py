@@ -11,7 +11,7 @@ from fairseq.models import register_model_architecture
 
 from unifairseq.core.accounting import ModelShape, format_report, freeze_base, parameter_report
 from unifairseq.core.config import DeltaConfigError
-from unifairseq.core.modules import is_delta_name, reset_all_deltas
+from unifairseq.core.modules import base_init_values, is_delta_name, reset_all_deltas
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 
@@ -74,8 +74,9 @@ def fill_missing_delta_keys(model, state_dict, name: str) -> None:
     prefix = name + "." if name else ""
     own = model.full_state_dict()
     missing = [k for k in own if is_delta_name(k) and prefix + k not in state_dict]
+    from_base = base_init_values(model, state_dict, prefix)  # DoRA's m starts from *this* base's weights
     for k in missing:
-        state_dict[prefix + k] = own[k]
+        state_dict[prefix + k] = from_base.get(prefix + k, own[k])
     if missing:
         logger.info(f"unifairseq: {len(missing)} delta tensors not in the checkpoint start from their "
                     "initialisation (expected when loading a base model)")
