@@ -137,3 +137,27 @@ class _Identity:
 
     def decode(self, x):
         return x
+
+
+def test_fairseq_interactive_with_the_exported_delta(demo):
+    """fairseq-interactive --user-dir user_dir --path <exported delta>: lines typed in give the
+    hypotheses and scores fairseq-generate gives the same sentences."""
+    ckpt = demo / "checkpoints" / "checkpoint_last.pt"
+    out = demo / "inference_interactive.pt"
+    if not out.exists():
+        run([BIN / "unifairseq-export", "inference", ckpt, out])
+    gen = run([BIN / "fairseq-generate", demo / "data-bin", "--user-dir", REPO / "user_dir", "--path", out,
+               "--gen-subset", "test", "--beam", "4", "--max-len-b", "12", "--batch-size", "1",
+               "--required-batch-size-multiple", "1", "--cpu"]).stdout
+    fields = lambda prefix, text: {int(l.split("\t")[0][2:]): l.split("\t")[1:] for l in text.splitlines()
+                                   if l.startswith(prefix)}
+    sources, hyps = fields("S-", gen), fields("H-", gen)
+    ids = sorted(sources)[:6]
+    inter = run([BIN / "fairseq-interactive", demo / "data-bin", "--user-dir", REPO / "user_dir", "--path", out,
+                 "--beam", "4", "--max-len-b", "12", "--batch-size", "1", "--buffer-size", "1", "--cpu"],
+                input="".join(sources[i][0] + "\n" for i in ids)).stdout
+    got = fields("H-", inter)
+    assert sorted(got) == list(range(len(ids))), inter[-2000:]
+    for j, i in enumerate(ids):
+        assert got[j][1] == hyps[i][1], (sources[i], got[j], hyps[i])  # the same tokens
+        assert abs(float(got[j][0]) - float(hyps[i][0])) < 1e-4  # and score
