@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -180,7 +179,7 @@ def test_budget_warns_and_estimates(capsys):
 
 
 def test_default_data_root(monkeypatch):
-    from unifairseq.data.tsv import resolve_data_root
+    from unifairseq.data.tsv import default_data_root, resolve_data_root
 
     monkeypatch.setenv("UNIFAIRSEQ_DATA", "/some/where")
     assert default_data_root() == "/some/where" and resolve_data_root("/flag")[0] == "/flag"

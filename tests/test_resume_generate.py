@@ -5,16 +5,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import unifairseq  # noqa: F401
 from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
 
-from env import BIN, DATA, REPO, require_data, tool_env
+from env import BIN, REPO, require_data, tool_env
 
 pytestmark = pytest.mark.slow
 
