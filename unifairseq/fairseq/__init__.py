@@ -34,9 +34,9 @@ def _require(module: str) -> None:
         if e.name != module:  # installed, but one of its dependencies is missing
             raise ModuleNotFoundError(
                 f"{module} is installed but cannot import {e.name!r}, which it needs. fairseq is installed "
-                "with --no-deps, so its runtime needs come from unifairseq's requirements: "
-                "pip install unifairseq -c constraints.txt torch==2.13.0 (from a checkout: "
-                "pip install -r requirements.txt -c constraints.txt torch==2.13.0)", name=e.name) from e
+                "with --no-deps, so its runtime needs come from unifairseq's dependencies: reinstall unifairseq "
+                "with them (pip install UNIFAIRSEQ_WHEEL_OR_CHECKOUT -c constraints.txt torch==2.13.0; in a "
+                "checkout: bash scripts/install.sh)", name=e.name) from e
         raise ModuleNotFoundError(
             f"unifairseq.fairseq needs {module}, which is not installed in this Python ({sys.executable}). "
             "unifairseq does not install torch or fairseq itself; run\n"
