@@ -1,12 +1,13 @@
-"""unifairseq: parameter-efficient transfer learning for fairseq (He et al., ICLR 2022).
+"""The Cython extension only; everything else is in pyproject.toml.
 
-Install with scripts/install.sh (it pins torch and installs fairseq without its broken
-torchaudio requirement); `pip install -e . --no-deps --no-build-isolation` then adds
-this package. Cython extensions are listed in CYTHON_MODULES and built when present.
+    bash scripts/install.sh                                    a checkout: .venv, editable install
+    pip wheel . --no-deps --no-build-isolation -w dist/        a wheel (Cython and numpy installed)
+
+The .pyx files are compiled into the package; they are not shipped or needed at run time.
 """
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 CYTHON_MODULES = [
     "unifairseq/metrics/rouge_fast.pyx",  # ROUGE for in-training validation
@@ -26,20 +27,4 @@ def extensions():
     return cythonize(exts, language_level=3)
 
 
-setup(
-    name="unifairseq",
-    version="0.1.0",
-    description="Adapters, prefix tuning, LoRA, BitFit, prompt tuning and the MAM adapter for fairseq",
-    packages=find_packages(include=["unifairseq", "unifairseq.*"]),
-    python_requires=">=3.10",
-    # torch and fairseq are deliberately not listed: an unpinned torch pulls CUDA wheels and
-    # fairseq's metadata asks for torchaudio, which would replace torch. See scripts/install.sh.
-    install_requires=["numpy", "hydra-core==1.3.2", "omegaconf==2.3.0"],
-    ext_modules=extensions(),
-    entry_points={"console_scripts": [
-        "unifairseq-export = unifairseq.tools.export:main",
-        "unifairseq-count = unifairseq.tools.count:main",
-        "unifairseq-import-hf = unifairseq.convert.hf_import:main",
-        "unifairseq-hf-tokenize = unifairseq.convert.hf_tokenize:main",
-    ]},
-)
+setup(ext_modules=extensions())

@@ -10,7 +10,44 @@
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and
 the optimizer with fairseq.
+
+torch and fairseq are not in unifairseq's install_requires (an unpinned torch pulls gigabytes of
+CUDA packages; fairseq's metadata asks for torchaudio, which would replace torch), so a missing one
+is reported here, on import, with the exact pip commands.
 """
+import importlib
+import sys
+
+# What `pip install unifairseq` leaves to the user (README "pip install").
+INSTALL_COMMANDS = {
+    "torch": "pip install torch==2.13.0",
+    "fairseq": "pip install --no-deps ve-fairseq==0.12.3",
+}
+
+
+def _require(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == module and e.name != module:
+            raise  # a broken install of the module itself: its own message says more
+        if e.name != module:  # installed, but one of its dependencies is missing
+            raise ModuleNotFoundError(
+                f"{module} is installed but cannot import {e.name!r}, which it needs. fairseq is installed "
+                "with --no-deps, so its runtime needs come from unifairseq's dependencies: reinstall unifairseq "
+                "with them (pip install UNIFAIRSEQ_WHEEL_OR_CHECKOUT -c constraints.txt torch==2.13.0; in a "
+                "checkout: bash scripts/install.sh)", name=e.name) from e
+        raise ModuleNotFoundError(
+            f"unifairseq.fairseq needs {module}, which is not installed in this Python ({sys.executable}). "
+            "unifairseq does not install torch or fairseq itself; run\n"
+            f"    {INSTALL_COMMANDS['torch']}\n    {INSTALL_COMMANDS['fairseq']}\n"
+            "(torch pinned, so that pip takes the CPU wheel and no CUDA packages; fairseq with --no-deps, "
+            "so that its torchaudio requirement does not replace torch), then import again.",
+            name=module) from None
+
+
+_require("torch")
+_require("fairseq")
 
 
 def register() -> None:
