@@ -239,11 +239,14 @@ def worker(o: argparse.Namespace) -> dict:
             return ts, top_hypotheses(out)
 
         loras = [mod for mod in model.modules() if isinstance(mod, DeltaLinear) and mod.delta is not None and not mod.merged]
-        # a trained-like delta (training left W_up within ~1e-3 of its zeros), so that merging changes the
-        # weights and a wrong merge changes the scores: what the merged-decode check compares
+        # a trained-like delta (training leaves LoRA's W_up within ~1e-3 of its zeros, (IA)³'s l near
+        # ones), so that merging changes the weights and a wrong merge changes the scores: what the
+        # merged-decode check compares. Every projection delta (LoRA, DoRA, (IA)³) is moved the same way.
         torch.manual_seed(1)
-        for mod in loras:
-            torch.nn.init.normal_(mod.delta.W_up.weight, std=0.02)
+        with torch.no_grad():
+            for mod in loras:
+                for p in mod.delta.parameters():
+                    p.add_(torch.randn_like(p) * 0.02)
         ts, hyps = decode("")
         res["decode_runs_s"], res["decode_s"] = ts, statistics.median(ts)
         if loras:
