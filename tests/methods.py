@@ -52,11 +52,10 @@ def mergeable(arch: str, flags) -> bool:
 def on_projections(arch: str, flags) -> bool:
     """Does the row put a delta on a projection (a DeltaLinear with a LinearDelta)?"""
     from tiny import tiny_args
-    from unifairseq.core.methods import ATTN_SITES, FFN_SITES
+    from unifairseq.core.methods import PROJECTION_SITES
     from unifairseq.core.plan import DeltaPlan
 
-    return any(s.site in ATTN_SITES + FFN_SITES and s.site not in ("heads", "attn_out", "ffn")
-               for s in DeltaPlan.from_args(tiny_args(arch, flags)).specs)
+    return any(s.site in PROJECTION_SITES for s in DeltaPlan.from_args(tiny_args(arch, flags)).specs)
 
 
 MERGEABLE = [m for m in METHODS if mergeable(m[1], m[2])]

@@ -40,7 +40,7 @@ def test_roberta_identity_counts_and_trained_head(name, arch, flags, identity):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if n.startswith("classification_heads.")} == {
         n for n, _ in model.named_parameters() if n.startswith("classification_heads.")}
-    assert all(is_trainable_name(n, model.delta) for n in trainable)
+    assert all(is_trainable_name(n, model.delta_plan) for n in trainable)
     saved = set(model.state_dict())
     assert {n for n in saved if n.startswith("classification_heads.")}, "the head must travel with the delta"
     # formula count on the single-stack shape

@@ -37,7 +37,7 @@ def toy_sample(d, n=6, seed=0):
 def test_only_deltas_change_under_fairseq_trainer(name, arch, flags, identity):
     d = tiny_dict()
     trainer, model = make_trainer(arch, flags, d)
-    delta = model.encoder.delta
+    delta = model.delta_plan  # built once; is_trainable_name would rebuild it from a DeltaConfig per key
     opt_params = {id(p) for group in trainer.optimizer.optimizer.param_groups for p in group["params"]}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert opt_params == {id(p) for n, p in model.named_parameters() if n in trainable}, \

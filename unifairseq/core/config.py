@@ -112,8 +112,7 @@ class DeltaConfig:
         if self.attn_composition not in ATTN_COMPOSITIONS:
             bad("attn_composition", f"unknown composition {self.attn_composition!r}; choose add or gate_add")
         chosen = [m for m in methods.METHODS.values() if m.selected(self)]
-        if self.attn_composition == "gate_add" and not any(getattr(m, "gate_capable", lambda c: False)(self)
-                                                           for m in chosen):
+        if self.attn_composition == "gate_add" and not any(m.gate_capable(self) for m in chosen):
             bad("attn_composition", "gate_add (the gated form (1-λ)h + λΔh) exists only for the softmax prefix "
                 "computed as its own attention: use --attn-mode prefix --attn-option cross_attn, "
                 "or --attn-composition add")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict
 
-from .base import ALL_KINDS, ATTN_SITES, FFN_SITES, SITES, Method, ModelShape, Spec  # noqa: F401
+from .base import ALL_KINDS, ATTN_SITES, FFN_SITES, PROJECTION_SITES, SITES, Method, ModelShape, Spec  # noqa: F401
 
 # registry order = preset order in listings (count, bench, usage texts)
 _MODULES = ("prefix", "lora", "adapter", "mhpa", "bitfit", "prompt", "ia3", "dora")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, List, Sequence, Tuple
 
+PROJECTION_SITES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # a LinearDelta on a DeltaLinear
 ATTN_SITES = ("heads", "attn_out", "q_proj", "k_proj", "v_proj", "out_proj")
 FFN_SITES = ("fc1", "fc2", "ffn")
 SITES = ATTN_SITES + FFN_SITES + ("embed", "bias")
@@ -92,6 +93,10 @@ class Method:
 
     def validate(self, cfg, bad: Bad) -> None:
         """Reject this method's bad flag values (called only when selected)."""
+
+    def gate_capable(self, cfg) -> bool:
+        """Can this method's Δh take --attn-composition gate_add ((1-λ)h + λΔh)?"""
+        return False
 
     def specs(self, cfg) -> List[Spec]:
         raise NotImplementedError
