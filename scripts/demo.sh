@@ -3,7 +3,7 @@
 # Pfeiffer adapter and BitFit on all-MiniLM-L6-v2, fairseq-train on the CPU, about 12 minutes
 # on 2 idle cores (every run trains all its updates; --budget-minutes only warns). Prints the table
 # and writes runs/demo/{results.md,results.json,accuracy_vs_params.png}. Code: unifairseq/demo/.
-#   bash scripts/demo.sh [--quick] [--workdir DIR] [--data DIR] [--methods full,mam,...]   (--help: all options)
+#   bash scripts/demo.sh [--quick] [--workdir DIR] [--data DIR] [--methods full mam ...]   (--help: all options)
 # Data: $UNIFAIRSEQ_DATA/glue/SST-2/{train,dev}.tsv (default <repo>/../shared/data), read in place.
 # Python: $UNIFAIRSEQ_BIN/python if set, else <repo>/.venv/bin/python (scripts/install.sh makes it), else python3.
 set -euo pipefail

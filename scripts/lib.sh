@@ -12,6 +12,7 @@ MBART_LANGS=ar_AR,cs_CZ,de_DE,en_XX,es_XX,et_EE,fi_FI,fr_XX,gu_IN,hi_IN,it_IT,ja
 
 # ---------------------------------------------------------------- messages and argument checks
 die() { echo "$PROG: error: $*" >&2; exit 2; }
+note() { echo "$PROG: note: $*" >&2; }
 # An option's value: present and non-empty.
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 # An option's value: present (may be empty).
@@ -155,7 +156,7 @@ plan_batch() {
     count_gpus
     BATCH_TOTAL=$total
     if [ "$TINY" = 1 ]; then BATCH_TOTAL=$tiny_total; PER_GPU=$tiny_total; fi
-    read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --per-gpu "$PER_GPU" --gpus "$GPUS") \
+    read -r UPDATE_FREQ BATCH < <(pyrun pipeline batch-plan --total "$BATCH_TOTAL" --batch-size "$PER_GPU" --gpus "$GPUS") \
         || die "cannot split the batch of $BATCH_TOTAL over $GPUS GPUs"
     DEVICE=()
     if [ "$GPUS" = 0 ]; then DEVICE=(--cpu)

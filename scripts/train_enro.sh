@@ -42,7 +42,7 @@ Options:
   --save-dir DIR      checkpoints + train.log (default <repo>/runs/enro_METHOD)
   --langs LIST        default: mbart.cc25's 25 codes
   --gpus N            number of GPUs (default: counted; 0 = CPU)
-  --per-gpu-tokens N  tokens per GPU per step, at most (default 4096)
+  --max-tokens N      tokens per GPU per step, at most (default 4096)
   --no-fp16           train in fp32 on GPUs
   --seed N            default 1
   --tiny              tests / CPU: see below
@@ -73,7 +73,8 @@ while [ $# -gt 0 ]; do
         --base) need_arg "$@"; BASE=$2; shift 2 ;;
         --save-dir) need_arg "$@"; SAVE=$2; shift 2 ;;
         --gpus) need_arg "$@"; GPUS=$2; shift 2 ;;
-        --per-gpu-tokens) need_arg "$@"; PER_GPU=$2; shift 2 ;;
+        --max-tokens) need_arg "$@"; PER_GPU=$2; shift 2 ;;
+        --per-gpu-tokens) need_arg "$@"; note "--per-gpu-tokens is now spelled --max-tokens"; PER_GPU=$2; shift 2 ;;
         --langs) need_arg "$@"; LANGS=$2; shift 2 ;;
         --no-fp16) FP16=0; shift ;;
         --seed) need_arg "$@"; SEED=$2; shift 2 ;;

@@ -36,7 +36,7 @@ Options:
                       a rerun with the same --save-dir resumes from checkpoint_last.pt)
   --save-dir DIR      checkpoints + train.log (default <repo>/runs/xsum_METHOD)
   --gpus N            number of GPUs (default: counted; 0 = CPU)
-  --per-gpu-batch N   documents per GPU per step, at most (default 16)
+  --batch-size N      documents per GPU per step, at most (default 16)
   --no-fp16           train in fp32 on GPUs
   --seed N            default 1
   --tiny              tests / CPU: see below
@@ -64,7 +64,8 @@ while [ $# -gt 0 ]; do
         --base) need_arg "$@"; BASE=$2; shift 2 ;;
         --save-dir) need_arg "$@"; SAVE=$2; shift 2 ;;
         --gpus) need_arg "$@"; GPUS=$2; shift 2 ;;
-        --per-gpu-batch) need_arg "$@"; PER_GPU=$2; shift 2 ;;
+        --batch-size) need_arg "$@"; PER_GPU=$2; shift 2 ;;
+        --per-gpu-batch) need_arg "$@"; note "--per-gpu-batch is now spelled --batch-size"; PER_GPU=$2; shift 2 ;;
         --no-fp16) FP16=0; shift ;;
         --seed) need_arg "$@"; SEED=$2; shift 2 ;;
         --tiny) TINY=1; shift ;;

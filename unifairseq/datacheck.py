@@ -7,15 +7,14 @@ training examples longer than the model's positions are dropped with a warning o
 The train_*/eval_* scripts call this first (`python -m unifairseq.datacheck`), and the
 tasks in `unifairseq.fairseq.tasks` call it from `load_dataset`.
 
-    python -m unifairseq.datacheck DATA_BIN --layout translation --langs source target \
+    unifairseq-datacheck DATA_BIN --layout translation --langs source target \
         --splits train,valid --max-positions 1024 1024 [--truncate-source]
-    python -m unifairseq.datacheck DATA_BIN --layout sentence_prediction --splits train,valid --max-positions 512
+    unifairseq-datacheck DATA_BIN --layout sentence_prediction --splits train,valid --max-positions 512
 
 Exit status 0 when the data is usable, 2 with a message naming the file, the problem and the fix.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import struct
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
+from unifairseq import cli
 
 # fairseq's MMapIndexedDataset.Index format (what fairseq-preprocess writes, dataset-impl mmap), read
 # without importing fairseq so the scripts can check data with any Python; tests/test_datacheck.py
@@ -165,7 +165,7 @@ def check_sentence_prediction(data: str, splits: Sequence[str], max_positions: O
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.datacheck", description=__doc__.split("\n\n")[0])
+    ap = cli.parser("unifairseq-datacheck", __doc__.split("\n\n")[0])
     ap.add_argument("data")
     ap.add_argument("--layout", choices=("translation", "sentence_prediction"), required=True)
     ap.add_argument("--langs", nargs=2, metavar=("SRC", "TGT"))
@@ -188,8 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             counts = check_sentence_prediction(a.data, splits, a.max_positions[0] if a.max_positions else None, **kw)
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-datacheck", e)
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 

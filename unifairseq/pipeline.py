@@ -1,21 +1,20 @@
 """Helpers of the experiment scripts (scripts/preprocess_*.sh, train_*.sh, eval_*.sh).
 
-    python -m unifairseq.pipeline xsum-raw   --raw DIR --out DIR [--select-size 1600]
-    python -m unifairseq.pipeline glue-tsv   --task MNLI --train F --dev F --out DIR
-    python -m unifairseq.pipeline spm-train  --inputs F [F ...] --model-prefix P --vocab-size N
-    python -m unifairseq.pipeline spm-encode --model M --inputs F [F ...] --outputs F [F ...] [--max-pieces N]
-    python -m unifairseq.pipeline gpus       [--gpus N]
-    python -m unifairseq.pipeline batch-plan --total B --per-gpu b --gpus G
-    python -m unifairseq.pipeline meta       FILE KEY
-    python -m unifairseq.pipeline meta-set   FILE KEY=VALUE [KEY=VALUE ...]
-    python -m unifairseq.pipeline binarize   FAIRSEQ-PREPROCESS-ARGS [:: FAIRSEQ-PREPROCESS-ARGS ...]
+    unifairseq-pipeline xsum-raw   --raw DIR --out DIR [--select-size 1600]
+    unifairseq-pipeline glue-tsv   --task MNLI --train F --dev F --out DIR
+    unifairseq-pipeline spm-train  --inputs F [F ...] --model-prefix P --vocab-size N
+    unifairseq-pipeline spm-encode --model M --inputs F [F ...] --outputs F [F ...] [--max-pieces N]
+    unifairseq-pipeline gpus       [--gpus N]
+    unifairseq-pipeline batch-plan --total B --batch-size b --gpus G
+    unifairseq-pipeline meta       FILE KEY
+    unifairseq-pipeline meta-set   FILE KEY=VALUE [KEY=VALUE ...]
+    unifairseq-pipeline binarize   FAIRSEQ-PREPROCESS-ARGS [:: FAIRSEQ-PREPROCESS-ARGS ...]
 
 Each subcommand does one small, testable step; the bash scripts chain them with fairseq's own
 command lines. Errors are one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import subprocess
 import sys
 import types
 from typing import Dict, List, Optional, Sequence, Tuple
+from unifairseq import cli
 
 
 class PipelineError(RuntimeError):
@@ -295,8 +295,7 @@ def read_meta(path: str, key: str) -> str:
 
 # ------------------------------------------------------------------ CLI
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-pipeline", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("xsum-raw", help="raw XSum (source/target or JSON lines) -> one example per line")
     p.add_argument("--raw", required=True)
@@ -323,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--gpus", type=int, default=None, help="override")
     p = sub.add_parser("batch-plan", help="print 'UPDATE_FREQ PER_GPU_BATCH'")
     p.add_argument("--total", type=int, required=True)
-    p.add_argument("--per-gpu", type=int, required=True)
+    p.add_argument("--batch-size", dest="per_gpu", type=int, required=True, help="at most this many per GPU per step")
     p.add_argument("--gpus", type=int, required=True)
     p = sub.add_parser("meta", help="print one entry of a meta.json")
     p.add_argument("file")
@@ -377,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     values[key] = value
             _update_meta(a.file, values)
     except PipelineError as e:
-        print(f"unifairseq.pipeline {a.cmd}: error: {e}", file=sys.stderr)
+        cli.error(f"unifairseq-pipeline {a.cmd}", e)
         return 2
     return 0
 

@@ -1,7 +1,7 @@
 """Test-set scoring of fairseq-generate output: ROUGE for XSum, BLEU for WMT16 en-ro.
 
-    python -m unifairseq.scoring rouge --generate generate-test.txt --refs test.target --json scores.json
-    python -m unifairseq.scoring bleu  --generate generate-test.txt --refs test.ro --spm-model sentence.bpe.model \\
+    unifairseq-score rouge --generate generate-test.txt --refs test.target --json scores.json
+    unifairseq-score bleu  --generate generate-test.txt --refs test.ro --spm-model sentence.bpe.model \\
         --strip '[ro_RO]' --json scores.json
 
 Hypotheses are the `H-<id>` lines of fairseq-generate, put back in data set order (fairseq prints
@@ -26,7 +26,6 @@ target file. Then:
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -34,6 +33,7 @@ import os
 import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
+from unifairseq import cli
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -251,8 +251,7 @@ def _hyps_from_args(a, detok) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.scoring", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-score", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("rouge", "bleu"):
         p = sub.add_parser(name)
@@ -290,8 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{scores['bleu_wmt16_ro']:.2f}"))
             title = f"en-ro BLEU, {len(hyps)} sentences"
     except (ScoringError, json.JSONDecodeError) as e:
-        print(f"unifairseq.scoring {a.cmd}: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(f"unifairseq-score {a.cmd}", e)
     if a.hyps_out:
         os.makedirs(os.path.dirname(os.path.abspath(a.hyps_out)), exist_ok=True)
         with open(a.hyps_out, "w", encoding="utf-8") as f:

@@ -1,11 +1,11 @@
 """Speed, memory and size of every method against full fine-tuning and a frozen base.
 
-    python -m unifairseq.bench                          # bart_base shapes, all presets, CPU (2 threads)
-    python -m unifairseq.bench --size large --methods mam lora_attn
-    python -m unifairseq.bench --device cuda --fp16     # on a machine with a GPU
-    python -m unifairseq.bench --tiny --methods mam lora_attn --steps 2   # seconds; the smoke test
-    python -m unifairseq.bench --malloc default --optimizer loop           # without the two CPU fixes
-    python -m unifairseq.bench --methods mam --compare-with ../main-before  # two code versions, interleaved
+    unifairseq-bench                          # bart_base shapes, all presets, CPU (2 threads)
+    unifairseq-bench --size large --methods mam lora_attn
+    unifairseq-bench --device cuda --fp16     # on a machine with a GPU
+    unifairseq-bench --tiny --methods mam lora_attn --steps 2   # seconds; the smoke test
+    unifairseq-bench --malloc default --optimizer loop           # without the two CPU fixes
+    unifairseq-bench --methods mam --compare-with ../main-before  # two code versions, interleaved
 
 Prints markdown tables and writes JSON (``--json``, default ``runs/bench.json``). Each method is
 measured in its own fresh subprocess (memory high-water mark and threads isolated), which builds the

@@ -10,17 +10,20 @@ import platform
 import sys
 import time
 
+from .. import cli
 from .common import BASELINES, DEFAULT_METHODS, EXTRA, MIN_ROUNDS_FOR_TARGETS, arch_for, malloc_env, progress
 from .report import add_ratios, check_targets, compare, merged_checks, summarize, tables, targets_judged
 
+PROG = "unifairseq-bench"
+
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.bench", description=importlib.import_module(__package__).__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..core.presets import PRESETS
+
+    ap = cli.parser(PROG, importlib.import_module(__package__).__doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    ap.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS),
-                    help=f"presets to measure besides full/frozen (default: {' '.join(DEFAULT_METHODS)}; "
-                         "also: none, any other preset)")
+    cli.add_methods(ap, [*PRESETS, *EXTRA], default=list(DEFAULT_METHODS),
+                    what="presets to measure besides full/frozen ('none': only those)")
     ap.add_argument("--json", default="runs/bench.json", help="where to write the results")
     ap.add_argument("--rounds", type=int, default=3,
                     help=f"interleaved rounds, every row once per round (default 3; targets are judged with at "
@@ -31,7 +34,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
     ap.add_argument("--warmup", type=int, default=3,
                     help="untimed training steps first (methods that allocate more settle later)")
-    ap.add_argument("--batch", type=int, default=8)
+    cli.add_renamed(ap, "--batch-size", ["--batch"], dest="batch", type=int, default=8, metavar="N",
+                    help="sentences per training step")
     ap.add_argument("--src-len", type=int, default=128)
     ap.add_argument("--tgt-len", type=int, default=32)
     ap.add_argument("--beam", type=int, default=4)
@@ -64,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
 def worker_flags(o: argparse.Namespace) -> list:
     """The flags every worker gets (the same set as before the rounds existed, so that a --compare-with
     checkout of older code parses them too)."""
-    return ["--size", o.size, "--steps", str(o.steps), "--warmup", str(o.warmup), "--batch", str(o.batch),
+    return ["--size", o.size, "--steps", str(o.steps), "--warmup", str(o.warmup), "--batch-size", str(o.batch),
             "--src-len", str(o.src_len), "--tgt-len", str(o.tgt_len), "--beam", str(o.beam),
             "--gen-batch", str(o.gen_batch), "--gen-len", str(o.gen_len), "--gen-runs", str(o.gen_runs),
             "--device", o.device, "--threads", str(o.threads), "--optimizer", o.optimizer] + \
@@ -81,32 +85,25 @@ def main(argv=None) -> int:
             json.dump(res, f)
         return 0
 
-    from ..core.presets import PRESETS
     from .rounds import THIS_CHECKOUT, checkout_root, run_rounds
 
-    for m in o.methods:
-        if m not in PRESETS and m not in EXTRA:
-            print(f"unknown method {m!r}; choose from {', '.join(list(PRESETS) + list(EXTRA))}", file=sys.stderr)
-            return 2
     before = None
     if o.compare_with:
         try:
             before = checkout_root(o.compare_with)
         except ValueError as e:
-            print(f"--compare-with: {e}", file=sys.stderr)
-            return 2
+            return cli.error(PROG, f"--compare-with: {e}")
     import torch
 
     if o.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no GPU is available on this machine", file=sys.stderr)
-        return 2
+        return cli.error(PROG, "--device cuda: no GPU is available on this machine; run without --device cuda")
     if not o.tiny and o.rounds < MIN_ROUNDS_FOR_TARGETS:
         progress(f"--rounds {o.rounds}: the targets are reported but not judged (that needs {MIN_ROUNDS_FOR_TARGETS})")
     methods = [*BASELINES, *[m for m in o.methods if m not in BASELINES]]
     shape = "tiny (2 layers, dim 64)" if o.tiny else f"bart_{o.size}"
     report = dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command=" ".join(["python -m unifairseq.bench", *(sys.argv[1:] if argv is None else argv)]),
+        command=" ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
         machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                      cpus=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
                      gpu=torch.cuda.get_device_name(0) if o.device == "cuda" else None),
@@ -149,8 +146,8 @@ def main(argv=None) -> int:
     failed = [f"{m}: {r['error']}" for rnd in rounds for side in ("results", "before")
               for m, r in rnd.get(side, {}).items() if "error" in r]
     for f in failed:
-        print(f"error: worker failed: {f}", file=sys.stderr)
+        cli.error(PROG, f"worker failed: {f}")
     if not report["merged_decode_check"]["ok"]:
-        print("error: the merged LoRA decode differs from the unmerged one:\n  "
+        print(f"{PROG}: error: the merged LoRA decode differs from the unmerged one:\n  "
               + "\n  ".join(report["merged_decode_check"]["failures"]), file=sys.stderr)
     return 0 if not failed and report["merged_decode_check"]["ok"] else 1

@@ -65,6 +65,7 @@ from typing import List, Optional, Sequence
 
 from unifairseq.convert.hf_read import HFImportError, load_hf_state_dict, read_config, strip_prefix
 from unifairseq.convert.hf_to_fairseq import FAIRSEQ_LN_EPS, FAMILIES, Plan, Tracker
+from unifairseq import cli
 
 logger = logging.getLogger("unifairseq.convert.hf_import")
 
@@ -250,8 +251,7 @@ def convert(src_dir: str, out_dir: str, force: bool = False, seed: int = 0, eps_
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="unifairseq-import-hf", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-import-hf", __doc__)
     ap.add_argument("src_dir", metavar="SRC_DIR", help="local Hugging Face model folder")
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder for model.pt and dict.txt (created if missing)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing OUT_DIR/model.pt and dict.txt")
@@ -269,8 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         res = convert(a.src_dir, a.out_dir, force=a.force, seed=a.seed, eps_rescale=not a.no_eps_rescale)
     except HFImportError as e:
-        print(f"unifairseq-import-hf: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-import-hf", e)
     for note in res.notes:
         logger.info(note)
     logger.info(f"wrote {res.model_path} (fairseq {res.arch}) and {res.dict_path}")

@@ -1,7 +1,7 @@
 """Tokenize text with a Hugging Face model's own tokenizer files, in the fairseq dictionary that
 `unifairseq-import-hf` wrote for it.
 
-    python -m unifairseq.convert.hf_tokenize HF_DIR [--dict OUT_DIR/dict.txt] < train.raw > train.tok
+    unifairseq-hf-tokenize HF_DIR [--dict OUT_DIR/dict.txt] < train.raw > train.tok
     fairseq-preprocess --only-source --srcdict OUT_DIR/dict.txt --trainpref train.tok --destdir DATA_BIN
 
 Each input line becomes one output line of space-separated fairseq dictionary symbols (`--ids`:
@@ -34,6 +34,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
+from unifairseq import cli
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MASK_SYMBOL = "<mask>"
@@ -280,8 +281,7 @@ def check_dictionary(vocab: VocabMap, dict_path: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.convert.hf_tokenize", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-hf-tokenize", __doc__)
     ap.add_argument("hf_dir", metavar="HF_DIR", help="the Hugging Face model folder that was imported")
     ap.add_argument("--dict", dest="dict_path", default=None,
                     help="OUT_DIR/dict.txt written by unifairseq-import-hf: checked against the tokenizer")
@@ -296,8 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         tok = HFTokenizer(a.hf_dir, a.dict_path)
     except (HFVocabError, OSError, json.JSONDecodeError) as e:
-        print(f"hf_tokenize: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-hf-tokenize", e)
     fin = sys.stdin if a.input == "-" else open(a.input, encoding="utf-8")
     fout = sys.stdout if a.output == "-" else open(a.output, "w", encoding="utf-8")
     try:

@@ -1,6 +1,6 @@
 """The SST-2 demo: full fine-tuning against five parameter-efficient methods on MiniLM, on a CPU.
 
-    python -m unifairseq.demo [--workdir runs/demo] [--data DIR] [--quick] [--methods full,mam,...]
+    unifairseq-demo [--workdir runs/demo] [--data DIR] [--quick] [--methods full mam ...]
     bash scripts/demo.sh ...                     (the same, with the repository's .venv)
 
 Stages (a progress line each; fairseq's own log lines are echoed while it trains):

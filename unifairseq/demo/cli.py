@@ -1,7 +1,6 @@
 """`python -m unifairseq.demo`: the flags, and the six stages run in order (runs two at a time)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -12,6 +11,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
+from .. import cli
 from . import __doc__ as DOC
 from . import common
 from .budget import Budget
@@ -23,12 +23,12 @@ from .report import human_bytes, plot, report_markdown
 from .run import finish_main, stage_finish, stage_import, stage_train
 
 OUTPUTS = ("minilm", "raw", "data-bin", "checkpoints", "logs", "exports")
+PROG = "unifairseq-demo"
 RESULT_FILES = ("results.md", "results.json", "accuracy_vs_params.png")
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.demo", description=DOC,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser(PROG, DOC)
     ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "demo"),
                     help="where every file goes (default: <repo>/runs/demo, git-ignored); the demo's own "
                          "files and folders there are replaced on each run")
@@ -39,9 +39,8 @@ def parse_args(argv):
                     help=f"a reduced run for the tests: {QUICK_TRAIN} training examples, "
                          f"{' and '.join(QUICK_METHODS)}, {QUICK_UPDATES} updates each, still evaluated on the "
                          "full dev set")
-    ap.add_argument("--methods", default=None,
-                    help=f"comma-separated subset of {','.join(METHODS)} (default: all; --quick: "
-                         f"{','.join(QUICK_METHODS)})")
+    cli.add_methods(ap, None, default=None,
+                    what=f"a subset of {' '.join(METHODS)} (default: all; --quick: {' '.join(QUICK_METHODS)})")
     ap.add_argument("--train-examples", type=int, default=None,
                     help=f"training examples sampled (seeded) from train.tsv (default {DEFAULT_TRAIN}; "
                          f"--quick {QUICK_TRAIN}); the dev set is always complete")
@@ -77,11 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return run(a)
     except DemoError as e:
-        print(f"unifairseq demo: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(PROG, e)
     except KeyboardInterrupt:
-        print("unifairseq demo: interrupted", file=sys.stderr)
-        return 130
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return cli.INTERRUPTED
 
 
 def loadavg():
@@ -148,7 +146,7 @@ def run_parallel(jobs: int, tasks: List, fn) -> Dict:
 
 
 def run(a) -> int:
-    names = [s.strip() for s in (a.methods or ",".join(QUICK_METHODS if a.quick else METHODS)).split(",") if s.strip()]
+    names = a.methods or list(QUICK_METHODS if a.quick else METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
         raise DemoError(f"--methods: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(METHODS)}")
@@ -232,12 +230,12 @@ def run(a) -> int:
 
     failed = [r["label"] for r in rows if r["dev_accuracy"] <= data["dev_majority"]]
     if failed:
-        print(f"unifairseq demo: FAIL: not above the dev majority class: {', '.join(failed)}", file=sys.stderr)
+        print(f"{PROG}: FAIL: not above the dev majority class: {', '.join(failed)}", file=sys.stderr)
         return 1
     if a.check_mam_gap and "mam" in results and "full" in results:
         gap = 100 * (results["full"]["dev_accuracy"] - results["mam"]["dev_accuracy"])
         if gap > MAM_GAP:
-            print(f"unifairseq demo: FAIL: MAM is {gap:.2f} points behind full fine-tuning (> {MAM_GAP})",
+            print(f"{PROG}: FAIL: MAM is {gap:.2f} points behind full fine-tuning (> {MAM_GAP})",
                   file=sys.stderr)
             return 1
     return 0

@@ -18,7 +18,7 @@ Get SST-2 from the GLUE benchmark: https://gluebenchmark.com/tasks ("SST-2", SST
 download_glue_data.py --tasks SST from https://github.com/nyu-mll/GLUE-baselines.
 Unpack it so that DIR/glue/SST-2/train.tsv and DIR/glue/SST-2/dev.tsv exist, then point the demo at DIR:
 
-    UNIFAIRSEQ_DATA=DIR python -m unifairseq.demo        (or: python -m unifairseq.demo --data DIR)
+    UNIFAIRSEQ_DATA=DIR unifairseq-demo        (or: unifairseq-demo --data DIR)
 
 --data also accepts the SST-2 folder itself. The files are read in place, never copied.
 Data root searched now: {root} ({why})."""

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import List, Sequence
 
+from .. import cli
 from .common import DemoError, quiet_logging, run_logged, run_logged_cpu, tail, thread_env, tool, user_dir
 from .methods import BATCH, Method
 
@@ -172,8 +173,7 @@ def finish_main(argv: Sequence[str]) -> int:
         else:
             res["checkpoint_bytes"] = os.path.getsize(ckpt)
     except DemoError as e:
-        print(f"unifairseq demo: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-demo", e)
     print("RESULT " + json.dumps(res), flush=True)
     return 0
 

@@ -14,13 +14,13 @@ Without the data a synthetic Zipf-distributed corpus of the same shape is used (
 Both implementations get the same Python lists of ints and must return identical scores; each
 timing is the best of ``--repeat`` runs of ``corpus_rouge`` for one ROUGE type.
 """
-import argparse
 import os
 import random
 import re
 import sys
 import time
 from pathlib import Path
+from unifairseq import cli
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def _best(fn, repeat, min_time=0.2):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cli.parser("unifairseq-bench-rouge", __doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--long-pairs", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)

@@ -18,6 +18,8 @@ import sys
 
 PLUGIN_NAME = "unifairseq_plugin"
 
+PROG = "unifairseq-user-dir"
+
 
 def user_dir() -> str:
     """Absolute path of the packaged `--user-dir` plugin."""
@@ -26,22 +28,16 @@ def user_dir() -> str:
 
 def main(argv=None) -> int:
     """`unifairseq-user-dir`: print the path for `fairseq-* --user-dir "$(unifairseq-user-dir)"`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: unifairseq-user-dir\n\nPrints the path of unifairseq's fairseq plugin, for\n"
-              "  fairseq-train DATA --user-dir \"$(unifairseq-user-dir)\" ...")
-        return 0
-    if argv:
-        print(f"unifairseq-user-dir: error: unexpected argument {argv[0]!r} (see --help)", file=sys.stderr)
-        return 2
+    from unifairseq import cli
+
+    cli.parser(PROG, "Prints the path of unifairseq's fairseq plugin, for\n"
+                     "  fairseq-train DATA --user-dir \"$(unifairseq-user-dir)\" ...").parse_args(argv)
     path = user_dir()
     if not os.path.isfile(os.path.join(path, "__init__.py")):
-        print(f"unifairseq-user-dir: error: the plugin {path} is missing from this install; "
-              "reinstall unifairseq", file=sys.stderr)
-        return 1
+        return cli.error(PROG, f"the plugin {path} is missing from this install; reinstall unifairseq",
+                         cli.CHECK_FAILED)
     print(path)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

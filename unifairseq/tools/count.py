@@ -1,7 +1,7 @@
 """Parameter accounting for every method preset, read off real built models.
 
-    python -m unifairseq.tools.count                 # bart_base shapes
-    python -m unifairseq.tools.count --size large    # bart_large shapes (about 1 minute, ~4 GB)
+    unifairseq-count                      # bart_base shapes
+    unifairseq-count --size large    # bart_large shapes (about 1 minute, ~4 GB)
 
 Prints, per preset: trainable parameters (what the optimizer sees), the same after
 `unifairseq-export` would fold the prefix MLP (trainable minus the MLP), and the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Sequence
 
 import torch
@@ -20,6 +21,7 @@ from fairseq.models import build_model
 from fairseq.tasks.translation import TranslationTask
 
 import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
+from unifairseq import cli
 from unifairseq.core.presets import PRESETS
 from unifairseq.core.methods.prefix import PrefixProvider
 
@@ -54,16 +56,14 @@ def mlp_params(model) -> int:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-count", __doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    ap.add_argument("--methods", nargs="*", default=list(PRESETS), help="presets to count (default: all)")
+    cli.add_methods(ap, list(PRESETS), default=list(PRESETS), what="presets to count (default: all)")
     args = ap.parse_args(argv)
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
     torch.set_grad_enabled(False)
     rows = []
     for method in args.methods:
-        if method not in PRESETS:
-            ap.error(f"unknown method {method!r}; choose from {', '.join(PRESETS)}")
         model, _, _ = build_translation_model(f"{method}_bart_{args.size}")
         rep = model.delta_report
         rows.append((method, rep["trainable"], rep["trainable"] - mlp_params(model), rep["formula"], rep["base"]))
@@ -77,4 +77,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Write a tiny, randomly initialised *plain* BART checkpoint in the official fairseq format.
 
-    python -m unifairseq.tools.make_tiny_bart DATA_BIN OUT_PT [--layers 2 --dim 64 --ffn-dim 128 --heads 4]
+    unifairseq-make-tiny-bart DATA_BIN OUT_PT [--layers 2 --dim 64 --ffn-dim 128 --heads 4]
 
 The model is fairseq's own `bart_base` architecture (no deltas) with its sizes shrunk,
 built for the translation task over the joined dictionary `DATA_BIN/dict.{src}.txt`.
@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from typing import Optional, Sequence
+from unifairseq import cli
 
 logger = logging.getLogger("unifairseq.tools.make_tiny_bart")
 
@@ -78,8 +79,7 @@ def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int 
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.tools.make_tiny_bart", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-make-tiny-bart", __doc__)
     ap.add_argument("data_bin", metavar="DATA_BIN", help="fairseq-preprocess output dir holding dict.<lang>.txt")
     ap.add_argument("out_pt", metavar="OUT_PT", help="checkpoint file to write (e.g. tiny_bart.pt)")
     ap.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (default 2)")
@@ -108,8 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, args = build_tiny_bart(a.data_bin, a.layers, a.dim, a.ffn_dim, a.heads, a.seed,
                                       a.source_lang, a.target_lang, a.embed_std)
     except ToolError as e:
-        print(f"make_tiny_bart: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-make-tiny-bart", e)
     from fairseq import checkpoint_utils
 
     from .tiny_base import checkpoint_state

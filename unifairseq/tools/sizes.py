@@ -1,16 +1,16 @@
 """Checkpoint sizes on real model shapes: what fairseq would write for the whole model, the delta
 checkpoint that resumes training, and the exported inference file.
 
-    python -m unifairseq.tools.sizes                       # mam, lora_attn, lora_ffn on bart_base shapes
-    python -m unifairseq.tools.sizes --size large --methods mam
+    unifairseq-sizes                       # mam, lora_attn, lora_ffn on bart_base shapes
+    unifairseq-sizes --size large --methods mam
 
 One real training update is run (so the optimizer state exists), then fairseq's trainer writes
 the checkpoints exactly as fairseq-train does.
 """
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 import os
 import tempfile
 
@@ -20,7 +20,9 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks.translation import TranslationTask
 from fairseq.trainer import Trainer
 
+from unifairseq import cli
 from unifairseq.tools.count import BART_VOCAB, dummy_dictionary, parse_model_args
+from unifairseq.core.presets import PRESETS
 from unifairseq.tools.export import export_inference
 
 
@@ -53,9 +55,9 @@ def measure(method: str, size: str, workdir: str) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-sizes", __doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    ap.add_argument("--methods", nargs="*", default=["mam", "lora_attn", "lora_ffn"])
+    cli.add_methods(ap, list(PRESETS), default=["mam", "lora_attn", "lora_ffn"])
     a = ap.parse_args(argv)
     logging.getLogger("fairseq").setLevel(logging.WARNING)
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
@@ -72,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """Tiny, randomly initialised *plain* base checkpoints for the pipelines' --tiny mode.
 
-    python -m unifairseq.tools.tiny_base bart    DATA_BIN OUT_PT --source-lang source --target-lang target
-    python -m unifairseq.tools.tiny_base mbart   DATA_BIN OUT_PT --source-lang en_XX --target-lang ro_RO --langs ar_AR,...
-    python -m unifairseq.tools.tiny_base roberta DATA_BIN/input0 OUT_PT
+    unifairseq-tiny-base bart    DATA_BIN OUT_PT --source-lang source --target-lang target
+    unifairseq-tiny-base mbart   DATA_BIN OUT_PT --source-lang en_XX --target-lang ro_RO --langs ar_AR,...
+    unifairseq-tiny-base roberta DATA_BIN/input0 OUT_PT
 
 Each stands in for the released checkpoint of the paper's base model and has its layout
 (`checkpoint_state`): `bart` is fairseq's `bart_large` architecture for the
@@ -15,11 +15,11 @@ to fairseq-train.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from typing import List, Optional, Sequence
+from unifairseq import cli
 
 
 logger = logging.getLogger("unifairseq.tools.tiny_base")
@@ -116,8 +116,7 @@ def build(kind: str, data: str, layers: int = 2, dim: int = 64, ffn_dim: int = 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.tools.tiny_base", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-tiny-base", __doc__)
     ap.add_argument("kind", choices=("bart", "mbart", "roberta"))
     ap.add_argument("data", metavar="DATA", help="fairseq-preprocess output (GLUE: its input0/ folder)")
     ap.add_argument("out_pt", metavar="OUT_PT")
@@ -138,8 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, args = build(a.kind, a.data, a.layers, a.dim, a.ffn_dim, a.heads, a.seed, a.source_lang,
                             a.target_lang, a.langs, a.max_positions, a.embed_std)
     except TinyBaseError as e:
-        print(f"tiny_base: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-tiny-base", e)
     from fairseq import checkpoint_utils
 
     os.makedirs(os.path.dirname(os.path.abspath(a.out_pt)), exist_ok=True)
