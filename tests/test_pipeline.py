@@ -200,12 +200,20 @@ def test_train_commands_follow_the_paper(fake_fairseq):
     assert proc.returncode == 0, proc.stderr
     assert (opt(a, "--arch"), opt(a, "--batch-size"), opt(a, "--update-freq")) == ("bart_large", "16", "4")
     assert "--cpu" in a and "--fp16" not in a and a[-2:] == ["--lr", "1e-5"]  # pass-through comes last
+    # --batch-size caps the per-GPU batch (update-freq grows to keep 64); the old --per-gpu-batch still works
+    for spelling in ("--batch-size", "--per-gpu-batch"):
+        proc, a = run("train_xsum", "mam", "--data", d["xsum"], "--base", d["base"], spelling, "8", gpus=0)
+        assert proc.returncode == 0, proc.stderr
+        assert (opt(a, "--batch-size"), opt(a, "--update-freq")) == ("8", "8")
+        assert ("is now spelled --batch-size" in proc.stderr) == (spelling == "--per-gpu-batch")
     proc, a = run("train_xsum", "mam", "--data", d["xsum"], "--base", d["base"], "--gpus", "3")
     assert proc.returncode == 2 and "cannot split the batch of 64 over 3 GPUs" in proc.stderr and a is None
     # en-ro, 8 GPUs: 2048 tokens x 8 = 16384
     proc, a = run("train_enro", "full", "--data", d["enro"], "--base", d["base"], gpus=8)
     assert proc.returncode == 0, proc.stderr
     assert (opt(a, "--max-tokens"), opt(a, "--update-freq"), opt(a, "--arch")) == ("2048", "1", "mbart_large")
+    proc, b = run("train_enro", "full", "--data", d["enro"], "--base", d["base"], "--max-tokens", "1024", gpus=8)
+    assert proc.returncode == 0 and (opt(b, "--max-tokens"), opt(b, "--update-freq")) == ("1024", "2"), proc.stderr
     assert {"--encoder-normalize-before", "--decoder-normalize-before", "--layernorm-embedding"} <= set(a)
     assert (opt(a, "--task"), opt(a, "--adam-betas"), opt(a, "--clip-norm"), opt(a, "--max-update")) == \
         ("translation_mbart", "(0.9, 0.98)", "1.0", "50000")
