@@ -205,6 +205,11 @@ def test_wheel_in_a_fresh_venv_trains_and_generates_outside_the_checkout(tmp_pat
     assert not inside, f"the checkout is on the venv's sys.path: {inside}"
     user_dir = step("unifairseq-user-dir", ["unifairseq-user-dir"]).stdout.strip()
     assert Path(user_dir).is_relative_to(Path(site)) and (Path(user_dir) / "__init__.py").is_file(), user_dir
+    # every console script of pyproject.toml is installed and starts outside the checkout
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in scripts:
+        usage = step(f"{name} --help", [name, "--help"]).stdout
+        assert usage.startswith(f"usage: {name}"), usage[:200]
 
     # 4. tiny real data and a tiny random plain BART, with the venv's own tools
     n_test = tiny_corpus(work / "raw")
@@ -212,7 +217,7 @@ def test_wheel_in_a_fresh_venv_trains_and_generates_outside_the_checkout(tmp_pat
                                 "--trainpref", "raw/train", "--validpref", "raw/valid", "--testpref", "raw/test",
                                 "--destdir", "data-bin", "--joined-dictionary", "--nwordssrc", "1000",
                                 "--nwordstgt", "1000", "--workers", "1"])
-    step("make_tiny_bart", [vpy, "-m", "unifairseq.tools.make_tiny_bart", "data-bin", "tiny_bart.pt",
+    step("unifairseq-make-tiny-bart", ["unifairseq-make-tiny-bart", "data-bin", "tiny_bart.pt",
                             "--layers", "2", "--dim", "32", "--ffn-dim", "64", "--heads", "4", "--seed", "0"])
 
     # 5. fairseq-train --user-dir "$(unifairseq-user-dir)": a LoRA delta, only the delta in the checkpoint

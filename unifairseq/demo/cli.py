@@ -15,7 +15,7 @@ from .. import cli
 from . import __doc__ as DOC
 from . import common
 from .budget import Budget
-from .common import REPO, DemoError, emit, quiet_logging, say
+from .common import DemoError, default_workdir, emit, quiet_logging, say
 from .data import find_sst2, read_sst2_tsv, stage_data
 from .methods import (BATCH, DEFAULT_BUDGET, DEFAULT_TRAIN, MAM_GAP, METHODS, QUICK_BUDGET, QUICK_METHODS, QUICK_TRAIN,
                       QUICK_UPDATES, Method)
@@ -29,8 +29,8 @@ RESULT_FILES = ("results.md", "results.json", "accuracy_vs_params.png")
 
 def parse_args(argv):
     ap = cli.parser(PROG, DOC)
-    ap.add_argument("--workdir", default=os.path.join(REPO, "runs", "demo"),
-                    help="where every file goes (default: <repo>/runs/demo, git-ignored); the demo's own "
+    ap.add_argument("--workdir", default=default_workdir(),
+                    help="where every file goes (default: <checkout>/runs/demo, git-ignored, or ./runs/demo after a pip install); the demo's own "
                          "files and folders there are replaced on each run")
     ap.add_argument("--data", default=None,
                     help="data root holding glue/SST-2/{train,dev}.tsv, or that SST-2 folder itself "

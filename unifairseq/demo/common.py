@@ -12,6 +12,8 @@ from typing import Sequence
 
 from ..data.tsv import REPO
 
+RUN_DIR = REPO if os.path.isdir(REPO) else os.getcwd()  # where the tool processes start
+
 PRINT_LOCK = threading.Lock()
 
 
@@ -61,11 +63,19 @@ def tool(name: str) -> str:
 
 
 def user_dir() -> str:
-    path = os.path.join(REPO, "user_dir")
+    """The packaged --user-dir plugin: the same in a checkout and after a plain pip install."""
+    from ..plugin import user_dir as packaged
+
+    path = packaged()
     if not os.path.isfile(os.path.join(path, "__init__.py")):
-        raise DemoError(f"the fairseq --user-dir shim {path} is missing (run the demo from a checkout of the "
-                        "repository, installed with scripts/install.sh)")
+        raise DemoError(f"the fairseq --user-dir plugin {path} is missing from this install; reinstall unifairseq")
     return path
+
+
+def default_workdir() -> str:
+    """<checkout>/runs/demo in a checkout (git-ignored there), else ./runs/demo."""
+    checkout = os.path.isfile(os.path.join(REPO, "pyproject.toml")) and os.path.isdir(os.path.join(REPO, "scripts"))
+    return os.path.join(REPO if checkout else os.getcwd(), "runs", "demo")
 
 
 def quiet_logging() -> None:
@@ -95,7 +105,7 @@ def run_logged_cpu(cmd: Sequence[str], log_path: str, echo=None, prefix: str = "
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO, env=env or thread_env(1), bufsize=1)
+                                cwd=RUN_DIR, env=env or thread_env(1), bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
