@@ -90,7 +90,10 @@ def test_plugin_folder_and_console_script(capsys):
     assert {p.name for p in path.parent.iterdir()} - {"__pycache__"} == {"__init__.py", PLUGIN_NAME}
     assert not (path / "models").exists() and not (path / "tasks").exists()  # fairseq would import them again
     assert main([]) == 0 and capsys.readouterr().out == f"{path}\n"
-    assert main(["x"]) == 2 and "unexpected argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unifairseq-user-dir: error: unrecognized arguments: x" in err, err
 
 
 def test_fairseq_imports_the_plugin(monkeypatch):
