@@ -168,7 +168,13 @@ def test_delta_merged_and_peft(arch, flags, family, tmp_path):
     for k in ours:
         assert torch.equal(ours[k], theirs[k].float()), k
     # peft's merge equals our merged export
-    unloaded = pm.merge_and_unload().eval()
+    if arch == "ia3_roberta_base":
+        # peft 0.21.2's IA3 merge_and_unload fails on the modules_to_save wrapper of the head (AttributeError:
+        # 'RobertaClassificationHead' object has no attribute 'weight'); merge_adapter merges the same in place
+        pm.merge_adapter()
+        unloaded = pm.get_base_model()
+    else:
+        unloaded = pm.merge_and_unload().eval()
     d_unload = hf_diff(unloaded, ref, inputs, keep)
     mw = dict(hf_merged.state_dict())
     w_diff = max((v - mw[k]).abs().max().item() for k, v in unloaded.state_dict().items() if k in mw)
