@@ -216,3 +216,112 @@ def test_unmergeable_and_non_peft_deltas_are_refused_with_the_alternatives(tmp_p
 def export_err(tmp_path, ckpt, extra, capsys):
     assert export_main(["hf", str(ckpt), str(tmp_path / "x"), *extra]) == 2
     return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the round trip
+def _hf_bart(src):
+    """A tiny random HF BART whose specials are not fairseq's 0..3 (so the vocabulary is really permuted)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+
+    from test_hf_import import CORPUS, perturb, save_fast_tokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False,
+                            special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<mask>"])
+    tok.post_processor = RobertaProcessing(("</s>", 3), ("<s>", 2))
+    save_fast_tokenizer(tok._tokenizer, src, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    cfg = transformers.BartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=2, decoder_layers=2,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                  decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
+                                  eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=3)
+    torch.manual_seed(4)
+    hf = perturb(transformers.BartForConditionalGeneration(cfg)).eval()
+    hf.save_pretrained(str(src))
+    return hf
+
+
+@pytest.mark.slow
+def test_round_trip_hf_import_train_lora_export_peft(tmp_path):
+    """HF folder -> unifairseq-import-hf -> fairseq-train a LoRA delta (a few updates) -> unifairseq-export hf
+    --peft --hf-vocab -> the original HF folder + the peft adapter (and the merged folder) give the fairseq
+    delta model's logits."""
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+
+    from env import BIN, REPO, tool_env
+    from test_hf_import import CORPUS
+    from unifairseq.convert.hf_tokenize import HFTokenizer
+
+    src, imp, data = tmp_path / "hf", tmp_path / "imported", tmp_path / "data"
+    hf = _hf_bart(src)
+    env = tool_env(OMP_NUM_THREADS="1")
+
+    def run(*cmd):
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p
+
+    log = run(sys.executable, "-m", "unifairseq.convert.hf_import", src, imp).stderr
+    flags = log.split("fairseq-train flags: ")[1].split(" --restore-file")[0].split()
+    assert flags[:2] == ["--arch", "bart_large"]
+    tok = HFTokenizer(str(src), str(imp / "dict.txt"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for side, lines in (("source", CORPUS), ("target", list(reversed(CORPUS)))):
+        (raw / f"train.{side}").write_text("\n".join(tok.encode_lines(lines)) + "\n")
+    run(BIN / "fairseq-preprocess", "-s", "source", "-t", "target", "--trainpref", raw / "train",
+        "--validpref", raw / "train", "--srcdict", imp / "dict.txt", "--tgtdict", imp / "dict.txt",
+        "--destdir", data, "--workers", "1")
+    save = tmp_path / "ckpt"
+    run(BIN / "fairseq-train", data, "--user-dir", REPO / "user_dir", "--task", "translation", "-s", "source",
+        "-t", "target", "--arch", "lora_attn_bart_large", *flags[2:], "--attn-bn", "4", "--lora-dropout", "0",
+        "--finetune-from-model", imp / "model.pt", "--optimizer", "adam", "--lr", "0.05", "--max-update", "4",
+        "--batch-size", "4", "--required-batch-size-multiple", "1", "--save-dir", save, "--no-epoch-checkpoints",
+        "--cpu", "--seed", "1", "--num-workers", "0", "--disable-validation", "--log-format", "simple")
+    ckpt = save / "checkpoint_last.pt"
+    out, merged = tmp_path / "peft", tmp_path / "merged"
+    run(sys.executable, "-m", "unifairseq.tools.export", "hf", ckpt, out, "--peft", "--hf-vocab", src)
+    run(sys.executable, "-m", "unifairseq.tools.export", "hf", ckpt, merged, "--hf-vocab", src)
+
+    # the exported base is the original HF model, tensor for tensor, in the original vocabulary order
+    back = load_file(str(out / "base" / "model.safetensors"))
+    orig = hf.state_dict()
+    assert all(torch.equal(back[k], orig[k]) for k in back if k in orig) and "model.shared.weight" in back
+    assert (out / "base" / "tokenizer.json").is_file() and (merged / "tokenizer.json").is_file()
+
+    from fairseq import checkpoint_utils
+
+    [model], _, _ = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)])
+    model.eval()
+    src_ids, tgt_ids = tok.encode_hf(CORPUS[:3]), tok.encode_hf(CORPUS[3:6], add_special_tokens=False)
+    pad = hf.config.pad_token_id
+
+    def batch(seqs, pad_id, first=None):
+        seqs = [([first] if first is not None else []) + s for s in seqs]
+        b = torch.full((len(seqs), max(map(len, seqs))), pad_id)
+        for i, s in enumerate(seqs):
+            b[i, :len(s)] = torch.tensor(s)
+        return b
+
+    hf_src, hf_prev = batch(src_ids, pad), batch(tgt_ids, pad, hf.config.eos_token_id)
+    to_fs = torch.tensor([tok.vocab.hf_to_fairseq[i] for i in range(hf.config.vocab_size)])
+    fs_src, fs_prev = to_fs[hf_src], to_fs[hf_prev]
+    keep = hf_prev.ne(pad)
+    with torch.no_grad():
+        fs_logits = model(fs_src, fs_src.ne(1).sum(1), fs_prev)[0][..., to_fs]  # columns in HF order
+        inputs = dict(input_ids=hf_src, attention_mask=hf_src.ne(pad), decoder_input_ids=hf_prev)
+        base_logits = hf(**inputs).logits
+        pm = PeftModel.from_pretrained(transformers.BartForConditionalGeneration.from_pretrained(str(src)),
+                                       str(out / "adapter")).eval()
+        d_peft = (pm(**inputs).logits - fs_logits)[keep].abs().max().item()
+        hm = transformers.BartForConditionalGeneration.from_pretrained(str(merged)).eval()
+        d_merged = (hm(**inputs).logits - fs_logits)[keep].abs().max().item()
+    moved = (base_logits - fs_logits)[keep].abs().max().item()
+    print(f"\nround trip: peft on the original HF folder vs fairseq {d_peft:.2e}, merged {d_merged:.2e}; "
+          f"the trained LoRA moves the logits by {moved:.2e}")
+    assert moved > 1e-2  # the delta is trained, not a no-op
+    assert max(d_peft, d_merged) <= TOL
