@@ -1,6 +1,7 @@
 """unifairseq-export hf: fairseq BART / mBART / RoBERTa (base, merged delta) -> transformers, and LoRA /
 DoRA / (IA)³ deltas -> peft adapters. Every check runs the exported folder in transformers (and peft)
 and compares with the fairseq model on the same input, to 1e-4. Nothing is downloaded."""
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,7 +129,10 @@ DELTAS = [("lora_attn_bart_base", ["--attn-bn", "4"], "bart"),
           ("ia3_mbart_large", [], "mbart"),
           ("lora_ffn_roberta_base", ["--ffn-bn", "8"], "roberta"),
           ("lora_attn_roberta_base", ["--attn-bn", "4"], "roberta"),
-          ("ia3_roberta_base", [], "roberta")]
+          ("ia3_roberta_base", [], "roberta"),
+          # attention and FFN LoRA of different ranks: one alpha, per-module r (peft's rank_pattern)
+          ("delta_bart_base", ["--attn-mode", "lora", "--ffn-mode", "lora", "--attn-bn", "4", "--ffn-bn", "8",
+                               "--lora-alpha", "12"], "bart")]
 
 
 def delta(arch, flags, family, tmp_path):
@@ -141,7 +145,8 @@ def delta(arch, flags, family, tmp_path):
     return model.eval(), task, ckpt
 
 
-@pytest.mark.parametrize("arch,flags,family", DELTAS, ids=[d[0] for d in DELTAS])
+@pytest.mark.parametrize("arch,flags,family", DELTAS, ids=[d[0] if d[0] != "delta_bart_base" else "lora_attn4+ffn8"
+                                                         for d in DELTAS])
 def test_delta_merged_and_peft(arch, flags, family, tmp_path):
     from peft import PeftModel, get_peft_model_state_dict
 
@@ -157,6 +162,11 @@ def test_delta_merged_and_peft(arch, flags, family, tmp_path):
     out = tmp_path / "peft"
     assert export_main(["hf", str(ckpt), str(out), "--peft"]) == 0
     assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(out / "base")
+    if cfg["peft_type"] == "LORA":  # unifairseq's s = alpha / r is peft's lora_alpha / r: the same alpha
+        scales = {m.scaling for m in model.modules() if type(m).__name__ in ("LoRA", "DoRA")}
+        assert {cfg["lora_alpha"] / r for r in [cfg["r"], *cfg["rank_pattern"].values()]} == scales
     base_cls = type(hf_merged)  # the task class (with the head for RoBERTa)
     base_model = base_cls.from_pretrained(str(out / "base"))
     pm = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()
