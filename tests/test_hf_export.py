@@ -123,6 +123,30 @@ def test_base_checkpoint_to_transformers(family, head, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
+def test_bart_classification_head(tmp_path):
+    """fairseq BART + classification_heads.NAME -> BartForSequenceClassification: both read the decoder state
+    at the last </s>, with the source shifted right (</s> first) as the decoder input."""
+    model, task, args = tiny_model("bart_base")
+    model.register_classification_head("mnli", num_classes=3)
+    perturb_all(model)
+    ckpt = tmp_path / "model.pt"
+    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [], "extra_state": {},
+                           "last_optimizer_state": None}, str(ckpt))
+    out = tmp_path / "hf"
+    assert export_main(["hf", str(ckpt), str(out)]) == 0
+    hf = hf_class(str(out)).from_pretrained(str(out)).eval()
+    assert type(hf).__name__ == "BartForSequenceClassification" and hf.config.num_labels == 3
+    d = task.source_dictionary
+    src = torch.randint(d.nspecial, len(d), (3, 7), generator=torch.Generator().manual_seed(5))
+    src[:, -1] = d.eos()
+    prev = torch.cat([src[:, -1:], src[:, :-1]], dim=1)  # fairseq's sentence_prediction decoder input
+    with torch.no_grad():
+        ref = model(src, torch.full((3,), 7), prev, features_only=True, classification_head_name="mnli")[0]
+        got = hf(input_ids=src).logits
+    print(f"\nBART + head: max|diff| {(got - ref).abs().max().item():.2e}")
+    assert got.shape == ref.shape and (got - ref).abs().max() <= TOL
+
+
 # ------------------------------------------------------------------ deltas
 DELTAS = [("lora_attn_bart_base", ["--attn-bn", "4"], "bart"),
           ("dora_attn_bart_base", ["--attn-bn", "4"], "bart"),
@@ -335,3 +359,77 @@ def test_round_trip_hf_import_train_lora_export_peft(tmp_path):
           f"the trained LoRA moves the logits by {moved:.2e}")
     assert moved > 1e-2  # the delta is trained, not a no-op
     assert max(d_peft, d_merged) <= TOL
+
+
+def test_gpt2_bpe_tokenizer_files(tmp_path):
+    """--bpe-dir: a fairseq RoBERTa over a GPT-2-BPE dictionary (symbols = BPE ids, in fairseq's count order)
+    gets vocab.json + merges.txt with which transformers' tokenizer gives fairseq's ids (GPT-2 BPE +
+    dictionary), and the model gives fairseq's logits on them. The BPE files are a small byte-level BPE
+    trained here in GPT-2's file format (encoder.json + vocab.bpe)."""
+    from fairseq.data import Dictionary
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+    from tokenizers import ByteLevelBPETokenizer
+
+    from test_hf_import import CORPUS, SENTENCES
+
+    bpe_dir = tmp_path / "gpt2"
+    bpe_dir.mkdir()
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(CORPUS, vocab_size=280, min_frequency=1, show_progress=False)
+    tok.save_model(str(bpe_dir))
+    os.rename(bpe_dir / "vocab.json", bpe_dir / "encoder.json")
+    os.rename(bpe_dir / "merges.txt", bpe_dir / "vocab.bpe")
+    enc = get_encoder(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"))
+    d = Dictionary()
+    for line in CORPUS + SENTENCES:
+        for i in enc.encode(line):
+            d.add_symbol(str(i))
+    d.finalize()  # fairseq's order: by count, not by BPE id
+    d.save(str(tmp_path / "dict.txt"))
+    d = Dictionary.load(str(tmp_path / "dict.txt"))
+    model, task, args = tiny_roberta("roberta_base", dictionary=d)
+    del model.classification_heads[HEAD]
+    perturb_all(model)
+    ckpt = tmp_path / "model.pt"
+    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [], "extra_state": {},
+                           "last_optimizer_state": None}, str(ckpt))
+    out = tmp_path / "hf"
+    assert export_main(["hf", str(ckpt), str(out), "--bpe-dir", str(bpe_dir), "--dict", str(tmp_path / "dict.txt")]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    fs_ids = [[d.bos()] + d.encode_line(" ".join(map(str, enc.encode(s))), add_if_not_exist=False).tolist()
+              for s in SENTENCES]  # what fairseq's RoBERTa hub.encode gives: <s> BPE ids </s>
+    assert hf_tok(SENTENCES)["input_ids"] == fs_ids
+    assert d.unk() not in sum(fs_ids, [])
+    batch = hf_tok(SENTENCES, padding=True, return_tensors="pt")
+    hf = transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval()
+    keep = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ref = model(batch["input_ids"])[0]
+    assert hf_diff(hf, ref, dict(batch), keep) <= TOL
+
+
+def test_hf_vocab_restores_the_imported_folder(tmp_path, capsys):
+    """unifairseq-import-hf then export hf --hf-vocab: the very tensors of the original HF folder (rows back
+    in its order, its tokenizer files); a dictionary that is not the importer's is refused."""
+    from unifairseq.convert import hf_import
+
+    src, imp = tmp_path / "hf", tmp_path / "imported"
+    hf = _hf_bart(src)
+    hf_import.convert(str(src), str(imp))
+    out = tmp_path / "back"
+    assert export_main(["hf", str(imp / "model.pt"), str(out), "--hf-vocab", str(src)]) == 0
+    back, orig = load_file(str(out / "model.safetensors")), hf.state_dict()
+    assert set(back) <= set(orig) and "model.shared.weight" in back
+    assert all(torch.equal(back[k], orig[k]) for k in back)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+    again = transformers.AutoConfig.from_pretrained(str(out))
+    assert (again.pad_token_id, again.bos_token_id, again.eos_token_id) == (1, 2, 3)
+    # another dictionary: refused, nothing written
+    lines = (imp / "dict.txt").read_text().splitlines()
+    (tmp_path / "other.txt").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    assert export_main(["hf", str(imp / "model.pt"), str(tmp_path / "x"), "--hf-vocab", str(src),
+                        "--dict", str(tmp_path / "other.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the one unifairseq-import-hf made" in err and "first difference at index 4" in err, err
+    assert not (tmp_path / "x").exists()
