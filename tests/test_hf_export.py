@@ -121,6 +121,13 @@ def test_base_checkpoint_to_transformers(family, head, tmp_path):
     assert export_main(["hf", str(ckpt), str(out)]) == 2
     assert export_main(["hf", str(ckpt), str(out), "--force"]) == 0
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    # --force never removes a folder that holds an input, nor replaces a file
+    with pytest.raises(HFExportError, match="holds the input"):
+        export_hf(str(ckpt), str(tmp_path), force=True)
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(HFExportError, match="is not a folder"):
+        export_hf(str(ckpt), str(tmp_path / "file"), force=True)
+    assert ckpt.is_file() and (tmp_path / "file").read_text() == "keep"
 
 
 def test_bart_classification_head(tmp_path):

@@ -51,12 +51,18 @@ def _dict_symbols(dict_path: Optional[str], base_path: Optional[str]):
 
 
 class _Folder:
-    """A staging folder beside OUT, renamed onto OUT at the end (the old OUT removed only with force)."""
+    """A staging folder beside OUT, renamed onto OUT at the end (the old OUT removed only with force, and
+    never when it holds one of the inputs)."""
 
-    def __init__(self, out: str, force: bool):
+    def __init__(self, out: str, force: bool, inputs=()):
         self.out = os.path.abspath(out)
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise HFExportError(f"{out} exists and is not a folder; OUT is a folder (config.json, model.safetensors)")
         if os.path.exists(self.out) and not force:
             raise HFExportError(f"refusing to overwrite {out}; pass --force to replace it")
+        for path in inputs:
+            if path and os.path.commonpath([self.out, os.path.abspath(path)]) == self.out:
+                raise HFExportError(f"the output folder {out} holds the input {path}; write the export elsewhere")
         os.makedirs(os.path.dirname(self.out), exist_ok=True)
         self.force = force
 
@@ -92,8 +98,6 @@ def _plain_args(state, fallback=None):
 def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool = False, peft: bool = False,
               head: Optional[str] = None, hf_vocab: Optional[str] = None, dict_path: Optional[str] = None,
               bpe_dir: Optional[str] = None, peft_base_name: Optional[str] = None, force: bool = False) -> dict:
-    if os.path.abspath(out) == os.path.abspath(ckpt):
-        raise HFExportError(f"the output {out!r} is the input file; write the export to a new folder")
     state = load_checkpoint_file(ckpt)
     is_delta = FINGERPRINT_KEY in state["model"]
     if (base_only or peft) and not is_delta:
@@ -104,7 +108,7 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
         base_state = load_base_for(state, ckpt, base)
         base_path = _base_path(state, base)
     kw = dict(hf_vocab_dir=hf_vocab, dict_symbols=_dict_symbols(dict_path, base_path))
-    with _Folder(out, force) as stage:
+    with _Folder(out, force, (ckpt, base_path, dict_path, hf_vocab, bpe_dir)) as stage:
         if not is_delta:
             hf = to_hf(state["model"], _plain_args(state), head=head, **kw)
             save(hf, stage, kw["dict_symbols"], bpe_dir)
