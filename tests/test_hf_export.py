@@ -130,6 +130,27 @@ def test_base_checkpoint_to_transformers(family, head, tmp_path):
     assert ckpt.is_file() and (tmp_path / "file").read_text() == "keep"
 
 
+def test_legacy_roberta_names_convert_as_fairseq_loads_them(tmp_path):
+    """A pre-0.10 RoBERTa file (decoder.*, emb_layer_norm, fused in_proj_weight, as the released roberta.*
+    checkpoints): converted as fairseq's loader upgrades it, to the same outputs."""
+    model, task, args = plain("roberta", head=False)
+    old = {}
+    for k, v in model.state_dict().items():
+        k = "decoder." + k[len("encoder."):] if k.startswith("encoder.") else k
+        old[k.replace(".layernorm_embedding.", ".emb_layer_norm.")] = v
+    for k in [k for k in old if k.endswith("self_attn.q_proj.weight") or k.endswith("self_attn.q_proj.bias")]:
+        stem, kind = k.rsplit(".q_proj.", 1)
+        old[f"{stem}.in_proj_{kind}"] = torch.cat([old.pop(f"{stem}.{p}_proj.{kind}") for p in "qkv"])
+    assert not any(".q_proj." in k or k.startswith("encoder.") for k in old)
+    ckpt = tmp_path / "model.pt"
+    torch_persistent_save({"args": args, "model": old, "optimizer_history": [], "extra_state": {},
+                           "last_optimizer_state": None}, str(ckpt))
+    out = tmp_path / "hf"
+    assert export_main(["hf", str(ckpt), str(out)]) == 0
+    ref, inputs, keep = fairseq_out(model, "roberta", task.source_dictionary)
+    assert hf_diff(transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval(), ref, inputs, keep) <= TOL
+
+
 def test_bart_classification_head(tmp_path):
     """fairseq BART + classification_heads.NAME -> BartForSequenceClassification: both read the decoder state
     at the last </s>, with the source shifted right (</s> first) as the decoder input."""

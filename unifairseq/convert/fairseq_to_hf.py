@@ -56,6 +56,27 @@ def resolved_args(args) -> argparse.Namespace:
     return ns
 
 
+def upgrade_legacy(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The renames fairseq's own loaders apply to pre-0.10 files (released roberta.* checkpoints among them),
+    done here on the state dict so that such a file converts as fairseq would load it: RoBERTa's `decoder.` ->
+    `encoder.`, `emb_layer_norm` -> `layernorm_embedding`, `layer_norms.0/1` -> `self_attn_layer_norm` /
+    `final_layer_norm`, a fused `in_proj_weight/bias` split into q, k, v (MultiheadAttention's upgrade)."""
+    roberta = "decoder.sentence_encoder.embed_tokens.weight" in sd
+    out = {}
+    for k, v in sd.items():
+        if roberta and k.startswith("decoder."):
+            k = "encoder." + k[len("decoder."):]
+        k = k.replace(".emb_layer_norm.", ".layernorm_embedding.")
+        k = k.replace(".layer_norms.0.", ".self_attn_layer_norm.").replace(".layer_norms.1.", ".final_layer_norm.")
+        if k.endswith((".in_proj_weight", ".in_proj_bias")):
+            stem, kind = k.rsplit(".in_proj_", 1)
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
+                out[f"{stem}.{name}.{kind}"] = part.clone()
+            continue
+        out[k] = v
+    return out
+
+
 def family_of(sd: Dict[str, torch.Tensor]) -> str:
     if RSE + "embed_tokens.weight" in sd:
         return "roberta"
@@ -157,6 +178,7 @@ def to_hf(sd: Dict[str, torch.Tensor], args, head: Optional[str] = None, hf_voca
           dict_symbols: Optional[Sequence[str]] = None) -> HFModel:
     """fairseq state dict + its model args -> HFModel. `head`: which classification head to export
     (default: the only one; none = the LM model)."""
+    sd = upgrade_legacy(sd)
     family = family_of(sd)
     a = resolved_args(args)
     heads = _heads(sd)

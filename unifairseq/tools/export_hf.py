@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf
+from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
                                      refuse_unmergeable)
@@ -156,7 +156,7 @@ def _export_peft(state, base_state, stage, final_out, head, kw, bpe_dir, peft_ba
                             f"the merged model instead (drop --peft) for LoRA/DoRA/(IA)³/BitFit; prefixes, adapters, "
                             f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}")
     peft_type = kinds.pop()
-    delta_sd, base_sd = state["model"], base_state["model"]
+    delta_sd, base_sd = state["model"], upgrade_legacy(base_state["model"])
     heads = sorted({k.split(".")[1] for k in delta_sd if k.startswith(HEAD_PREFIX)})
     if head is None and len(heads) > 1:
         raise HFExportError(f"the delta has {len(heads)} classification heads ({', '.join(heads)}); name one with --head")
