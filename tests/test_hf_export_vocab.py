@@ -200,3 +200,34 @@ def test_hf_vocab_restores_the_imported_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not the one unifairseq-import-hf made" in err and "first difference at index 4" in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_hf_vocab_mbart_language_codes(tmp_path):
+    """mBART: the importer names the language codes [xx_YY] (fairseq's --langs symbols); --hf-vocab puts
+    those rows back at the HF ids of xx_YY, so the exported folder is the original one."""
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    from test_hf_import import CORPUS, perturb, save_fast_tokenizer
+    from unifairseq.convert import hf_import
+
+    src, imp = tmp_path / "hf", tmp_path / "imported"
+    tok = SentencePieceUnigramTokenizer()
+    tok.train_from_iterator(CORPUS, vocab_size=120, show_progress=False, unk_token="<unk>",
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    tok.add_special_tokens(["en_XX", "ro_RO", "<mask>"])
+    save_fast_tokenizer(tok._tokenizer, src, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                        unk_token="<unk>", mask_token="<mask>")
+    cfg = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                   decoder_ffn_dim=64, max_position_embeddings=64, scale_embedding=True)
+    torch.manual_seed(5)
+    hf = perturb(transformers.MBartForConditionalGeneration(cfg)).eval()
+    hf.save_pretrained(str(src))
+    hf_import.convert(str(src), str(imp))
+    assert "[en_XX]" in (imp / "dict.txt").read_text().split()
+    out = tmp_path / "back"
+    assert export_main(["hf", str(imp / "model.pt"), str(out), "--hf-vocab", str(src)]) == 0
+    back, orig = load_file(str(out / "model.safetensors")), hf.state_dict()
+    assert "model.encoder.layer_norm.weight" in back and "model.shared.weight" in back
+    assert all(torch.equal(back[k], orig[k]) for k in back)
+    assert transformers.AutoConfig.from_pretrained(str(out)).scale_embedding is True
