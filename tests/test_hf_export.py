@@ -278,3 +278,15 @@ def test_unmergeable_and_non_peft_deltas_are_refused_with_the_alternatives(tmp_p
 def export_err(tmp_path, ckpt, extra, capsys):
     assert export_main(["hf", str(ckpt), str(tmp_path / "x"), *extra]) == 2
     return capsys.readouterr().err
+
+
+def test_adapters_export_refuses_what_adapters_computes_otherwise(tmp_path, capsys):
+    for i, (arch, flags, family, why) in enumerate([
+            ("pfeiffer_bart_base", ["--ffn-bn", "8"], "bart", "only a parallel FFN adapter alone"),
+            ("scaled_pa_mbart_large", ["--ffn-bn", "8"], "mbart", "only post-LN BART was checked"),
+            ("lora_attn_bart_base", ["--attn-bn", "4"], "bart", "only a parallel FFN adapter alone")]):
+        sub = tmp_path / str(i)
+        sub.mkdir()
+        _, _, ckpt = delta(arch, flags, family, sub)
+        assert why in export_err(sub, ckpt, ["--adapters"], capsys)
+        assert not (sub / "x").exists()

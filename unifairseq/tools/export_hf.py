@@ -33,7 +33,8 @@ from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, line
                                      refuse_unmergeable)
 
 ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "
-                    "transformers 5.24 (adapters 1.3.0, its newest release, requires transformers~=4.57.6)")
+                    "transformers 5.24 (adapters 1.3.0, its newest release, requires transformers~=4.57.6); for "
+                    "fairseq, `unifairseq-export inference CKPT OUT.pt` writes the small delta file")
 PEFT_METHODS = {"lora": "LORA", "dora": "LORA", "ia3": "IA3"}
 
 
@@ -97,12 +98,15 @@ def _plain_args(state, fallback=None):
 
 def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool = False, peft: bool = False,
               head: Optional[str] = None, hf_vocab: Optional[str] = None, dict_path: Optional[str] = None,
-              bpe_dir: Optional[str] = None, peft_base_name: Optional[str] = None, force: bool = False) -> dict:
+              bpe_dir: Optional[str] = None, peft_base_name: Optional[str] = None, force: bool = False,
+              adapters: bool = False) -> dict:
+    if sum((base_only, peft, adapters)) > 1:
+        raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
     state = load_checkpoint_file(ckpt)
     is_delta = FINGERPRINT_KEY in state["model"]
-    if (base_only or peft) and not is_delta:
-        raise HFExportError(f"{ckpt!r} is a plain fairseq checkpoint (no delta); --base-only/--peft need a delta "
-                            "checkpoint; drop them to convert this model as it is")
+    if (base_only or peft or adapters) and not is_delta:
+        raise HFExportError(f"{ckpt!r} is a plain fairseq checkpoint (no delta); --base-only/--peft/--adapters need "
+                            "a delta checkpoint; drop them to convert this model as it is")
     base_path = ckpt
     if is_delta:
         base_state = load_base_for(state, ckpt, base)
@@ -115,6 +119,11 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
         elif base_only:
             hf = to_hf(base_state["model"], _plain_args(base_state, state), **kw)
             save(hf, stage, kw["dict_symbols"], bpe_dir)
+        elif adapters:
+            from unifairseq.tools.export_adapters import export_adapters
+
+            hf = export_adapters(state, base_state, delta_plan(state), stage, kw, bpe_dir,
+                                 _plain_args(base_state, state))
         elif peft:
             hf = _export_peft(state, base_state, stage, os.path.abspath(out), head, kw, bpe_dir, peft_base_name)
         else:
@@ -124,7 +133,9 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
             except DeltaCheckpointError as e:
                 raise HFExportError(f"no transformers folder for this delta. {e}. For Hugging Face: LoRA, DoRA and "
                                     f"(IA)³ deltas export merged or as peft adapters (--peft); prefixes, adapters, "
-                                    f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}") from None
+                                    f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}; a "
+                                    "parallel FFN adapter (pa_ffn, scaled_pa) alone exports for it with --adapters"
+                                    ) from None
             merged_path = os.path.join(stage, "merged.pt")
             export_merge(ckpt, merged_path, base)  # the one merge (tools/export.py): heads travel with it
             merged = load_checkpoint_file(merged_path)
@@ -229,6 +240,9 @@ def add_parser(sub) -> None:
     p.add_argument("--base", help="base checkpoint of a delta (default: the path recorded in CKPT)")
     p.add_argument("--base-only", action="store_true", help="export the delta's base model only")
     p.add_argument("--peft", action="store_true", help="LoRA/DoRA/(IA)³: OUT/base + OUT/adapter (peft) instead of merging")
+    p.add_argument("--adapters", action="store_true",
+                   help="pa_ffn / scaled_pa on BART: OUT/base + OUT/adapter in AdapterHub adapters' format (for a "
+                        "transformers 4.57 + adapters 1.3.0 environment)")
     p.add_argument("--peft-base-name", help="adapter_config.json base_model_name_or_path (default: OUT/base)")
     p.add_argument("--head", help="classification head to export (default: the only one)")
     p.add_argument("--hf-vocab", help="HF folder the base was imported from: its vocabulary order and tokenizer files")
@@ -238,7 +252,7 @@ def add_parser(sub) -> None:
 
 def run(a) -> None:
     for k, v in export_hf(a.ckpt, a.out, a.base, a.base_only, a.peft, a.head, a.hf_vocab, a.dict_path, a.bpe_dir,
-                          a.peft_base_name, a.force).items():
+                          a.peft_base_name, a.force, a.adapters).items():
         if k == "notes":
             for n in v:
                 print(f"unifairseq-export hf: {n}")
