@@ -7,6 +7,9 @@
     unifairseq-export hf DELTA OUT --peft        OUT/base (transformers folder of the base) + OUT/adapter (peft:
                                                  adapter_config.json + adapter_model.safetensors) for LoRA, DoRA or
                                                  (IA)³ deltas; a trained classification head is a modules_to_save
+    unifairseq-export hf DELTA OUT --adapters    a parallel FFN adapter (pa_ffn, scaled_pa) on BART in AdapterHub
+                                                 adapters' format, for a transformers 4.57 + adapters 1.3.0
+                                                 environment (tools/export_adapters.py)
 
 Tokenizer files: `--hf-vocab DIR` (the HF folder the base was imported from with unifairseq-import-hf)
 restores that folder's vocabulary order and copies its tokenizer files; `--bpe-dir DIR` (fairseq's GPT-2
@@ -17,7 +20,7 @@ the base checkpoint). OUT is written to a temporary folder and renamed; an exist
 only with --force.
 
 Prefix tuning, adapters, MAM and prompt tuning have no transformers/peft form: they are refused with
-the alternatives (see docs/huggingface.md for why the AdapterHub `adapters` library is not used).
+the alternatives (docs/huggingface.md: why the AdapterHub `adapters` library is not installed here).
 """
 from __future__ import annotations
 
