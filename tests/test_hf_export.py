@@ -290,3 +290,20 @@ def test_adapters_export_refuses_what_adapters_computes_otherwise(tmp_path, caps
         _, _, ckpt = delta(arch, flags, family, sub)
         assert why in export_err(sub, ckpt, ["--adapters"], capsys)
         assert not (sub / "x").exists()
+
+
+def test_several_heads_need_head(tmp_path, capsys):
+    model, task, args = plain("roberta", head=True)
+    model.register_classification_head("other", num_classes=3)
+    perturb_all(model)
+    ckpt = tmp_path / "model.pt"
+    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [], "extra_state": {},
+                           "last_optimizer_state": None}, str(ckpt))
+    err = export_err(tmp_path, ckpt, [], capsys)
+    assert "2 classification heads (other, sentence_classification_head)" in err and "--head NAME" in err
+    assert export_main(["hf", str(ckpt), str(tmp_path / "x"), "--head", "other"]) == 0
+    hf = transformers.RobertaForSequenceClassification.from_pretrained(str(tmp_path / "x")).eval()
+    t = roberta_inputs(task.source_dictionary)
+    with torch.no_grad():
+        ref = model(t, features_only=True, classification_head_name="other")[0]
+    assert hf.config.num_labels == 3 and hf_diff(hf, ref, dict(input_ids=t, attention_mask=t.ne(1)), None) <= TOL
