@@ -15,6 +15,14 @@ ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_accurate", "gel
                "gelu_pytorch_tanh": "gelu_accurate", "tanh": "tanh", "linear": "linear"}
 
 
+# HF BERT/RoBERTa layer module -> fairseq TransformerEncoderLayer module: the one name map, read both ways
+# (unifairseq.convert.fairseq_to_hf inverts it for the export)
+ROBERTA_LAYER_NAMES = {"attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
+                       "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
+                       "attention.output.LayerNorm": "self_attn_layer_norm", "intermediate.dense": "fc1",
+                       "output.dense": "fc2", "output.LayerNorm": "final_layer_norm"}
+
+
 def activation(name, model_type: str) -> str:
     if name not in ACTIVATIONS:
         raise HFImportError(f"{model_type}: activation {name!r} has no fairseq equivalent "
@@ -194,12 +202,8 @@ def roberta_state(cfg: dict, hf: Tracker, vocab, template: dict, plan: Plan) -> 
     fs[se + "layernorm_embedding.weight"] = hf.take("embeddings.LayerNorm.weight")
     fs[se + "layernorm_embedding.bias"] = hf.take("embeddings.LayerNorm.bias")
 
-    names = {"attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
-             "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
-             "attention.output.LayerNorm": "self_attn_layer_norm", "intermediate.dense": "fc1",
-             "output.dense": "fc2", "output.LayerNorm": "final_layer_norm"}
     for i in range(cfg["num_hidden_layers"]):
-        for h, f in names.items():
+        for h, f in ROBERTA_LAYER_NAMES.items():
             for p in ("weight", "bias"):
                 fs[f"{se}layers.{i}.{f}.{p}"] = hf.take(f"encoder.layer.{i}.{h}.{p}")
 

@@ -6,6 +6,7 @@
                                            plain fairseq checkpoint that vanilla fairseq loads, no --user-dir;
                                            a trained classification head travels with it
     unifairseq-export unmerge MERGED CKPT OUT   the merge taken back out: the base again
+    unifairseq-export hf CKPT OUT [--peft]     Hugging Face transformers / peft folders (tools/export_hf.py)
 
 The math is the methods' own (core/methods/: `LinearDelta.merged` / `unmerged`, `PrefixProvider.fold`):
 each site's module is built from the checkpoint's plan and loaded with its trained values, on state
@@ -256,6 +257,9 @@ def main(argv=None) -> int:
     p.add_argument("--base", help="base checkpoint (default: the path recorded in CKPT)")
     p = sub.add_parser("unmerge", help="take a merged delta back out of a merged checkpoint")
     p.add_argument("merged"), p.add_argument("ckpt"), p.add_argument("out")
+    from unifairseq.tools import export_hf  # imported here: it imports this module
+
+    export_hf.add_parser(sub)
     for p in sub.choices.values():
         p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
@@ -264,9 +268,11 @@ def main(argv=None) -> int:
             export_inference(a.ckpt, a.out, a.force)
         elif a.cmd == "merge":
             export_merge(a.ckpt, a.out, a.base, a.force)
+        elif a.cmd == "hf":
+            export_hf.run(a)
         else:
             export_unmerge(a.merged, a.ckpt, a.out, a.force)
-    except DeltaCheckpointError as e:
+    except (DeltaCheckpointError, export_hf.HFExportError) as e:
         print(f"unifairseq-export: error: {e}", file=sys.stderr)
         return 2
     return 0

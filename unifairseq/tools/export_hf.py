@@ -1,0 +1,262 @@
+"""unifairseq-export hf: a fairseq checkpoint -> Hugging Face transformers (and peft) folders.
+
+    unifairseq-export hf CKPT OUT                a plain fairseq BART / mBART / RoBERTa checkpoint, or a
+                                                 mergeable delta (LoRA, DoRA, (IA)³, BitFit) merged first
+                                                 (`unifairseq-export merge`): OUT = config.json + model.safetensors
+    unifairseq-export hf DELTA OUT --base-only   the base the delta was trained on
+    unifairseq-export hf DELTA OUT --peft        OUT/base (transformers folder of the base) + OUT/adapter (peft:
+                                                 adapter_config.json + adapter_model.safetensors) for LoRA, DoRA or
+                                                 (IA)³ deltas; a trained classification head is a modules_to_save
+    unifairseq-export hf DELTA OUT --adapters    a parallel FFN adapter (pa_ffn, scaled_pa) on BART in AdapterHub
+                                                 adapters' format, for a transformers 4.57 + adapters 1.3.0
+                                                 environment (tools/export_adapters.py)
+
+Tokenizer files: `--hf-vocab DIR` (the HF folder the base was imported from with unifairseq-import-hf)
+restores that folder's vocabulary order and copies its tokenizer files; `--bpe-dir DIR` (fairseq's GPT-2
+BPE encoder.json + vocab.bpe) writes vocab.json + merges.txt for bart/roberta models with GPT-2 BPE
+dictionaries; without either the HF ids are the fairseq dictionary ids and a tokenizer that produces
+them must be supplied by the user. Both need the fairseq dictionary (`--dict`, default: dict.txt beside
+the base checkpoint). OUT is written to a temporary folder and renamed; an existing OUT is replaced
+only with --force.
+
+Prefix tuning, adapters, MAM and prompt tuning have no transformers/peft form: they are refused with
+the alternatives (docs/huggingface.md: why the AdapterHub `adapters` library is not installed here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
+from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
+                                     refuse_unmergeable)
+
+ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "
+                    "transformers 5.24 (adapters 1.3.0, its newest release, requires transformers~=4.57.6); for "
+                    "fairseq, `unifairseq-export inference CKPT OUT.pt` writes the small delta file")
+PEFT_METHODS = {"lora": "LORA", "dora": "LORA", "ia3": "IA3"}
+
+
+def _dict_symbols(dict_path: Optional[str], base_path: Optional[str]):
+    from fairseq.data import Dictionary
+
+    if dict_path is None and base_path is not None:
+        guess = os.path.join(os.path.dirname(os.path.abspath(base_path)), "dict.txt")
+        dict_path = guess if os.path.isfile(guess) else None
+    if dict_path is None:
+        return None
+    if not os.path.isfile(dict_path):
+        raise HFExportError(f"--dict {dict_path}: no such file")
+    return Dictionary.load(dict_path).symbols
+
+
+class _Folder:
+    """A staging folder beside OUT, renamed onto OUT at the end (the old OUT removed only with force, and
+    never when it holds one of the inputs)."""
+
+    def __init__(self, out: str, force: bool, inputs=()):
+        self.out = os.path.abspath(out)
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise HFExportError(f"{out} exists and is not a folder; OUT is a folder (config.json, model.safetensors)")
+        if os.path.exists(self.out) and not force:
+            raise HFExportError(f"refusing to overwrite {out}; pass --force to replace it")
+        for path in inputs:
+            if path and os.path.commonpath([self.out, os.path.abspath(path)]) == self.out:
+                raise HFExportError(f"the output folder {out} holds the input {path}; write the export elsewhere")
+        os.makedirs(os.path.dirname(self.out), exist_ok=True)
+        self.force = force
+
+    def __enter__(self):
+        self.stage = tempfile.mkdtemp(prefix=os.path.basename(self.out) + ".tmp-", dir=os.path.dirname(self.out))
+        return self.stage
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return False
+        old = None
+        if os.path.exists(self.out):
+            old = self.stage + ".old"
+            os.rename(self.out, old)
+        os.rename(self.stage, self.out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def _plain_args(state, fallback=None):
+    """The model args; a base file without any (as some test bases) takes the delta's, which describe the
+    same network."""
+    try:
+        return model_args(state)
+    except DeltaCheckpointError:
+        if fallback is None:
+            raise
+        return model_args(fallback)
+
+
+def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool = False, peft: bool = False,
+              head: Optional[str] = None, hf_vocab: Optional[str] = None, dict_path: Optional[str] = None,
+              bpe_dir: Optional[str] = None, peft_base_name: Optional[str] = None, force: bool = False,
+              adapters: bool = False) -> dict:
+    if sum((base_only, peft, adapters)) > 1:
+        raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
+    state = load_checkpoint_file(ckpt)
+    is_delta = FINGERPRINT_KEY in state["model"]
+    if (base_only or peft or adapters) and not is_delta:
+        raise HFExportError(f"{ckpt!r} is a plain fairseq checkpoint (no delta); --base-only/--peft/--adapters need "
+                            "a delta checkpoint; drop them to convert this model as it is")
+    base_path = ckpt
+    if is_delta:
+        base_state = load_base_for(state, ckpt, base)
+        base_path = _base_path(state, base)
+    kw = dict(hf_vocab_dir=hf_vocab, dict_symbols=_dict_symbols(dict_path, base_path))
+    with _Folder(out, force, (ckpt, base_path, dict_path, hf_vocab, bpe_dir)) as stage:
+        if not is_delta:
+            hf = to_hf(state["model"], _plain_args(state), head=head, **kw)
+            save(hf, stage, kw["dict_symbols"], bpe_dir)
+        elif base_only:
+            hf = to_hf(base_state["model"], _plain_args(base_state, state), **kw)
+            save(hf, stage, kw["dict_symbols"], bpe_dir)
+        elif adapters:
+            from unifairseq.tools.export_adapters import export_adapters
+
+            hf = export_adapters(state, base_state, delta_plan(state), stage, kw, bpe_dir,
+                                 _plain_args(base_state, state))
+        elif peft:
+            hf = _export_peft(state, base_state, stage, os.path.abspath(out), head, kw, bpe_dir, peft_base_name)
+        else:
+            plan = delta_plan(state)
+            try:
+                refuse_unmergeable(plan)
+            except DeltaCheckpointError as e:
+                raise HFExportError(f"no transformers folder for this delta. {e}. For Hugging Face: LoRA, DoRA and "
+                                    f"(IA)³ deltas export merged or as peft adapters (--peft); prefixes, adapters, "
+                                    f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}; a "
+                                    "parallel FFN adapter (pa_ffn, scaled_pa) alone exports for it with --adapters"
+                                    ) from None
+            merged_path = os.path.join(stage, "merged.pt")
+            export_merge(ckpt, merged_path, base)  # the one merge (tools/export.py): heads travel with it
+            merged = load_checkpoint_file(merged_path)
+            os.remove(merged_path)
+            hf = to_hf(merged["model"], _plain_args(merged), head=head, **kw)
+            save(hf, stage, kw["dict_symbols"], bpe_dir)
+        with open(os.path.join(stage, "unifairseq_export.json"), "w", encoding="utf-8") as f:
+            json.dump({"source": os.path.abspath(ckpt), "notes": hf.notes}, f, indent=2)
+    return dict(out=out, family=hf.family, class_name=hf.class_name, notes=hf.notes)
+
+
+def _base_path(state, override):
+    from unifairseq.fairseq.checkpoint import BASE_PATH_KEY, _tensor_to_str
+
+    return override or _tensor_to_str(state["model"][BASE_PATH_KEY])
+
+
+def _export_peft(state, base_state, stage, final_out, head, kw, bpe_dir, peft_base_name):
+    from safetensors.torch import save_file
+
+    plan = delta_plan(state)
+    names = sorted({m.name for m in plan.methods})
+    kinds = {PEFT_METHODS.get(n) for n in names}
+    if None in kinds or len(kinds) != 1 or names == ["dora", "lora"]:
+        other = [n for n in names if n not in PEFT_METHODS]
+        why = (f"{', '.join(other)} {'has' if len(other) == 1 else 'have'} no peft form" if other else
+               f"{' + '.join(names)} would need two peft adapter types in one folder")
+        raise HFExportError(f"--peft: {why}; peft takes LoRA, DoRA (LoRA use_dora) or (IA)³ deltas alone. Export "
+                            f"the merged model instead (drop --peft) for LoRA/DoRA/(IA)³/BitFit; prefixes, adapters, "
+                            f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}")
+    peft_type = kinds.pop()
+    delta_sd, base_sd = state["model"], upgrade_legacy(base_state["model"])
+    heads = sorted({k.split(".")[1] for k in delta_sd if k.startswith(HEAD_PREFIX)})
+    if head is None and len(heads) > 1:
+        raise HFExportError(f"the delta has {len(heads)} classification heads ({', '.join(heads)}); name one with --head")
+    head = head or (heads[0] if heads else None)
+    hf = to_hf(base_sd, _plain_args(base_state, state), **kw)  # the base folder; hf.class_name: the adapter's model
+    tensors, targets, ff, ranks = {}, [], [], {}
+    for host, module in linear_deltas(plan, delta_sd, base_sd):
+        name = hf_module(hf.family, host)
+        targets.append(name)
+        p = f"base_model.model.{name}."
+        if peft_type == "LORA":
+            tensors[p + "lora_A.weight"] = module.W_down.weight
+            tensors[p + "lora_B.weight"] = module.W_up.weight
+            if hasattr(module, "m"):
+                tensors[p + "lora_magnitude_vector"] = module.m
+            ranks[name] = module.r
+        else:
+            tensors[p + "ia3_l"] = module.l.unsqueeze(0 if module.where == "in" else 1)
+            if module.where == "in":
+                ff.append(name)
+    modules_to_save, adapter_cls = None, hf.class_name
+    if head is not None:
+        if hf.family == "roberta":
+            adapter_cls, module = "RobertaForSequenceClassification", "classifier"
+        else:
+            adapter_cls = hf.class_name.replace("ForConditionalGeneration", "ForSequenceClassification")
+            module = "classification_head"
+        modules_to_save = [module]
+        hp = f"{HEAD_PREFIX}{head}."
+        for k, v in delta_sd.items():
+            if k.startswith(hp):
+                tensors[f"base_model.model.{module}.{k[len(hp):]}"] = v
+        hf.config.num_labels = delta_sd[hp + "out_proj.weight"].shape[0]  # *ForSequenceClassification's head shape
+    base_dir = os.path.join(stage, "base")
+    os.makedirs(base_dir)
+    save(hf, base_dir, kw["dict_symbols"], bpe_dir)
+    cfg = {"peft_type": peft_type, "base_model_name_or_path": peft_base_name or os.path.join(final_out, "base"),
+           "task_type": "SEQ_CLS" if head else ("SEQ_2_SEQ_LM" if hf.family != "roberta" else None),
+           "target_modules": targets, "modules_to_save": modules_to_save, "inference_mode": True,
+           "fan_in_fan_out": False,
+           "auto_mapping": {"base_model_class": adapter_cls,
+                            "parent_library": f"transformers.models.{hf.family}.modeling_{hf.family}"}}
+    if peft_type == "LORA":
+        r0 = max(set(ranks.values()), key=list(ranks.values()).count)
+        cfg.update(r=r0, lora_alpha=float(plan.cfg.lora_alpha), lora_dropout=float(plan.cfg.lora_dropout),
+                   use_dora=any(n == "dora" for n in names), bias="none", init_lora_weights=True, use_rslora=False,
+                   # peft's scale is lora_alpha / r per module, unifairseq's alpha / r: the same alpha, each r
+                   rank_pattern={re_escape(n): r for n, r in ranks.items() if r != r0}, alpha_pattern={})
+    else:
+        cfg.update(feedforward_modules=ff, init_ia3_weights=True)
+    adapter_dir = os.path.join(stage, "adapter")
+    os.makedirs(adapter_dir)
+    save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
+              os.path.join(adapter_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(adapter_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2)
+    hf.notes.append(f"peft {peft_type} adapter on {len(targets)} modules ({', '.join(names)}) for {adapter_cls}")
+    return hf
+
+
+def re_escape(name: str) -> str:
+    import re
+
+    return re.escape(name)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("hf", help="Hugging Face transformers folder (base, merged delta) or peft adapter")
+    p.add_argument("ckpt"), p.add_argument("out")
+    p.add_argument("--base", help="base checkpoint of a delta (default: the path recorded in CKPT)")
+    p.add_argument("--base-only", action="store_true", help="export the delta's base model only")
+    p.add_argument("--peft", action="store_true", help="LoRA/DoRA/(IA)³: OUT/base + OUT/adapter (peft) instead of merging")
+    p.add_argument("--adapters", action="store_true",
+                   help="pa_ffn / scaled_pa on BART: OUT/base + OUT/adapter in AdapterHub adapters' format (for a "
+                        "transformers 4.57 + adapters 1.3.0 environment)")
+    p.add_argument("--peft-base-name", help="adapter_config.json base_model_name_or_path (default: OUT/base)")
+    p.add_argument("--head", help="classification head to export (default: the only one)")
+    p.add_argument("--hf-vocab", help="HF folder the base was imported from: its vocabulary order and tokenizer files")
+    p.add_argument("--dict", dest="dict_path", help="the fairseq dictionary (default: dict.txt beside the base)")
+    p.add_argument("--bpe-dir", help="fairseq GPT-2 BPE files (encoder.json, vocab.bpe) -> vocab.json + merges.txt")
+
+
+def run(a) -> None:
+    for k, v in export_hf(a.ckpt, a.out, a.base, a.base_only, a.peft, a.head, a.hf_vocab, a.dict_path, a.bpe_dir,
+                          a.peft_base_name, a.force, a.adapters).items():
+        if k == "notes":
+            for n in v:
+                print(f"unifairseq-export hf: {n}")
+    print(f"unifairseq-export hf: wrote {a.out}")
