@@ -86,7 +86,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from unifairseq.core.bases import BaseNotFound
     from unifairseq.core.deltafile import DeltaFileError
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError
 
     try:
         if a.cmd == "find":
@@ -94,7 +93,11 @@ def main(argv=None) -> int:
         if a.cmd == "list":
             return list_bases()
         return add(a.path, a.name, a.copy)
-    except (BaseNotFound, DeltaFileError, DeltaCheckpointError, ValueError, OSError) as e:
+    except (BaseNotFound, DeltaFileError, ValueError, OSError, RuntimeError) as e:
+        # fairseq is imported only when a checkpoint is read (a JSON error needs none of it)
+        ckpt = sys.modules.get("unifairseq.fairseq.checkpoint")
+        if isinstance(e, RuntimeError) and not (ckpt and isinstance(e, ckpt.DeltaCheckpointError)):
+            raise
         print(f"unifairseq-base: error: {e}", file=sys.stderr)
         return 2
 

@@ -201,3 +201,26 @@ def _restore_base(model) -> None:
         for k, v in saved.items():
             own[k].copy_(v)
     saved.clear()
+
+
+def install_error_hook() -> None:
+    """fairseq-generate / fairseq-interactive / fairseq-train catch nothing: a damaged delta folder, a
+    base that is not the delta's or not found would end in a traceback. Under --user-dir (register()),
+    those errors are printed as their one line instead (exit status 1); every other exception goes to
+    the previous hook unchanged. Installed once."""
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_unifairseq", False):
+        return
+
+    def hook(kind, value, tb):
+        from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+
+        if isinstance(value, (deltafile.DeltaFileError, DeltaCheckpointError, bases.BaseNotFound)):
+            print(f"unifairseq: error: {value}", file=sys.stderr)
+            return
+        previous(kind, value, tb)
+
+    hook._unifairseq = True
+    sys.excepthook = hook
