@@ -150,8 +150,13 @@ def hub_arguments(model_name_or_path, checkpoint_file, data_name_or_path, delta,
     given = os.path.join(model_name_or_path, checkpoint_file) if model_name_or_path else None
     if given is None or not os.path.isfile(given):
         rec = config["base"] if config else {}
-        found = bases.resolve(model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"),
-                              file_content_fingerprint if config else None)
+        where = (model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"))
+        try:  # by name or path first: the base file is then read once, by fairseq (apply_delta verifies it)
+            found = bases.resolve(*where)
+        except bases.BaseNotFound:
+            if not config:
+                raise
+            found = bases.resolve(*where, file_content_fingerprint)  # by content: moved or renamed
         logger.info(f"unifairseq: base {found.path} found {found.how}")
         model_name_or_path, checkpoint_file = os.path.dirname(found.path), os.path.basename(found.path)
     if config:
@@ -187,8 +192,11 @@ def load_delta(hub, folder: str):
             dst[k].copy_(src[k])
     new.base_path, new.base_name, new.base_content = old.base_path, old.base_name, old.base_content
     new.apply_delta_file(folder)
+    if getattr(old, "_is_generation_fast", False):  # the hub prepared its model (beamable cross-attention)
+        new.prepare_for_inference_(hub.cfg)
     p = next(old.parameters())
-    new = new.to(device=p.device, dtype=p.dtype).train(old.training)
+    new.to(device=p.device, dtype=p.dtype)
+    new.train(old.training)  # not chained: a fairseq module's train() may return None
     hub.models[0] = new
     hub.model = new
     return new
