@@ -108,13 +108,15 @@ def file_content_fingerprint(path: str) -> str:
 
 
 def base_name_of(path: Optional[str], flag: Optional[str] = None) -> Optional[str]:
-    """The name a delta records for its base: the name given with --delta-base, else the folder of a
-    `model.pt` (bart.large/model.pt -> bart.large), else the file's stem (tiny_bart.pt -> tiny_bart)."""
+    """The name a delta records for its base: the name given with --delta-base, else the base file's
+    folder (bart.large/model.pt -> bart.large; the same for checkpoint*.pt, whose file names say nothing
+    about the model), else the file's stem (tiny_bart.pt -> tiny_bart)."""
     if flag and bases.as_path(flag) is None:
         return flag
     if not path:
         return None
-    if os.path.basename(path) == bases.BASE_FILE:
+    file = os.path.basename(path)
+    if file == bases.BASE_FILE or file.startswith("checkpoint"):
         return os.path.basename(os.path.dirname(os.path.abspath(path)))
     return os.path.splitext(os.path.basename(path))[0]
 

@@ -70,7 +70,9 @@ def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool =
 def usage(out: str, config: dict) -> str:
     folder = os.path.abspath(out)
     arch = config["arch"]
-    overrides = shlex.quote(str({"arch": arch, "_name": arch, "delta_file": folder}))
+    overrides = str({"arch": arch, "_name": arch, "delta_file": folder})
+    # double quotes read best (fairseq's own docs write overrides so); shlex's quoting when the path needs it
+    overrides = f'"{overrides}"' if not any(c in overrides for c in '"$`\\!') else shlex.quote(overrides)
     find = f'"$(unifairseq-base find {shlex.quote(folder)})"'
     return "\n".join([
         f"delta written to {folder} (base {config['base']['name']!r}, fingerprint {config['base']['fingerprint'][:12]})",
