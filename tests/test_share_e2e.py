@@ -42,8 +42,8 @@ def env_a(tmp_path_factory):
     a = tmp_path_factory.mktemp("A")
     raw = a / "raw"
     raw.mkdir()
-    pairs = [(s.lower().split()[:16], t.lower().split()[:16]) for s, t in
-             zip((DATA / "wmt16_en_ro/dev.en").open(encoding="utf-8"), (DATA / "wmt16_en_ro/dev.ro").open(encoding="utf-8"))]
+    en, ro = ((DATA / f"wmt16_en_ro/dev.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("en", "ro"))
+    pairs = [(s.lower().split()[:16], t.lower().split()[:16]) for s, t in zip(en, ro)]
     pairs = [p for p in pairs if p[0] and p[1]][:64]
     for split, part in (("train", pairs[:48]), ("valid", pairs[48:56]), ("test", pairs[56:64])):
         for i, lang in enumerate(("en", "ro")):
@@ -144,7 +144,8 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
         assert loads == [found] and sorted(inter) == list(range(4)), p.stdout[-1500:]
         for j, i in enumerate(ids):
             assert inter[j][1] == want[i][1] and abs(float(inter[j][0]) - float(want[i][0])) < 1e-4
-        (b / "hub.py").write_text(hub_script(f"None, delta={str(b / 'delta')!r}", b / "data-bin", [src[i] for i in ids]))
+        lines = [src[i] for i in ids]
+        (b / "hub.py").write_text(hub_script(f"None, delta={str(b / 'delta')!r}", b / "data-bin", lines))
         p, loads = watched(b, b / "delta", str(b / "hub.py"))
         assert loads == [found], "the hub unpickled the base only"
         assert json.loads(p.stdout.strip().splitlines()[-1]) == hub_ref(a, pt, [src[i] for i in ids])

@@ -127,8 +127,8 @@ def test_roberta_hub_with_head_from_shared_delta(tmp_path):
     assert info["config"]["family"] == "roberta" and "target" not in info["config"]["dictionary"]
 
     with no_unpickling_of(out) as seen:
-        hub = DeltaRobertaModel.from_pretrained(str(base.parent), delta=str(out), data_name_or_path=str(data / "input0"),
-                                                bpe=None)
+        hub = DeltaRobertaModel.from_pretrained(str(base.parent), delta=str(out),
+                                                data_name_or_path=str(data / "input0"), bpe=None)
     hub.eval(), model.eval()
     assert seen == [os.path.realpath(base)]
     tokens = torch.tensor([d.bos(), 9, 10, 11, 12, d.eos()])

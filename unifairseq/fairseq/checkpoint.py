@@ -209,7 +209,8 @@ class DeltaCheckpointMixin:
             # the delta's record of its base travels on, whatever path the base came from this time
             if stored_path:
                 self.base_path = self.base_path or stored_path
-            self.base_name = self.base_name or info.get("base_name")
+            # the name the delta was trained under stays its base's name, wherever the file is now
+            self.base_name = info.get("base_name") or self.base_name
             self.base_content = self.base_content or info.get("base_content")
             return result
         content = bases.content_fingerprint(state_dict)  # before fairseq's upgrades touch the dict

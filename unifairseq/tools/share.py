@@ -75,7 +75,8 @@ def usage(out: str, config: dict) -> str:
     overrides = f'"{overrides}"' if not any(c in overrides for c in '"$`\\!') else shlex.quote(overrides)
     find = f'"$(unifairseq-base find {shlex.quote(folder)})"'
     return "\n".join([
-        f"delta written to {folder} (base {config['base']['name']!r}, fingerprint {config['base']['fingerprint'][:12]})",
+        f"delta written to {folder} (base {config['base']['name']!r}, "
+        f"fingerprint {config['base']['fingerprint'][:12]})",
         "decode it with (add your task's flags: --task, languages, beam, ...):",
         f'  fairseq-generate DATA-BIN --user-dir "$(unifairseq-user-dir)" --path {find} \\',
         f"      --model-overrides {overrides}",

@@ -25,6 +25,7 @@ import torch
 
 from unifairseq.core import bases, deltafile
 from unifairseq.core.config import DeltaConfig
+from unifairseq.core.modules import is_delta_name
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -124,19 +125,13 @@ def apply_delta(model, folder: str) -> None:
     saved = model.__dict__.setdefault("_base_in_place", {})
     with torch.no_grad():
         for k, v in tensors.items():
-            if not k.startswith("classification_heads.") and not _is_delta_name(k) and k not in saved:
+            if not k.startswith("classification_heads.") and not is_delta_name(k) and k not in saved:
                 saved[k] = own[k].clone()  # a base tensor trained in place (BitFit): kept for a switch
             own[k].copy_(v)  # in place: the parameters, and the prefix caches keyed on their versions
     model.delta_file = folder
     model.base_name = base["name"] or model.base_name
     logger.info(f"unifairseq: delta {folder} applied ({config['tensors']['parameters']:,} parameters, "
                 f"{config['arch']}) on base {base['name']!r}")
-
-
-def _is_delta_name(k: str) -> bool:
-    from unifairseq.core.modules import is_delta_name
-
-    return is_delta_name(k)
 
 
 # ------------------------------------------------------------------ hub
@@ -183,7 +178,7 @@ def load_delta(hub, folder: str):
     args.delta_file, args.delta_base = os.path.abspath(folder), None
     new = hub.task.build_model(args)
     src, dst = old.full_state_dict(), new.full_state_dict()
-    base_keys = [k for k in src if not _is_delta_name(k) and not k.startswith("classification_heads.")]
+    base_keys = [k for k in src if not is_delta_name(k) and not k.startswith("classification_heads.")]
     gone = [k for k in base_keys if k not in dst]
     if gone:
         refuse(new, f"{folder}: cannot rebuild around the loaded base: {gone[0]} has no place in {config['arch']}")
