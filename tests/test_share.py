@@ -22,7 +22,7 @@ from test_training import TRAIN_FLAGS, make_trainer, toy_sample
 from tiny import TINY, random_batch, tiny_args, tiny_dict
 from unifairseq.core import bases
 from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, read_delta
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
 from unifairseq.fairseq.models.common import ARCH_PARENT
 from unifairseq.tools.export import export_inference
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -124,7 +124,7 @@ def test_shared_delta_on_fairseq_loaded_base_gives_the_trained_model(name, arch,
     src, lens, prev, _ = random_batch(d)
     with torch.no_grad():
         assert torch.equal(full_logits(fresh, src, lens, prev), full_logits(model, src, lens, prev))
-    base_sd = torch.load(base)["model"]
+    base_sd = load_checkpoint_file(str(base))["model"]
     own = fresh.full_state_dict()
     untouched = [k for k in base_sd if not fresh.delta_plan.is_trainable(k) and not k.endswith("version")]
     assert untouched and all(torch.equal(own[k], base_sd[k]) for k in untouched)
@@ -134,7 +134,7 @@ def test_shared_delta_on_fairseq_loaded_base_gives_the_trained_model(name, arch,
 def test_both_base_checkpoint_styles_take_the_overrides(style, tmp_path):
     arch, flags = "mam_bart_base", ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
     model, base, out, d = trained_delta(tmp_path, arch, flags, style=style)
-    assert ("cfg" if torch.load(base).get("args") is None else "args") == style
+    assert ("cfg" if load_checkpoint_file(str(base)).get("args") is None else "args") == style
     fresh = load_on_base(base, out, arch, d)
     assert type(fresh).__name__ == "DeltaBARTModel" and fresh.delta_plan.cfg.attn_mode == "prefix_nomlp"
     src, lens, prev, _ = random_batch(d)
@@ -147,7 +147,7 @@ def test_other_base_refused_with_both_fingerprints_unless_allowed(tmp_path):
     model, base, out, d = trained_delta(tmp_path, arch, flags)
     other = tmp_path / "other" / "model.pt"
     save_plain_base(other, arch, d, "args", seed=5)
-    want, got = model.base_content, bases.content_fingerprint(torch.load(other)["model"])
+    want, got = model.base_content, bases.content_fingerprint(load_checkpoint_file(str(other))["model"])
     with pytest.raises(DeltaCheckpointError) as e:
         load_on_base(other, out, arch, d)
     msg = str(e.value)
@@ -244,3 +244,51 @@ def test_tensor_file_is_safetensors_and_json_is_plain(tmp_path):
     header = json.loads(raw[8:8 + n])
     assert sorted(k for k in header if k != "__metadata__") == read_delta(str(out))[0]["tensors"]["names"]
     assert not raw.startswith(b"PK") and b"\x80\x02" not in raw[:2]  # neither a zip nor a pickle
+
+
+def test_unifairseq_base_add_list_find(tmp_path, capsys):
+    from unifairseq.tools.base import main
+
+    d = tiny_dict()
+    folder = tmp_path / "models" / "my-bart"
+    save_plain_base(folder / "model.pt", "lora_attn_bart_base", d, "args")
+    (folder / "dict.txt").write_text("w0 1\n")
+    fp = bases.content_fingerprint(load_checkpoint_file(str(folder / "model.pt"))["model"])
+    assert main(["add", str(folder), "--name", "tiny.bart"]) == 0
+    linked = tmp_path / "cache" / "bases" / "tiny.bart"
+    assert linked.is_symlink() and (linked / "dict.txt").is_file(), "the folder travels (dict.txt, BPE files)"
+    assert fp[:16] in capsys.readouterr().out
+    single = tmp_path / "loose.pt"
+    shutil.copy2(folder / "model.pt", single)
+    assert main(["add", str(single), "--name", "copied", "--copy"]) == 0
+    copied = tmp_path / "cache" / "bases" / "copied" / "model.pt"
+    assert not copied.is_symlink() and copied.read_bytes() == single.read_bytes()
+    capsys.readouterr()
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ") and fp[:16] in line]
+    assert sorted(r[0] for r in rows) == ["copied", "tiny.bart"], out
+    assert main(["find", "tiny.bart"]) == 0
+    found = capsys.readouterr()
+    assert found.out.strip() == str(linked / "model.pt") and "by name 'tiny.bart' in the cache" in found.err
+    assert main(["add", str(folder), "--name", "tiny.bart"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["find", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unifairseq-base add PATH --name nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_delta_base_by_name_at_training_is_recorded(tmp_path, monkeypatch):
+    d = tiny_dict()
+    base = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    save_plain_base(base, "lora_attn_bart_base", d, "args")
+    monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
+    trainer, model = make_trainer("lora_attn_bart_base", ["--attn-bn", "4", "--delta-base", "tiny.bart"], d)
+    assert model.base_path == str(base) and model.base_name == "tiny.bart"
+    assert model.base_content == bases.content_fingerprint(load_checkpoint_file(str(base))["model"])
+    info = json.loads(bytes(model.state_dict()["unifairseq_meta.info"].tolist()).decode())
+    assert info["base_name"] == "tiny.bart" and info["base_content"] == model.base_content
+    assert info["dictionary"] == {"source": model.dictionary_fingerprints["source"],
+                                  "target": model.dictionary_fingerprints["target"]}
+    with pytest.raises(DeltaCheckpointError, match="--delta-base: base 'bart.large' not found"):
+        make_trainer("lora_attn_bart_base", ["--attn-bn", "4", "--delta-base", "bart.large"], d)

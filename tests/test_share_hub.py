@@ -15,6 +15,7 @@ from test_share import no_unpickling_of, save_plain_base
 from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict
 from unifairseq.core.modules import is_delta_name
+from unifairseq.fairseq.checkpoint import load_checkpoint_file
 from unifairseq.fairseq.models.sharing import load_delta
 from unifairseq.tools.export import export_inference
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -61,7 +62,7 @@ def test_hub_by_name_and_switching_deltas(tmp_path):
         ("mam", "mam_bart_base", SMALL), ("bitfit", "bitfit_bart_base", [])])}
     data = data_dir(tmp_path, d)
     src, lens, prev, _ = random_batch(d)
-    base_sd = torch.load(base)["model"]
+    base_sd = load_checkpoint_file(str(base))["model"]
 
     with no_unpickling_of(tmp_path / "lora1") as seen:
         hub = DeltaBARTModel.from_pretrained("tiny.bart", delta=str(refs["lora1"][1]), data_name_or_path=str(data),
