@@ -292,3 +292,28 @@ def test_delta_base_by_name_at_training_is_recorded(tmp_path, monkeypatch):
                                   "target": model.dictionary_fingerprints["target"]}
     with pytest.raises(DeltaCheckpointError, match="--delta-base: base 'bart.large' not found"):
         make_trainer("lora_attn_bart_base", ["--attn-bn", "4", "--delta-base", "bart.large"], d)
+
+
+def test_old_pt_delta_without_info_exports_with_the_base_read(tmp_path, monkeypatch):
+    """A .pt delta from before unifairseq_meta.info: the content fingerprint is computed from its base
+    (the recorded path, else --base NAME_OR_PATH); without either the export says what to pass."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    from unifairseq.fairseq.checkpoint import INFO_KEY
+
+    model, base, _, d = trained_delta(tmp_path, "lora_attn_bart_base", ["--attn-bn", "4"])
+    state = load_checkpoint_file(str(tmp_path / "checkpoint_last.pt"))
+    del state["model"][INFO_KEY]
+    old = tmp_path / "old.pt"
+    torch_persistent_save(state, str(old))
+    export_inference(str(old), str(tmp_path / "from_old"))
+    rec = read_delta(str(tmp_path / "from_old"))[0]
+    assert rec["base"]["fingerprint"] == model.base_content and rec["base"]["name"] == "tiny.bart"
+    assert rec["dictionary"] == {}  # not recorded then: the dictionary check is skipped for it
+    moved = tmp_path / "moved" / "tiny.bart"
+    shutil.move(str(base.parent), str(moved))
+    with pytest.raises(DeltaCheckpointError, match="records no base content fingerprint .* pass --base NAME_OR_PATH"):
+        export_inference(str(old), str(tmp_path / "again"))
+    monkeypatch.setenv("UNIFAIRSEQ_BASES", str(moved.parent))
+    export_inference(str(old), str(tmp_path / "again"), base="tiny.bart")
+    assert read_delta(str(tmp_path / "again"))[0]["base"]["fingerprint"] == model.base_content

@@ -43,8 +43,9 @@ def base_record(sd, ckpt: str, flag):
         try:
             found = bases.resolve(flag, recorded_path=path or None)
         except bases.BaseNotFound as e:
-            raise DeltaCheckpointError(f"{ckpt!r} records no base content fingerprint and its base cannot be "
-                                       f"read to compute it: {e}") from None
+            raise DeltaCheckpointError(f"{ckpt!r} records no base content fingerprint (made before unifairseq "
+                                       f"recorded it) and its base cannot be read to compute it: pass --base "
+                                       f"NAME_OR_PATH ({e})") from None
         content = file_content_fingerprint(found.path)
         path = path or found.path
     return dict(name=info.get("base_name") or base_name_of(path, flag), fingerprint=content,
