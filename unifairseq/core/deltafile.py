@@ -31,6 +31,7 @@ REQUIRED = ("format", "format_version", "unifairseq_version", "family", "arch", 
 TENSOR_FIELDS = ("count", "parameters", "sha256", "names")
 BASE_FIELDS = ("name", "fingerprint", "plan_fingerprint", "path_hint")
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header length
+MAX_CONFIG = 16 * 1024 * 1024  # a config lists tensor names: kilobytes; anything this big is not one
 # safetensors dtype -> (torch dtype, bytes per element)
 DTYPES = {"F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
           "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2),
@@ -98,9 +99,11 @@ def read_config(folder: str) -> dict:
                       "delta_model.safetensors, as `unifairseq-export inference CKPT OUT_DIR` writes it)")
     if not os.path.isfile(path):
         _fail(path, "missing: this folder is not a unifairseq delta")
+    if os.path.getsize(path) > MAX_CONFIG:
+        _fail(path, f"{os.path.getsize(path):,} bytes: far larger than a delta's config; not a unifairseq delta")
     try:
         with open(path, "rb") as f:
-            raw = f.read(1 << 24)
+            raw = f.read()
         config = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         _fail(path, f"not UTF-8 text ({e.reason} at byte {e.start}); re-copy the file")

@@ -272,7 +272,8 @@ class DeltaCheckpointMixin:
             found = bases.resolve(override, info.get("base_name"), info.get("base_content"), stored_path,
                                   file_content_fingerprint)
         except bases.BaseNotFound as e:
-            raise DeltaCheckpointError(f"this delta checkpoint was trained on the base {stored_path!r}, which "
+            trained_on = stored_path or info.get("base_name")
+            raise DeltaCheckpointError(f"this delta checkpoint was trained on the base {trained_on!r}, which "
                                        f"is not there: {e}") from None
         logger.info(f"unifairseq: base {found.path} found {found.how}")
         self.load_base(found.path)
