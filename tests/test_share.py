@@ -317,3 +317,30 @@ def test_old_pt_delta_without_info_exports_with_the_base_read(tmp_path, monkeypa
     monkeypatch.setenv("UNIFAIRSEQ_BASES", str(moved.parent))
     export_inference(str(old), str(tmp_path / "again"), base="tiny.bart")
     assert read_delta(str(tmp_path / "again"))[0]["base"]["fingerprint"] == model.base_content
+
+
+def test_merge_reads_the_delta_folder(tmp_path):
+    """unifairseq-export merge DIR OUT: the same merged weights as from the .pt delta, a plain fairseq
+    checkpoint (the base's args, the parent architecture) that gives the delta model's logits."""
+    from unifairseq.tools.export import export_merge
+
+    arch = "lora_attn_bart_base"
+    model, base, out, d = trained_delta(tmp_path, arch, ["--attn-bn", "4"])
+    export_merge(str(tmp_path / "checkpoint_last.pt"), str(tmp_path / "from_pt.pt"))
+    with no_unpickling_of(out) as seen:
+        export_merge(str(out), str(tmp_path / "from_dir.pt"))
+    assert set(seen) == {os.path.realpath(base)}, "only the base is unpickled (for its args, then its weights)"
+    a, b = (load_checkpoint_file(str(tmp_path / f))["model"] for f in ("from_pt.pt", "from_dir.pt"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    task = TranslationTask(tiny_args(arch, TRAIN_FLAGS, dims=TINY), d, d)
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(tmp_path / "from_dir.pt")], task=task)
+    assert type(models[0]).__name__ == "BARTModel"
+    src, lens, prev, _ = random_batch(d)
+    with torch.no_grad():
+        got, want = full_logits(models[0].eval(), src, lens, prev), full_logits(model, src, lens, prev)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # an impostor under the recorded name is refused, naming both fingerprints
+    impostor = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    save_plain_base(impostor, arch, d, "args", seed=9)
+    with pytest.raises(DeltaCheckpointError, match=f"different base model.*{model.base_content[:16]}"):
+        export_merge(str(out), str(tmp_path / "wrong.pt"))

@@ -123,6 +123,11 @@ def refuse_unmergeable(plan: DeltaPlan) -> None:
 def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
     stored = _tensor_to_str(state["model"][BASE_PATH_KEY]) if BASE_PATH_KEY in state["model"] else None
     base_path = base_override or stored
+    if base_override and not os.path.isfile(base_override):  # a base name (core/bases.py's search order)
+        from unifairseq.core import bases
+
+        found = bases.by_name(base_override)
+        base_path = found.path if found else base_override
     if not base_path:
         raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base PATH")
     if not os.path.isfile(base_path):
@@ -176,8 +181,10 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
 
 def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
     """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
-    trained task heads travel with the merged model."""
-    state = load_checkpoint_file(path)
+    trained task heads travel with the merged model. CKPT may be a delta folder."""
+    from unifairseq.tools.share import read_input
+
+    state = read_input(path, base, with_base_args=True)
     plan = delta_plan(state)
     refuse_unmergeable(plan)
     base_state = load_base_for(state, path, base)
@@ -220,8 +227,10 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
 
 
 def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = False) -> dict:
+    from unifairseq.tools.share import read_input
+
     merged = load_checkpoint_file(merged_path)
-    state = load_checkpoint_file(delta_path)
+    state = read_input(delta_path)
     plan = delta_plan(state)
     refuse_unmergeable(plan)
     for m in plan.methods:

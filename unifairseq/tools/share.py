@@ -4,6 +4,7 @@ parent, the plan's flags, the model shape, the base's name and content fingerpri
 fingerprints, the classification heads. Prints the command lines that load it."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -14,7 +15,8 @@ from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.deltafile import write_delta
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
-                                           _tensor_to_str, base_name_of, file_content_fingerprint)
+                                           _str_to_tensor, _tensor_to_str, base_name_of,
+                                           file_content_fingerprint)
 from unifairseq.fairseq.models.sharing import SHAPE_ARGS
 
 HEAD_PREFIX = "classification_heads."
@@ -85,3 +87,42 @@ def usage(out: str, config: dict) -> str:
         "or in Python:",
         f"  {'DeltaRobertaModel' if config['family'] == 'roberta' else 'DeltaBARTModel'}.from_pretrained("
         f"{config['base']['name']!r}, delta={folder!r}, data_name_or_path=DATA-BIN)"])
+
+
+def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
+    """What merge/unmerge read: a delta checkpoint (.pt), or a delta folder presented the same way (its
+    tensors with the base's path and plan fingerprint under "model"; the model args are the base's with
+    the delta's arch and flags on top when `with_base_args` -- a merged checkpoint is the base's args and
+    weights -- else the folder's own flags and shape). The folder is read without unpickling."""
+    from unifairseq.core.deltafile import is_delta_folder, read_delta
+    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.tools.export import set_model_arg
+
+    if not is_delta_folder(path):
+        return load_checkpoint_file(path)
+    config, tensors = read_delta(path)
+    rec = config["base"]
+    own = dict(arch=config["arch"], **config["delta"])
+    state = {"model": dict(tensors), "args": Namespace(**config["model"], **own), "cfg": None}
+    if with_base_args:
+        where = (base_flag, rec["name"], rec["fingerprint"], rec["path_hint"])
+        try:  # by name or path (verified below, on the weights read anyway), else by content
+            try:
+                found = bases.resolve(*where)
+            except bases.BaseNotFound:
+                found = bases.resolve(*where, file_content_fingerprint)
+        except bases.BaseNotFound as e:
+            raise DeltaCheckpointError(f"{path}: {e}") from None
+        base = load_checkpoint_file(found.path)
+        got = bases.content_fingerprint(base["model"])
+        if got != rec["fingerprint"]:
+            raise DeltaCheckpointError(
+                f"{path}: this delta was trained on a different base model: the delta records base {rec['name']!r} "
+                f"with fingerprint {rec['fingerprint'][:16]}…, {found.path} has {got[:16]}…; pass its own base "
+                "with --base NAME_OR_PATH")
+        state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
+        for k, v in {**own, "_name": config["arch"]}.items():
+            set_model_arg(state, k, v)
+        state["model"][BASE_PATH_KEY] = _str_to_tensor(found.path)
+    state["model"][FINGERPRINT_KEY] = _str_to_tensor(rec["plan_fingerprint"])
+    return state
