@@ -344,3 +344,20 @@ def test_merge_reads_the_delta_folder(tmp_path):
     save_plain_base(impostor, arch, d, "args", seed=9)
     with pytest.raises(DeltaCheckpointError, match=f"different base model.*{model.base_content[:16]}"):
         export_merge(str(out), str(tmp_path / "wrong.pt"))
+
+
+def test_full_checkpoint_of_a_delta_model_keeps_its_recorded_base(tmp_path):
+    """--delta-save-full writes BitFit's trained biases into a full checkpoint: loaded back, the base it
+    records (name, content) is kept, not re-derived from tensors that changed in place."""
+    d = tiny_dict()
+    base = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    save_plain_base(base, "bitfit_bart_base", d, "args")
+    trainer, model = make_trainer("bitfit_bart_base", ["--delta-save-full"], d)
+    model.load_base(str(base))
+    trainer.train_step([toy_sample(d)])
+    full = model.state_dict()
+    assert any(k.endswith(".bias") for k in full) and "encoder.embed_tokens.weight" in full
+    _, fresh = make_trainer("bitfit_bart_base", ["--delta-save-full"], d)
+    fresh.load_state_dict(full)
+    assert fresh.base_content == model.base_content == bases.content_fingerprint(load_checkpoint_file(str(base))["model"])
+    assert fresh.base_content != bases.content_fingerprint(full) and fresh.base_name == "tiny.bart"

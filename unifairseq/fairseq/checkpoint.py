@@ -182,6 +182,8 @@ class DeltaCheckpointMixin:
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         if not getattr(self, "save_delta_only", False):
+            if self.base_content is not None:  # --delta-save-full: the base's record travels (not the weights')
+                full[prefix + INFO_KEY] = _str_to_tensor(json.dumps(self.info(), sort_keys=True))
             return full
         if self.base_fingerprint is None:
             self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
@@ -213,12 +215,15 @@ class DeltaCheckpointMixin:
             self.base_name = info.get("base_name") or self.base_name
             self.base_content = self.base_content or info.get("base_content")
             return result
-        content = bases.content_fingerprint(state_dict)  # before fairseq's upgrades touch the dict
+        # before fairseq's upgrades touch the dict; a full checkpoint of a delta model (--delta-save-full)
+        # records its base, whose content differs from its own where a plan trains in place (BitFit)
+        content = info.get("base_content") or bases.content_fingerprint(state_dict)
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model, or the
         # --path of fairseq-generate under a delta folder) is the base
         self.base_path = getattr(self, "base_path_hint", None) or self.base_path
-        self.base_name = base_name_of(self.base_path, getattr(self, "delta_base", None)) or self.base_name
+        self.base_name = (info.get("base_name") or base_name_of(self.base_path, getattr(self, "delta_base", None))
+                          or self.base_name)
         self.base_content = content
         self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         if getattr(self, "delta_file", None):
