@@ -9,7 +9,7 @@ from methods import IDS, MERGEABLE, METHODS
 from test_methods import full_logits, perturb_deltas, save_base_checkpoint
 from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict, tiny_model
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint import META_KEYS, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.core.modules import is_delta_name
 from unifairseq.tools.export import export_inference, export_merge, export_unmerge, main as export_main
 
@@ -45,7 +45,7 @@ def test_trainer_checkpoint_holds_only_trained_tensors_and_round_trips(name, arc
     model, ckpt, base, d = trained_checkpoint(tmp_path, arch, flags)
     state = load_checkpoint_file(str(ckpt))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    saved = set(state["model"]) - {"unifairseq_meta.fingerprint", "unifairseq_meta.base_path"}
+    saved = set(state["model"]) - set(META_KEYS)
     assert saved == trainable
     # optimizer state only for the trained tensors
     opt_state = state["last_optimizer_state"]["state"]

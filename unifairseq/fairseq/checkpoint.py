@@ -6,17 +6,24 @@ trained tensors plus two small entries:
 
   unifairseq_meta.fingerprint  sha256 of the frozen base (names, shapes, dtypes, sampled values)
   unifairseq_meta.base_path    where the base checkpoint was loaded from
+  unifairseq_meta.info         JSON: the base's name and content fingerprint (core/bases.py, independent
+                               of the method plan) and the fingerprints of the task's dictionaries
 
 Loading such a dict (resume, fairseq-generate, hub `from_pretrained`) first loads the
 base from `--delta-base` if given, else from the stored path, checks its fingerprint
 (refused with both fingerprints on a mismatch unless `--delta-allow-base-mismatch`),
 then puts the delta tensors on top. Loading a full checkpoint (an official
 `bart.large/model.pt` through `--restore-file` or `--finetune-from-model`) records it as
-the base.
+the base, whatever its file name: base or delta is decided by the content.
+
+A shared delta folder (core/deltafile.py) comes in through `delta_file` (model overrides or the
+hub's `delta=`): fairseq loads the base as a full checkpoint, then `apply_delta_file` puts the
+folder's tensors on top (models/sharing.py), with nothing unpickled.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import zipfile
@@ -25,6 +32,7 @@ from typing import Dict, Optional
 
 import torch
 
+from unifairseq.core import bases
 from unifairseq.core.accounting import as_plan
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.safe_globals import register_safe_globals
@@ -33,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "unifairseq_meta.fingerprint"
 BASE_PATH_KEY = "unifairseq_meta.base_path"
-META_KEYS = (FINGERPRINT_KEY, BASE_PATH_KEY)
+INFO_KEY = "unifairseq_meta.info"
+META_KEYS = (FINGERPRINT_KEY, BASE_PATH_KEY, INFO_KEY)
 
 
 class DeltaCheckpointError(RuntimeError):
@@ -93,6 +102,25 @@ def _tensor_to_str(t: torch.Tensor) -> str:
     return bytes(t.tolist()).decode("utf-8")
 
 
+def file_content_fingerprint(path: str) -> str:
+    """The plan-independent content fingerprint (core/bases.py) of a base checkpoint file."""
+    return bases.content_fingerprint(load_checkpoint_file(path)["model"])
+
+
+def base_name_of(path: Optional[str], flag: Optional[str] = None) -> Optional[str]:
+    """The name a delta records for its base: the name given with --delta-base, else the base file's
+    folder (bart.large/model.pt -> bart.large; the same for checkpoint*.pt, whose file names say nothing
+    about the model), else the file's stem (tiny_bart.pt -> tiny_bart)."""
+    if flag and bases.as_path(flag) is None:
+        return flag
+    if not path:
+        return None
+    file = os.path.basename(path)
+    if file == bases.BASE_FILE or file.startswith("checkpoint"):
+        return os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
     """sha256 over the frozen base tensors: names, shapes, dtypes and up to 4,096 values of each,
     spread over the tensor (fast on a 400M-parameter model, and any real difference shows)."""
@@ -127,13 +155,26 @@ class DeltaCheckpointMixin:
     """
 
     base_path: Optional[str] = None  # where the current base weights came from
-    base_fingerprint: Optional[str] = None
+    base_fingerprint: Optional[str] = None  # plan-dependent (the old .pt deltas' check)
+    base_content: Optional[str] = None  # plan-independent, of the base file's tensors (core/bases.py)
+    base_name: Optional[str] = None
+    dictionary_fingerprints: Optional[dict] = None  # set by the builder from the task's dictionaries
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """fairseq's hub loading, with the torch.load allow-list for fairseq checkpoints in place."""
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".",
+                        delta=None, **kwargs):
+        """fairseq's hub loading, with the torch.load allow-list in place. `model_name_or_path` may be a
+        base name (core/bases.py's search order); `delta=DIR` puts a shared delta folder on that base."""
+        from unifairseq.fairseq.models.sharing import hub_arguments
+
         register_safe_globals()
-        return super().from_pretrained(*args, **kwargs)
+        model_name_or_path, checkpoint_file, data_name_or_path, kwargs = hub_arguments(
+            model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs)
+        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
+
+    def info(self) -> dict:
+        return dict(base_name=self.base_name, base_content=self.base_content,
+                    dictionary=self.dictionary_fingerprints or {})
 
     def full_state_dict(self) -> "OrderedDict[str, torch.Tensor]":
         return super().state_dict()
@@ -141,23 +182,28 @@ class DeltaCheckpointMixin:
     def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
         full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         if not getattr(self, "save_delta_only", False):
+            if self.base_content is not None:  # --delta-save-full: the base's record travels (not the weights')
+                full[prefix + INFO_KEY] = _str_to_tensor(json.dumps(self.info(), sort_keys=True))
             return full
         if self.base_fingerprint is None:
             self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         out = OrderedDict((k, v) for k, v in full.items() if self.delta_plan.is_trainable(k[len(prefix):]))
         out[prefix + FINGERPRINT_KEY] = _str_to_tensor(self.base_fingerprint)
         out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.base_path or "")
+        out[prefix + INFO_KEY] = _str_to_tensor(json.dumps(self.info(), sort_keys=True))
         return out
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         state_dict = OrderedDict(state_dict)
         stored_fp = state_dict.pop(FINGERPRINT_KEY, None)
         stored_path = state_dict.pop(BASE_PATH_KEY, None)
+        info = state_dict.pop(INFO_KEY, None)
+        info = json.loads(_tensor_to_str(info)) if info is not None else {}
         stored_fp = _tensor_to_str(stored_fp) if stored_fp is not None else None
         stored_path = _tensor_to_str(stored_path) if stored_path is not None else None
         full = self.full_state_dict()
         if is_delta_only(state_dict, full, self.delta_plan):
-            self._ensure_base(stored_path)
+            self._ensure_base(stored_path, info)
             self._check_fingerprint(stored_fp, stored_path)
             merged = OrderedDict((k, v) for k, v in self.full_state_dict().items())
             merged.update(state_dict)
@@ -165,11 +211,23 @@ class DeltaCheckpointMixin:
             # the delta's record of its base travels on, whatever path the base came from this time
             if stored_path:
                 self.base_path = self.base_path or stored_path
+            # the name the delta was trained under stays its base's name, wherever the file is now
+            self.base_name = info.get("base_name") or self.base_name
+            self.base_content = self.base_content or info.get("base_content")
             return result
+        # before fairseq's upgrades touch the dict; a full checkpoint of a delta model (--delta-save-full)
+        # records its base, whose content differs from its own where a plan trains in place (BitFit)
+        content = info.get("base_content") or bases.content_fingerprint(state_dict)
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-        # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model) is the base
+        # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model, or the
+        # --path of fairseq-generate under a delta folder) is the base
         self.base_path = getattr(self, "base_path_hint", None) or self.base_path
+        self.base_name = (info.get("base_name") or base_name_of(self.base_path, getattr(self, "delta_base", None))
+                          or self.base_name)
+        self.base_content = content
         self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
+        if getattr(self, "delta_file", None):
+            self.apply_delta_file(self.delta_file)
         if stored_fp is not None and stored_fp != self.base_fingerprint:
             logger.warning("unifairseq: loaded a full checkpoint whose recorded base fingerprint differs")
         return result
@@ -183,6 +241,7 @@ class DeltaCheckpointMixin:
             raise DeltaCheckpointError(f"{path!r} is itself a delta checkpoint, not a base model; point "
                                        "--delta-base at the full pretrained checkpoint (e.g. bart.large/model.pt)")
         own = self.full_state_dict()
+        content = bases.content_fingerprint(sd)
         self.upgrade_state_dict(sd)  # fairseq's checkpoint upgrades (and our missing-delta fill)
         for k, v in sd.items():
             if k in own and tuple(own[k].shape) != tuple(v.shape):
@@ -197,24 +256,38 @@ class DeltaCheckpointMixin:
         sd.update(keep)
         torch.nn.Module.load_state_dict(self, sd, strict=True)
         self.base_path = os.path.abspath(path)
+        self.base_content = content
+        self.base_name = base_name_of(path, getattr(self, "delta_base", None))
         self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         logger.info(f"unifairseq: base model loaded from {path} (fingerprint {self.base_fingerprint[:12]})")
 
-    def _ensure_base(self, stored_path: Optional[str]) -> None:
+    def _ensure_base(self, stored_path: Optional[str], info: Optional[dict] = None) -> None:
+        """Find the base of a delta-only checkpoint: --delta-base / UNIFAIRSEQ_DELTA_BASE (a name or a
+        path), else the recorded name, the recorded path, or the recorded content fingerprint."""
         if self.base_path is not None:
             return
+        info = info or {}
         override = getattr(self, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
-        path = override or stored_path
-        if not path:
+        if not (override or stored_path or info.get("base_name")):
             raise DeltaCheckpointError(
                 "this is a delta checkpoint and no base model is known: pass the base checkpoint with "
-                "--delta-base PATH (fairseq-train), --model-overrides \"{'delta_base': 'PATH'}\" "
+                "--delta-base NAME_OR_PATH (fairseq-train), --model-overrides \"{'delta_base': 'PATH'}\" "
                 "(fairseq-generate) or UNIFAIRSEQ_DELTA_BASE=PATH")
-        if not os.path.isfile(path):
-            raise DeltaCheckpointError(
-                f"this delta checkpoint was trained on the base {path!r}, which is not there: pass its location "
-                "with --delta-base PATH, --model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE")
-        self.load_base(path)
+        try:
+            found = bases.resolve(override, info.get("base_name"), info.get("base_content"), stored_path,
+                                  file_content_fingerprint)
+        except bases.BaseNotFound as e:
+            trained_on = stored_path or info.get("base_name")
+            raise DeltaCheckpointError(f"this delta checkpoint was trained on the base {trained_on!r}, which "
+                                       f"is not there: {e}") from None
+        logger.info(f"unifairseq: base {found.path} found {found.how}")
+        self.load_base(found.path)
+
+    def apply_delta_file(self, folder: str) -> None:
+        """Put a shared delta folder's tensors on the loaded base (models/sharing.py)."""
+        from unifairseq.fairseq.models.sharing import apply_delta
+
+        apply_delta(self, folder)
 
     def _check_fingerprint(self, stored_fp: Optional[str], stored_path: Optional[str]) -> None:
         if stored_fp is None or stored_fp == self.base_fingerprint:

@@ -1,7 +1,9 @@
 """unifairseq-export: turn a training checkpoint into what inference needs.
 
-    unifairseq-export inference CKPT OUT   small delta file: no optimizer state, the prefix
-                                           reparametrization MLP folded into static vectors
+    unifairseq-export inference CKPT OUT   small delta for inference and sharing: no optimizer state, the
+                                           prefix reparametrization MLP folded into static vectors. OUT a
+                                           folder: delta_config.json + delta_model.safetensors (nothing
+                                           to unpickle; docs/sharing.md); OUT ending in .pt: a fairseq file
     unifairseq-export merge CKPT OUT       LoRA, DoRA, (IA)³ (and BitFit) merged into the base weights: a
                                            plain fairseq checkpoint that vanilla fairseq loads, no --user-dir;
                                            a trained classification head travels with it
@@ -25,13 +27,16 @@ from typing import Dict, Optional
 
 import torch
 
+from unifairseq import cli
 from unifairseq.core.config import DeltaConfig
+from unifairseq.core.deltafile import DeltaFileError
 from unifairseq.core.methods import METHODS
 from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
 from unifairseq.core.plan import DeltaPlan
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, DeltaCheckpointError,
-                                           _tensor_to_str, atomic_save, load_checkpoint_file)
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS,
+                                           DeltaCheckpointError, _tensor_to_str, atomic_save,
+                                           load_checkpoint_file)
 
 logger = logging.getLogger("unifairseq.export")
 
@@ -120,6 +125,11 @@ def refuse_unmergeable(plan: DeltaPlan) -> None:
 def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
     stored = _tensor_to_str(state["model"][BASE_PATH_KEY]) if BASE_PATH_KEY in state["model"] else None
     base_path = base_override or stored
+    if base_override and not os.path.isfile(base_override):  # a base name (core/bases.py's search order)
+        from unifairseq.core import bases
+
+        found = bases.by_name(base_override)
+        base_path = found.path if found else base_override
     if not base_path:
         raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base PATH")
     if not os.path.isfile(base_path):
@@ -136,7 +146,7 @@ def parent_arch(arch: str) -> str:
 
 
 # ----------------------------------------------------------------- commands
-def export_inference(path: str, out: str, force: bool = False) -> dict:
+def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None) -> dict:
     state = load_checkpoint_file(path)
     plan = delta_plan(state)
     sd = OrderedDict(state["model"])
@@ -156,8 +166,16 @@ def export_inference(path: str, out: str, force: bool = False) -> dict:
             for k, v in (m.folded_args() if m.merge == "fold" else {}).items():
                 set_model_arg(new, k, v)
     _refuse_same_file(path, out)
-    atomic_save(new, out, overwrite=force)
     params = sum(v.numel() for k, v in sd.items() if k not in META_KEYS)
+    if not out.endswith(".pt"):  # the shareable folder
+        from unifairseq.tools.share import write_shared
+
+        config = write_shared(new, path, out, base, force)
+        logger.info(f"wrote {out}/: {params:,} parameters in {config['tensors']['count']} tensors; dropped "
+                    f"{dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
+        return dict(params=params, dropped=dropped, config=config,
+                    bytes=sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)))
+    atomic_save(new, out, overwrite=force)
     logger.info(f"wrote {out}: {params:,} parameters ({os.path.getsize(out):,} bytes); "
                 f"dropped {dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
     return dict(params=params, dropped=dropped, bytes=os.path.getsize(out))
@@ -165,8 +183,10 @@ def export_inference(path: str, out: str, force: bool = False) -> dict:
 
 def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
     """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
-    trained task heads travel with the merged model."""
-    state = load_checkpoint_file(path)
+    trained task heads travel with the merged model. CKPT may be a delta folder."""
+    from unifairseq.tools.share import read_input
+
+    state = read_input(path, base, with_base_args=True)
     plan = delta_plan(state)
     refuse_unmergeable(plan)
     base_state = load_base_for(state, path, base)
@@ -209,8 +229,10 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
 
 
 def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = False) -> dict:
+    from unifairseq.tools.share import read_input
+
     merged = load_checkpoint_file(merged_path)
-    state = load_checkpoint_file(delta_path)
+    state = read_input(delta_path)
     plan = delta_plan(state)
     refuse_unmergeable(plan)
     for m in plan.methods:
@@ -247,11 +269,13 @@ def main(argv=None) -> int:
 
     unifairseq.fairseq.register()  # architecture names, safe globals
 
-    ap = argparse.ArgumentParser(prog="unifairseq-export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-export", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("inference", help="small delta file for inference (prefix MLP folded, no optimizer)")
+    p = sub.add_parser("inference", help="small delta for inference: a shareable folder, or OUT.pt "
+                                         "(prefix MLP folded, no optimizer)")
     p.add_argument("ckpt"), p.add_argument("out")
+    p.add_argument("--base", help="base name or checkpoint, for a delta that records no base content fingerprint "
+                                  "(made before unifairseq recorded it)")
     p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base checkpoint (default: the path recorded in CKPT)")
@@ -265,16 +289,15 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "inference":
-            export_inference(a.ckpt, a.out, a.force)
+            export_inference(a.ckpt, a.out, a.force, a.base)
         elif a.cmd == "merge":
             export_merge(a.ckpt, a.out, a.base, a.force)
         elif a.cmd == "hf":
             export_hf.run(a)
         else:
             export_unmerge(a.merged, a.ckpt, a.out, a.force)
-    except (DeltaCheckpointError, export_hf.HFExportError) as e:
-        print(f"unifairseq-export: error: {e}", file=sys.stderr)
-        return 2
+    except (DeltaCheckpointError, DeltaFileError, export_hf.HFExportError) as e:
+        return cli.error("unifairseq-export", e)
     return 0
 
 

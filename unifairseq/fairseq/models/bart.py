@@ -34,7 +34,7 @@ class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
             model = super().build_model(args, task)
         shape = ModelShape.encoder_decoder(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
                                            args.encoder_layers, args.decoder_layers, base_bias_params(model))
-        return prepare_delta_model(model, args, plan, shape)
+        return prepare_delta_model(model, args, plan, shape, task, encoder_decoder=True)
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):

@@ -24,7 +24,11 @@ _BUILDING: List[DeltaPlan] = []
 
 
 def plan_for(args, family: str) -> DeltaPlan:
-    """The plan of a model about to be built: validated once, refused when it trains nothing."""
+    """The plan of a model about to be built: validated once, refused when it trains nothing. With a
+    shared delta folder (`delta_file`), its JSON gives the plan (models/sharing.py)."""
+    from unifairseq.fairseq.models.sharing import adopt_delta_args
+
+    adopt_delta_args(args)
     plan = DeltaPlan.from_args(args)
     if plan.empty:
         raise DeltaConfigError(
@@ -49,9 +53,29 @@ def current_plan(args) -> DeltaPlan:
     return _BUILDING[-1] if _BUILDING else DeltaPlan.from_args(args)
 
 
-def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape):
+def start_checkpoint(args):
+    """The file fairseq-train starts from, resolved as fairseq's checkpoint_utils.load_checkpoint does:
+    the default `checkpoint_last.pt` means SAVE_DIR/checkpoint_last.pt, and --finetune-from-model when that
+    is not there yet; any other --restore-file is taken as given. Whether it is a base (a full checkpoint)
+    or a delta to resume is decided by its content when it loads (DeltaCheckpointMixin.load_state_dict)."""
+    restore = getattr(args, "restore_file", None) or "checkpoint_last.pt"
+    if restore == "checkpoint_last.pt":
+        last = os.path.join(getattr(args, "save_dir", None) or "checkpoints", "checkpoint_last.pt")
+        finetune = getattr(args, "finetune_from_model", None)
+        path = finetune if (finetune and not os.path.exists(last)) else last
+    else:
+        path = restore
+    return os.path.abspath(path) if path and os.path.isfile(path) else None
+
+
+def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=None, encoder_decoder=True,
+                        before_base=None):
     """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
     them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
+    from unifairseq.core import bases
+    from unifairseq.fairseq.checkpoint import DeltaCheckpointError, file_content_fingerprint
+    from unifairseq.fairseq.models.sharing import task_dictionaries
+
     reset_all_deltas(model)
     freeze_base(model, plan)
     model.delta, model.delta_plan = plan.cfg, plan
@@ -60,11 +84,19 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape):
     model.save_delta_only = not getattr(args, "delta_save_full", False)
     model.delta_allow_base_mismatch = bool(getattr(args, "delta_allow_base_mismatch", False))
     model.delta_base = getattr(args, "delta_base", None)
-    start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
-    if start and os.path.basename(start) != "checkpoint_last.pt":
-        model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
+    model.delta_file = getattr(args, "delta_file", None)
+    model.dictionary_fingerprints = task_dictionaries(task, encoder_decoder)
+    model.base_path_hint = start_checkpoint(args)  # a full checkpoint loaded from here is the base
+    if before_base is not None:
+        before_base(model)  # RoBERTa: a shared delta's heads must exist before any tensors load
     if model.delta_base:
-        model.load_base(model.delta_base)
+        try:  # a name or a path (core/bases.py's search order)
+            found = bases.resolve(model.delta_base, fingerprint_file=file_content_fingerprint)
+        except bases.BaseNotFound as e:
+            raise DeltaCheckpointError(f"--delta-base: {e}") from None
+        model.load_base(found.path)
+        if model.delta_file:
+            model.apply_delta_file(model.delta_file)
     return model
 
 

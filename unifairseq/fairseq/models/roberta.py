@@ -23,6 +23,7 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
+from unifairseq.fairseq.models.sharing import adopt_delta_args, register_heads
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -65,7 +66,8 @@ class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
         model = cls(args, DeltaRobertaEncoder(args, task.source_dictionary, plan))
         model.delta_shape = ModelShape.encoder_only(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
                                                     args.encoder_layers, base_bias_params(model))
-        return prepare_delta_model(model, args, plan, model.delta_shape)
+        return prepare_delta_model(model, args, plan, model.delta_shape, task, encoder_decoder=False,
+                                   before_base=lambda m: register_heads(m, adopt_delta_args(args)))
 
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)

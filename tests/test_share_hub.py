@@ -1,0 +1,143 @@
+"""The hub with shared deltas: from_pretrained(base, delta=DIR) with the base by name, switching deltas
+on the loaded base (same plan and another plan) without re-reading the base file, RoBERTa's head."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from fairseq.checkpoint_utils import torch_persistent_save
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
+
+from test_methods import full_logits, perturb_deltas
+from test_share import no_unpickling_of, save_plain_base
+from test_training import make_trainer, toy_sample
+from tiny import random_batch, tiny_dict
+from unifairseq.core.modules import is_delta_name
+from unifairseq.fairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.models.sharing import load_delta
+from unifairseq.tools.export import export_inference
+from unifairseq.tools.tiny_base import checkpoint_state
+
+SMALL = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFAIRSEQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
+
+
+def delta_on(base, tmp_path, tag, arch, flags, d, steps=2, seed=0):
+    trainer, model = make_trainer(arch, flags, d)
+    model.load_base(str(base))
+    perturb_deltas(model, seed=seed)  # moved off init, then a few real updates
+    for _ in range(steps):
+        trainer.train_step([toy_sample(d)])
+    ckpt = tmp_path / f"{tag}.pt"
+    trainer.consolidate_optimizer()
+    trainer.save_checkpoint(str(ckpt), {})
+    out = tmp_path / tag
+    export_inference(str(ckpt), str(out))
+    return model.eval(), out
+
+
+def data_dir(tmp_path, d):
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("src", "tgt"):
+        d.save(str(data / f"dict.{lang}.txt"))
+    return data
+
+
+def test_hub_by_name_and_switching_deltas(tmp_path):
+    from unifairseq.fairseq.models.bart import DeltaBARTModel
+
+    d = tiny_dict()
+    base = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    save_plain_base(base, "lora_attn_bart_base", d, "args")
+    refs = {tag: delta_on(base, tmp_path, tag, arch, flags, d, seed=i) for i, (tag, arch, flags) in enumerate([
+        ("lora1", "lora_attn_bart_base", SMALL), ("lora2", "lora_attn_bart_base", SMALL),
+        ("mam", "mam_bart_base", SMALL), ("bitfit", "bitfit_bart_base", [])])}
+    data = data_dir(tmp_path, d)
+    src, lens, prev, _ = random_batch(d)
+    base_sd = load_checkpoint_file(str(base))["model"]
+
+    with no_unpickling_of(tmp_path / "lora1") as seen:
+        hub = DeltaBARTModel.from_pretrained("tiny.bart", delta=str(refs["lora1"][1]), data_name_or_path=str(data),
+                                             bpe=None, source_lang="src", target_lang="tgt")
+        hub.eval()
+        for model, _ in refs.values():  # as the hub prepares its model (beamable cross-attention)
+            model.prepare_for_inference_(hub.cfg)
+
+        def logits():
+            with torch.no_grad():
+                return full_logits(hub.model, src, lens, prev)
+
+        def hyps():
+            return [h[0]["tokens"].tolist() for h in hub.generate([src[0], src[1]], beam=3, max_len_b=6)]
+
+        first = hyps()
+        order = ["lora1", "lora2", "mam", "bitfit", "lora2", "lora1"]
+        for tag in order:
+            model, folder = refs[tag]
+            kept = hub.model
+            load_delta(hub, str(folder))
+            same_plan = tag.startswith("lora") and kept.delta_plan.cfg.attn_mode == "lora"
+            assert (hub.model is kept) == same_plan, tag  # copied in place, or rebuilt for another plan
+            with torch.no_grad():
+                assert torch.equal(logits(), full_logits(model, src, lens, prev)), tag
+            for n, p in hub.model.named_parameters():  # the base stays frozen under every plan
+                assert p.requires_grad == hub.model.delta_plan.is_trainable(n), n
+        assert hyps() == first, "back on the first delta: its own hypotheses exactly"
+        own = hub.model.full_state_dict()
+        assert all(torch.equal(own[k], v) for k, v in base_sd.items() if not k.endswith("version")), \
+            "the base weights are bitwise those of the file after MAM, BitFit (in place) and back"
+    assert [os.path.realpath(p) for p in seen] == [os.path.realpath(base)], "the base file is read once"
+
+
+def test_roberta_hub_with_head_from_shared_delta(tmp_path):
+    from tiny import tiny_roberta
+    from unifairseq.fairseq.models.roberta import DeltaRobertaModel
+    from unifairseq.tools.tiny_base import build
+
+    model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion",
+                                                               "sentence_prediction", "--optimizer", "adam",
+                                                               "--lr", "1e-3", "--cpu"])
+    d = task.source_dictionary
+    data = tmp_path / "data"
+    for sub, dic in (("input0", d), ("label", task.label_dictionary)):
+        (data / sub).mkdir(parents=True)
+        dic.save(str(data / sub / "dict.txt"))
+    plain, plain_args = build("roberta", str(data / "input0"), layers=2, dim=32, ffn_dim=64, heads=4,
+                              max_positions=64, seed=3)
+    base = tmp_path / "roberta.tiny" / "model.pt"
+    base.parent.mkdir()
+    torch_persistent_save(checkpoint_state(plain, plain_args), str(base))
+    model.load_base(str(base))
+    perturb_deltas(model)
+    args.data = str(data)
+    cfg = convert_namespace_to_omegaconf(args)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    trainer.consolidate_optimizer()
+    trainer.save_checkpoint(str(tmp_path / "delta.pt"), {})
+    out = tmp_path / "shared"
+    info = export_inference(str(tmp_path / "delta.pt"), str(out))
+    assert info["config"]["heads"] == {"sentence_classification_head": {"num_classes": 2, "inner_dim": 32}}
+    assert info["config"]["family"] == "roberta" and "target" not in info["config"]["dictionary"]
+
+    with no_unpickling_of(out) as seen:
+        hub = DeltaRobertaModel.from_pretrained(str(base.parent), delta=str(out),
+                                                data_name_or_path=str(data / "input0"), bpe=None)
+    hub.eval(), model.eval()
+    assert seen == [os.path.realpath(base)]
+    tokens = torch.tensor([d.bos(), 9, 10, 11, 12, d.eos()])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(tokens.unsqueeze(0), features_only=True,
+                                      classification_head_name="sentence_classification_head")[0], -1)
+        got = hub.predict("sentence_classification_head", tokens)
+    assert torch.equal(got, ref)
+    plain_sd = plain.state_dict()
+    own = hub.model.full_state_dict()
+    assert all(torch.equal(own[k], v) for k, v in plain_sd.items() if not is_delta_name(k))

@@ -1,0 +1,201 @@
+"""Base models found by name, verified by fingerprint.
+
+A delta records its base by name (bart.large, roberta.base, ... or any folder name) and by a content
+fingerprint of the base's tensors. A base is looked up in this order:
+
+  1. the flag: `--delta-base NAME_OR_PATH` (fairseq-train, unifairseq-export), the hub's `base=` argument,
+     `unifairseq-base find NAME_OR_PATH`; a path (a file, or a folder holding model.pt) is taken as is
+  2. $UNIFAIRSEQ_BASES: folders separated by os.pathsep, each holding <name>/model.pt
+  3. the cache: ${UNIFAIRSEQ_CACHE:-${XDG_CACHE_HOME:-~/.cache}/unifairseq}/bases/<name>/model.pt
+     (`unifairseq-base add PATH --name NAME` puts a base there)
+  4. the path recorded when the delta was trained
+  5. by content: every */model.pt under the folders of 2 and 3 whose fingerprint is the delta's
+     (so a base folder that was moved or renamed is still found); fingerprints are cached per
+     (path, size, mtime) in <cache>/bases-index.json so a scan rereads only files that changed
+
+The official fairseq bases keep their release names: bart.base, bart.large, mbart.large.cc25,
+roberta.base, roberta.large. Nothing is ever downloaded. The content fingerprint is the sha256 of the
+base's own tensors (names, shapes, dtypes, sampled values) as stored in the file: it does not depend on
+the method a delta trains (BitFit's plan fingerprint skips the biases it trains; this one does not).
+torch only; reading a file's tensors is the caller's (`fingerprint_file`), so this module never loads
+a checkpoint itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from unifairseq.core.modules import is_delta_name
+
+OFFICIAL = ("bart.base", "bart.large", "mbart.large.cc25", "roberta.base", "roberta.large")
+BASE_FILE = "model.pt"
+INDEX_NAME = "bases-index.json"
+
+
+class BaseNotFound(LookupError):
+    """No base matched; the message lists where it looked and how to add one."""
+
+
+@dataclass
+class Found:
+    path: str  # the base checkpoint file
+    how: str  # which step of the search order found it
+
+
+def content_fingerprint(state: Dict[str, torch.Tensor]) -> str:
+    """sha256 over a base checkpoint's own tensors (not deltas, task heads, version or unifairseq
+    entries): names, shapes, dtypes and up to 4,096 values of each, spread over the tensor."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if (not torch.is_tensor(t) or is_delta_name(name) or name.startswith("classification_heads.")
+                or name.endswith("version") or name.startswith("unifairseq_meta.")):
+            continue
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to(torch.float64).cpu()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- search path
+def cache_dir() -> str:
+    root = os.environ.get("UNIFAIRSEQ_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "unifairseq")
+    return root
+
+
+def search_folders() -> List[Tuple[str, str]]:
+    """(folder, where it comes from) in search order: $UNIFAIRSEQ_BASES, then the cache."""
+    out = [(f, "$UNIFAIRSEQ_BASES") for f in os.environ.get("UNIFAIRSEQ_BASES", "").split(os.pathsep) if f]
+    out.append((os.path.join(cache_dir(), "bases"), "the cache"))
+    return out
+
+
+def as_path(value: str) -> Optional[str]:
+    """The base file a path names (a file, or a folder holding model.pt), else None."""
+    if os.path.isfile(value):
+        return os.path.abspath(value)
+    if os.path.isdir(value) and os.path.isfile(os.path.join(value, BASE_FILE)):
+        return os.path.abspath(os.path.join(value, BASE_FILE))
+    return None
+
+
+def by_name(name: str) -> Optional[Found]:
+    for folder, where in search_folders():
+        p = os.path.join(folder, name, BASE_FILE)
+        if os.path.isfile(p):
+            return Found(os.path.abspath(p), f"by name {name!r} in {where} ({folder})")
+    return None
+
+
+def candidates() -> Iterator[Tuple[str, str, str]]:
+    """(name, base file, where) for every <folder>/<name>/model.pt on the search path."""
+    seen = set()
+    for folder, where in search_folders():
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name, BASE_FILE)
+            real = os.path.realpath(p)
+            if os.path.isfile(p) and real not in seen:
+                seen.add(real)
+                yield name, os.path.abspath(p), where
+
+
+# ---------------------------------------------------------------- the index
+class FingerprintIndex:
+    """Content fingerprints of base files, cached per (path, size, mtime) in a small JSON file."""
+
+    def __init__(self, fingerprint_file: Callable[[str], str], path: Optional[str] = None):
+        self.fingerprint_file = fingerprint_file
+        self.path = path or os.path.join(cache_dir(), INDEX_NAME)
+        try:
+            with open(self.path) as f:
+                self.entries = json.load(f)
+            if not isinstance(self.entries, dict):
+                self.entries = {}
+        except (OSError, ValueError):  # no index yet, or a damaged one: rebuilt from the files
+            self.entries = {}
+        self.dirty = False
+
+    def get(self, base_file: str) -> str:
+        real = os.path.realpath(base_file)
+        st = os.stat(real)
+        e = self.entries.get(real)
+        if isinstance(e, dict) and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns:
+            return e["fingerprint"]
+        fp = self.fingerprint_file(real)
+        self.entries[real] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, fingerprint=fp)
+        self.dirty = True
+        return fp
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)  # a reader sees the old index or the new one, never half of one
+        self.dirty = False
+
+
+# ---------------------------------------------------------------- resolve
+def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
+            recorded_path: Optional[str] = None,
+            fingerprint_file: Optional[Callable[[str], str]] = None) -> Found:
+    """The base file, by the search order above. `flag` is what the user gave (name or path), `name`,
+    `fingerprint` and `recorded_path` what the delta recorded. With `fingerprint_file` (path -> content
+    fingerprint) and a recorded fingerprint, a file found by name whose content differs is passed over,
+    and step 5 can run."""
+    index = FingerprintIndex(fingerprint_file) if (fingerprint_file and fingerprint) else None
+    passed = []
+
+    def accept(found: Optional[Found]) -> Optional[Found]:
+        if found is None:
+            return None
+        if index is not None and index.get(found.path) != fingerprint:
+            passed.append(f"{found.path} (another fingerprint)")
+            return None
+        return found
+
+    try:
+        if flag:
+            path = as_path(flag)
+            if path:
+                return Found(path, "from the flag (a path)")  # the user's explicit file: the loader checks it
+            hit = accept(by_name(flag))
+            if hit:
+                return Found(hit.path, "from the flag, " + hit.how)
+        elif name:
+            hit = accept(by_name(name))
+            if hit:
+                return hit
+        if not flag and recorded_path and os.path.isfile(recorded_path):
+            hit = accept(Found(os.path.abspath(recorded_path), "at the path recorded when the delta was trained"))
+            if hit:
+                return hit
+        if index is not None:
+            for cand_name, path, where in candidates():
+                if index.get(path) == fingerprint:
+                    return Found(path, f"by fingerprint {fingerprint[:12]} as {cand_name!r} in {where}")
+    finally:
+        if index is not None:
+            index.save()
+    looked = flag or name or "(no name recorded)"
+    where = "; ".join(f for f, _ in search_folders())
+    extra = f"; passed over: {', '.join(passed)}" if passed else ""
+    raise BaseNotFound(
+        f"base {looked!r} not found (searched {where}"
+        + (f", the recorded path {recorded_path}" if recorded_path else "")
+        + (f", and every */model.pt there for fingerprint {fingerprint[:12]}" if index is not None else "")
+        + f"{extra}): pass --delta-base PATH, or `unifairseq-base add PATH --name {name or flag or 'NAME'}`")
