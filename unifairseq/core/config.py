@@ -186,10 +186,11 @@ def add_delta_args(parser) -> None:
     g.add_argument("--prefix-dropout", type=float, help="dropout on the prefix key/value vectors")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha; the scale is s = alpha / r")
     g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input")
-    # delta checkpoints (see unifairseq/checkpoint.py)
-    g.add_argument("--delta-base", type=str, metavar="PATH",
-                   help="the pretrained (full) checkpoint the deltas sit on; default: the path recorded in "
-                        "the delta checkpoint, or --restore-file/--finetune-from-model when training starts")
+    # delta checkpoints (see unifairseq/fairseq/checkpoint.py, core/bases.py for the search order)
+    g.add_argument("--delta-base", type=str, metavar="NAME_OR_PATH",
+                   help="the pretrained (full) checkpoint the deltas sit on: a file, a folder holding model.pt, or "
+                        "a base name (bart.large, ...) found through $UNIFAIRSEQ_BASES and the cache; default: the "
+                        "base the delta records, or --restore-file/--finetune-from-model when training starts")
     g.add_argument("--delta-allow-base-mismatch", action="store_true",
                    help="load a delta onto a base whose fingerprint differs from the one it was trained on")
     g.add_argument("--delta-save-full", action="store_true",

@@ -9,7 +9,7 @@
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and
-the optimizer with fairseq.
+the optimizer with fairseq, and prints unifairseq's own user errors as one line (sys.excepthook).
 
 torch and fairseq are not in unifairseq's install_requires (an unpinned torch pulls gigabytes of
 CUDA packages; fairseq's metadata asks for torchaudio, which would replace torch), so a missing one
@@ -55,3 +55,7 @@ def register() -> None:
 
     safe_globals.register_safe_globals()
     from . import models, optim, tasks  # noqa: F401  (the register_* decorators run on import)
+
+    # fairseq's command lines catch nothing: unifairseq's user errors (a damaged delta folder, a base
+    # not found or not the delta's) are printed as their one line instead of a traceback
+    models.sharing.install_error_hook()

@@ -9,10 +9,11 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
+
+from unifairseq import cli
 
 
 def _fp(path: str) -> str:
@@ -75,8 +76,7 @@ def add(path: str, name: str, do_copy: bool) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="unifairseq-base", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.parser("unifairseq-base", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("find", help="the base file a name, path or delta folder resolves to").add_argument("target")
     sub.add_parser("list", help="search path, bases found, fingerprints")
@@ -98,8 +98,7 @@ def main(argv=None) -> int:
         ckpt = sys.modules.get("unifairseq.fairseq.checkpoint")
         if isinstance(e, RuntimeError) and not (ckpt and isinstance(e, ckpt.DeltaCheckpointError)):
             raise
-        print(f"unifairseq-base: error: {e}", file=sys.stderr)
-        return 2
+        return cli.error("unifairseq-base", e)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ existing file unless --force is given.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
