@@ -1,0 +1,133 @@
+"""`--task delta_bank` through fairseq-generate / fairseq-interactive. Data side: which delta each example of a batch gets, through fairseq's own
+batching (fairseq-interactive's make_batches, the task's batch iterator). The models are in
+test_bank_cli.py / test_bank_train.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fairseq.data import LanguagePairDataset
+from fairseq_cli.interactive import make_batches
+
+import unifairseq.fairseq
+
+unifairseq.fairseq.register()
+from unifairseq.fairseq.tasks.bank import (BankTaskError, DeltaBankConfig, DeltaBankTask, DeltaTaggedDataset,
+                                           parse_bank_tasks, split_tag)
+
+from tiny import tiny_dict
+
+NAMES = ["sum", "mt", "para"]
+
+
+def make_task(default="mt", names=NAMES):
+    d = tiny_dict()
+    task = DeltaBankTask(DeltaBankConfig(default_delta=default), d, d)
+    task.bank_names = list(names)  # what build_model reads from model.bank.names
+    return task, d
+
+
+def test_tags_and_task_specs():
+    assert split_tag("<delta=sum>  w1 w2") == ("sum", "w1 w2")
+    assert split_tag("w1 <delta=sum> w2") == (None, "w1 <delta=sum> w2")  # only a leading tag
+    assert split_tag("<delta=a b> w1") == (None, "<delta=a b> w1")
+    assert parse_bank_tasks("sum:/d/x, mt:/d/y") == [("sum", "/d/x"), ("mt", "/d/y")]
+    with pytest.raises(BankTaskError, match=r"'sum' is not NAME:DATA"):
+        parse_bank_tasks("sum")
+    with pytest.raises(BankTaskError, match="appears twice"):
+        parse_bank_tasks("a:x,a:y")
+
+
+def test_unknown_or_missing_name_lists_the_bank():
+    task, _ = make_task(default=None)
+    assert task.resolve(["para", "sum"]) == [2, 0]
+    with pytest.raises(BankTaskError, match=r"^unknown delta 'sumx'; the bank has: sum, mt, para$"):
+        task.resolve(["sumx"])
+    with pytest.raises(BankTaskError, match="no --default-delta; the bank has: sum, mt, para"):
+        task.resolve([None])
+
+
+def _pairs(d, lengths, names):
+    src = [torch.tensor([d.index(f"w{i + j}") for j in range(n - 1)] + [d.eos()]) for i, n in enumerate(lengths)]
+    return LanguagePairDataset(src, [len(s) for s in src], d, tgt=src, tgt_sizes=[len(s) for s in src], tgt_dict=d)
+
+
+def test_collated_delta_ids_follow_fairseq_sort_order():
+    """LanguagePairDataset's collater sorts a batch by source length: the delta ids must move with the rows."""
+    task, d = make_task()
+    lengths = [3, 7, 5, 2, 6]
+    names = ["sum", None, "para", "sum", "mt"]
+    ds = DeltaTaggedDataset(_pairs(d, lengths, names), names, task.resolve)
+    batch = ds.collater([ds[i] for i in range(5)])
+    assert batch["id"].tolist() == [1, 4, 2, 0, 3]  # longest first
+    want = {i: task.resolve([n])[0] for i, n in enumerate(names)}
+    assert batch["net_input"]["delta_ids"].tolist() == [want[i] for i in batch["id"].tolist()]
+    # each row is the example its id says
+    for row, i in enumerate(batch["id"].tolist()):
+        assert batch["net_input"]["src_lengths"][row] == lengths[i]
+
+
+class Recorder:
+    """Stands in for the sequence generator: records what inference_step hands it."""
+
+    def __init__(self):
+        self.seen = []
+
+    def generate(self, models, sample, **kw):
+        self.seen.append((sample["net_input"]["src_tokens"].clone(), sample["net_input"]["delta_ids"].tolist()))
+        return [[] for _ in range(sample["net_input"]["src_tokens"].size(0))]
+
+
+@pytest.mark.parametrize("buffer_size,batch_size", [(1, 1), (4, 2), (7, 3)])
+def test_interactive_lines_keep_their_deltas(buffer_size, batch_size):
+    """fairseq-interactive's own make_batches (lines read in buffers, sorted by length into batches) and
+    its sample without delta_ids: every line is decoded with the delta its tag (or the default) names."""
+    task, d = make_task(default="mt")
+    lines = ["<delta=sum> w1 w2 w3", "w4", "<delta=para> w5 w6", "w7 w8 w9 w10 w11", "<delta=sum>w12",
+             "<delta=mt> w13 w14", "<delta=para> w15 w16 w17 w18", "w19 w20"]
+    want = {}
+    for line in lines:
+        name, text = split_tag(line)
+        want[text.strip()] = task.resolve([name])[0]
+    cfg = SimpleNamespace(generation=SimpleNamespace(constraints=None),
+                          dataset=SimpleNamespace(max_tokens=None, batch_size=batch_size,
+                                                  skip_invalid_size_inputs_valid_test=False))
+    gen = Recorder()
+    n = 0
+    for start in range(0, len(lines), buffer_size):  # buffered_read
+        for batch in make_batches(lines[start:start + buffer_size], cfg, task, (128, 128), lambda x: x):
+            sample = {"net_input": {"src_tokens": batch.src_tokens, "src_lengths": batch.src_lengths}}
+            task.inference_step(gen, [], sample)  # what interactive.main does, delta_ids absent
+            n += batch.src_tokens.size(0)
+    assert n == len(lines) and not task._pending
+    got = {}
+    for src, ids in gen.seen:
+        for row, delta in zip(src, ids):
+            text = d.string(row[row.ne(d.pad())][:-1])
+            got[text] = delta
+    assert got == want
+
+
+def test_interactive_unknown_tag_fails_before_decoding():
+    task, _ = make_task()
+    with pytest.raises(BankTaskError, match=r"unknown delta 'nope'; the bank has: sum, mt, para"):
+        task.get_interactive_tokens_and_lengths(["w1", "<delta=nope> w2"], lambda x: x)
+
+
+def test_side_file_names_each_example(tmp_path):
+    task, d = make_task(default="para")
+    side = tmp_path / "test.delta"
+    side.write_text("sum\n\nmt\n")
+    task.cfg.delta_per_line = str(side)
+    task.cfg.data = str(tmp_path)
+    task.datasets["test"] = _pairs(d, [4, 2, 3], None)
+    names = task._split_names("test")
+    assert names == ["sum", None, "mt"]
+    ds = DeltaTaggedDataset(task.datasets["test"], names, task.resolve)
+    batch = ds.collater([ds[i] for i in range(3)])
+    by_id = {0: 0, 1: 2, 2: 1}  # sum, the default (para), mt
+    assert batch["net_input"]["delta_ids"].tolist() == [by_id[i] for i in batch["id"].tolist()]
+    side.write_text("sum\nmt\n")
+    with pytest.raises(BankTaskError, match=r"has 2 lines but split 'test' has 3 examples"):
+        task._split_names("test")
