@@ -16,8 +16,8 @@ from unifairseq.fairseq.tasks.bank import BankTaskError
 
 from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, write_raw
 
-BANK = "sum=lora_attn,mt=pfeiffer"
-BANK_FLAGS = ["--arch", "bank_bart_large", "--bank-deltas", BANK, "--attn-bn", "4", "--ffn-bn", "8"]
+BANK = "sum=lora_attn:attn_bn=4,mt=pfeiffer:ffn_bn=8"
+BANK_FLAGS = ["--arch", "bank_bart_large", "--bank-deltas", BANK]
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,6 @@ class DeltaBankTask(TranslationRougeTask):
                 raise BankTaskError("inference batches arrived out of order; cannot match their delta ids")
             sample = dict(sample, net_input=dict(net, delta_ids=made["net_input"]["delta_ids"].to(
                 net["src_tokens"].device)))
-        elif self._pending and self._pending[0]["net_input"]["src_tokens"] is net["src_tokens"]:
-            self._pending.popleft()  # a caller that kept the batch as collated (the hub)
+        elif self._pending and torch.equal(self._pending[0]["net_input"]["src_tokens"], net["src_tokens"].cpu()):
+            self._pending.popleft()  # a caller that kept delta_ids as collated (fairseq's hub interface)
         return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
