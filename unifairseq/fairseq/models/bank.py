@@ -1,0 +1,132 @@
+"""Bank architectures: one frozen base, N deltas, a delta per sentence (docs/bank.md).
+
+    fairseq-train DATA --user-dir user_dir --arch bank_bart_base \\
+        --bank-deltas "sum=mam:attn_bn=16,mt=lora_attn,ro=PATH/ro.pt" --finetune-from-model bart.base/model.pt ...
+
+`--bank-deltas name=PATH_OR_PRESET[:key=value...],...`: a delta file (loaded) or a preset with
+overrides (a fresh trainable delta). The model's forward and its encoder take
+`delta_ids` (LongTensor [B], bank indices in --bank-deltas order; -1 = the plain base), as
+fairseq passes `sample["net_input"]`; the encoder carries them in encoder_out["delta_ids"], which
+beam search reorders, and the decoder reads them from there.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.bart import BARTModel
+from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
+
+from unifairseq.core.bank import BankError
+from unifairseq.fairseq.bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
+from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
+from unifairseq.fairseq.checkpoint import load_checkpoint_file
+
+logger = logging.getLogger("unifairseq.fairseq.models")
+
+
+def add_bank_args(parser) -> None:
+    parser.add_argument("--bank-deltas", type=str, metavar="NAME=PATH_OR_PRESET,...",
+                        help="the deltas of the bank, in bank-index order: a delta file, or a preset "
+                             "(PRESET[:key=value...], e.g. mam:attn_bn=16) for a fresh trainable delta")
+
+
+def fill_bank(model, args) -> None:
+    for name, source in parse_bank_deltas(getattr(args, "bank_deltas", None) or "").items():
+        model.bank.add(name, delta_source(source))
+    n = len(model.bank.names)
+    logger.info(f"unifairseq bank: {n} deltas ({', '.join(model.bank.names) or 'none yet'}), "
+                f"{sum(p.numel() for p in getattr(model, BANK_ATTR).parameters()):,} delta parameters on "
+                f"{sum(p.numel() for n_, p in model.named_parameters() if not n_.startswith(BANK_ATTR)):,} frozen")
+
+
+def fill_missing_bank_keys(model, state_dict, name: str) -> None:
+    """A base checkpoint holds no bank tensors: they keep their current values, except those that
+    start from the base weights (DoRA's magnitude), which start from *this* base."""
+    prefix = name + "." if name else ""
+    own = torch.nn.Module.state_dict(model)
+    for k, v in own.items():
+        if k.startswith(BANK_ATTR + ".") and prefix + k not in state_dict:
+            state_dict[prefix + k] = v
+    for dname, ds in getattr(model, BANK_ATTR).items():
+        for key, m in ds.sites.items():
+            if key[0] == "proj" and prefix + key[1] + ".weight" in state_dict:
+                for pname, value in m.from_base(state_dict[prefix + key[1] + ".weight"]).items():
+                    state_dict[f"{prefix}{BANK_ATTR}.{dname}.{key[1]}.{m.module_name}.{pname}"] = value
+
+
+class BankModelMixin:
+    def upgrade_state_dict_named(self, state_dict, name):
+        super().upgrade_state_dict_named(state_dict, name)
+        fill_missing_bank_keys(self, state_dict, name)
+
+    def bank_state_dict(self):
+        """Every delta of the bank (not the base): {name: its single-delta state}."""
+        return {n: self.bank.delta_state(n) for n in self.bank.names}
+
+
+@register_model("bank_bart")
+class BankBARTModel(BankModelMixin, BARTModel):
+    @staticmethod
+    def add_args(parser):
+        BARTModel.add_args(parser)
+        add_bank_args(parser)
+
+    @classmethod
+    def build_model(cls, args, task):
+        model = super().build_model(args, task)
+        attach_bank(model)
+        fill_bank(model, args)
+        return model
+
+    @classmethod
+    def build_encoder(cls, args, src_dict, embed_tokens):
+        return BankTransformerEncoder(args, src_dict, embed_tokens)
+
+    @classmethod
+    def build_decoder(cls, args, tgt_dict, embed_tokens):
+        return BankTransformerDecoder(args, tgt_dict, embed_tokens,
+                                      no_encoder_attn=getattr(args, "no_cross_attention", False))
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, *args, delta_ids=None, **kwargs):
+        ids = self.bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
+        with self.bank.using(ids):  # the encoder reads them here (BART's forward does not pass them on)
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
+
+    def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
+        raise BankError("bank_bart has no classification heads; use bank_roberta_base for sentence classification")
+
+
+@register_model_architecture("bank_bart", "bank_bart_base")
+def bank_bart_base(args):
+    bart_base_architecture(args)
+
+
+@register_model_architecture("bank_bart", "bank_bart_large")
+def bank_bart_large(args):
+    bart_large_architecture(args)
+
+
+def build_bank_from_base(path: str, task):
+    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
+    state = load_checkpoint_file(path)
+    args = state.get("args")
+    if args is None and state.get("cfg") is not None:
+        args = argparse.Namespace(**dict(state["cfg"]["model"]))
+    if args is None:
+        raise BankError(f"{path!r} records no model arguments; give a fairseq checkpoint of the base model")
+    args = argparse.Namespace(**vars(args))
+    args.bank_deltas = None
+    family = "roberta" if "roberta" in str(getattr(args, "arch", "")) else "bart"
+    if family == "roberta":
+        from unifairseq.fairseq.models.bank_roberta import BankRobertaModel as cls
+    else:
+        cls = BankBARTModel
+    model = cls.build_model(args, task)
+    sd = dict(state["model"])
+    model.upgrade_state_dict(sd)
+    model.load_state_dict(sd, strict=True)
+    model.bank.base_path = path
+    return model
