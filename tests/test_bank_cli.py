@@ -68,6 +68,21 @@ def test_collated_delta_ids_follow_fairseq_sort_order():
         assert batch["net_input"]["src_lengths"][row] == lengths[i]
 
 
+def test_concatenated_tasks_get_their_own_delta_ids():
+    """A ConcatDataset's samples carry their index within their part as id: the delta must follow the
+    global index (the multi-task training data of --bank-tasks)."""
+    from fairseq.data import ConcatDataset
+
+    task, d = make_task()
+    a, b = _pairs(d, [3, 5, 4], None), _pairs(d, [6, 2], None)
+    names = ["sum"] * 3 + ["para"] * 2
+    ds = DeltaTaggedDataset(ConcatDataset([a, b]), names, task.resolve)
+    batch = ds.collater([ds[i] for i in (4, 0, 3, 2)])
+    assert batch["id"].tolist() == [3, 2, 0, 4]  # global indices, longest source first
+    assert batch["net_input"]["delta_ids"].tolist() == [2, 0, 0, 2]
+    assert batch["net_input"]["src_lengths"].tolist() == [6, 4, 3, 2]
+
+
 class Recorder:
     """Stands in for the sequence generator: records what inference_step hands it."""
 

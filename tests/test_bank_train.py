@@ -16,7 +16,7 @@ from unifairseq.fairseq.tasks.bank import BankTaskError
 
 from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, write_raw
 
-BANK = "sum=lora_attn:attn_bn=4,mt=pfeiffer:ffn_bn=8"
+BANK = "sum=lora_attn:attn_bn=4:lora_dropout=0,mt=pfeiffer:ffn_bn=8"  # no dropout: exact gradients
 BANK_FLAGS = ["--arch", "bank_bart_large", "--bank-deltas", BANK]
 
 

@@ -18,7 +18,7 @@ task puts that tensor into every batch it makes:
 Unknown names fail with one line listing the bank's names. Names become indices only at collate time,
 from the model the task built (fairseq-train loads the validation data before it builds the model).
 """
-from __future__ import annotations
+# no `from __future__ import annotations`: fairseq reads the config dataclass field types at run time
 
 import logging
 import os
@@ -90,17 +90,19 @@ class DeltaTaggedDataset(BaseWrapperDataset):
         self.on_collate = on_collate
 
     def __getitem__(self, index):
-        return self.dataset[index]
+        # a ConcatDataset's samples carry the index within their part as "id": give the global one
+        return dict(self.dataset[index], id=index, delta_code=int(self.codes[index]))
 
     def collater(self, samples):
         # the inner collater sorts by length: give each sample its position as id, read the order back
         orig = [s["id"] for s in samples]
+        codes = [s["delta_code"] for s in samples]
         batch = self.dataset.collater([dict(s, id=j) for j, s in enumerate(samples)])
         if not batch:
             return batch
         perm = batch["id"]
         batch["id"] = torch.tensor(orig, dtype=torch.long)[perm]
-        names = [self.vocab[self.codes[orig[j]]] for j in perm.tolist()]
+        names = [self.vocab[codes[j]] for j in perm.tolist()]
         batch["net_input"]["delta_ids"] = torch.tensor(self.resolve(names), dtype=torch.long)
         if self.on_collate is not None:
             self.on_collate(batch)
@@ -138,8 +140,7 @@ class DeltaBankTask(TranslationRougeTask):
             raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...); "
                                 f"{type(model).__name__} has no .bank")
         self.bank_names = list(bank.names)
-        for name in [n for n, _ in self.tasks or ()] + [self.cfg.default_delta]:
-            self.resolve([name])
+        self.resolve([n for n, _ in self.tasks or ()] + [self.cfg.default_delta] * bool(self.cfg.default_delta))
         return model
 
     def resolve(self, names: Sequence[Optional[str]]) -> List[int]:
