@@ -1,0 +1,99 @@
+"""The delta bank's API: RoBERTa classification with per-sentence deltas and heads, the hub's
+translate(sentences, deltas=...), files, add/remove, refusals, memory."""
+import pytest
+import torch
+
+from test_bank import make_bank, plain_base, single
+from test_methods import perturb_deltas
+from tiny import tiny_model, tiny_roberta
+from unifairseq.core.bank import BankError
+
+ROBERTA_ROWS = {
+    "lora_attn": ("lora_attn_roberta_base", ["--attn-bn", "4"]),
+    "mam": ("mam_roberta_base", ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]),
+    "prefix_l3": ("prefix_roberta_base", ["--attn-bn", "3", "--mid-dim", "16"]),
+    "prompt": ("prompt_roberta_base", ["--attn-bn", "4"]),
+    "bitfit": ("bitfit_roberta_base", []),
+    "dora_attn": ("dora_attn_roberta_base", ["--attn-bn", "4"]),
+}
+
+
+def roberta_tokens(d, bsz=6, seq=9, seed=5):
+    """<s> w ... </s> with right padding, as sentence_prediction batches them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(d.nspecial, len(d) - 1, (bsz, seq), generator=g)
+    x[:, 0] = d.bos()
+    for b in range(bsz):
+        n = seq - (b % 3)
+        x[b, n - 1] = d.eos()
+        x[b, n:] = d.pad()
+    return x
+
+
+def test_roberta_bank_logits_equal_single_delta_models():
+    plain, task, _ = tiny_roberta("roberta_base")
+    base = {k: v.clone() for k, v in plain.state_dict().items() if not k.startswith("classification_heads.")}
+    singles, names = {}, list(ROBERTA_ROWS)
+    for i, n in enumerate(names):
+        arch, flags = ROBERTA_ROWS[n]
+        m, _, _ = tiny_roberta(arch, flags, seed=20 + i, num_classes=2 + i % 2)  # heads of 2 and 3 classes
+        sd = m.full_state_dict()
+        sd.update(base)
+        torch.nn.Module.load_state_dict(m, sd, strict=True)
+        perturb_deltas(m, seed=i, std=0.2)
+        singles[n] = m.eval()
+    bank, _, _ = tiny_roberta("bank_roberta_base")
+    bank.classification_heads.clear()  # tiny_roberta registers a head on every delta; none yet: drop
+    torch.nn.Module.load_state_dict(bank, {**torch.nn.Module.state_dict(bank), **base}, strict=True)
+    for n in names:
+        m = singles[n]
+        bank.bank.add(n, {"cfg": m.delta_plan.cfg,
+                          "model": {k: v for k, v in m.full_state_dict().items() if m.delta_plan.is_trainable(k)}})
+    bank.eval()
+    d = task.source_dictionary
+    src = roberta_tokens(d)
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])[torch.tensor([3, 0, 5, 2, 4, 1])]
+    head = "sentence_classification_head"
+    with torch.no_grad():
+        logits, _ = bank(src, features_only=True, classification_head_name=head, delta_ids=ids)
+        for b in range(src.size(0)):
+            m = singles[names[int(ids[b])]]
+            keep = int(src[b].ne(d.pad()).sum())
+            ref, _ = m(src[b:b + 1, :keep], features_only=True, classification_head_name=head)
+            k = ref.size(-1)
+            assert float((logits[b, :k] - ref[0]).abs().max()) < 1e-5, names[int(ids[b])]
+            assert torch.isinf(logits[b, k:]).all()  # a 2-class head's row is padded to the widest (3)
+
+
+def test_hub_translate_with_per_sentence_deltas():
+    from unifairseq.fairseq.bank_hub import BankHubInterface
+
+    bank, singles = make_bank(["lora_attn", "mam", "prompt"])
+    _, task = plain_base()
+    words = [f"w{i}" for i in range(4, 30)]
+    sentences = [" ".join(words[i:i + 4 + i % 3]) for i in range(5)]
+    deltas = ["lora_attn", None, "mam", "prompt", "lora_attn"]
+    hub = BankHubInterface(None, task, bank)
+    bank.bank.default = "mam"
+    out = hub.translate(sentences, deltas=deltas, beam=2)
+    for s, dn, got in zip(sentences, deltas, out):
+        ref = BankHubInterface(None, task, singles[dn or "mam"]).translate([s], beam=2)[0]
+        assert got == ref, (dn, got, ref)
+
+
+def test_add_remove_and_files(tmp_path):
+    bank, singles = make_bank(["lora_attn", "pfeiffer"])
+    before = {k: v.clone() for k, v in torch.nn.Module.state_dict(bank).items() if not k.startswith("delta_bank.")}
+    sizes = {n: bank.bank.nbytes(n) for n in bank.bank.names}
+    assert bank.bank.nbytes() == sum(sizes.values())
+    bank.bank.remove("lora_attn")
+    assert bank.bank.names == ["pfeiffer"] and bank.bank.index("pfeiffer") == 0
+    with pytest.raises(BankError, match="no delta named 'lora_attn'"):
+        bank.bank.index("lora_attn")
+    with pytest.raises(BankError, match="already in the bank"):
+        bank.bank.add("pfeiffer", {"cfg": singles["pfeiffer"].delta_plan.cfg, "model": {}})
+    with pytest.raises(BankError, match="no '.'"):
+        bank.bank.add("a.b", singles["pfeiffer"].delta_plan.cfg)
+    after = torch.nn.Module.state_dict(bank)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
