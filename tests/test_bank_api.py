@@ -43,7 +43,6 @@ def test_roberta_bank_logits_equal_single_delta_models():
         perturb_deltas(m, seed=i, std=0.2)
         singles[n] = m.eval()
     bank, _, _ = tiny_roberta("bank_roberta_base")
-    bank.classification_heads.clear()  # tiny_roberta registers a head on every delta; none yet: drop
     torch.nn.Module.load_state_dict(bank, {**torch.nn.Module.state_dict(bank), **base}, strict=True)
     for n in names:
         m = singles[n]
@@ -97,3 +96,65 @@ def test_add_remove_and_files(tmp_path):
     after = torch.nn.Module.state_dict(bank)
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
+
+
+def save_delta_file(model, args, path):
+    """What fairseq-train writes for a delta model: its state_dict (trained tensors + base record)."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [],
+                           "extra_state": {}, "last_optimizer_state": None}, str(path))
+
+
+def test_delta_files_load_refusals_and_memory(tmp_path):
+    """Delta .pt files (base fingerprint recorded) load into the bank and decode as their own model;
+    a delta of another base or another model family is refused with the fix; bytes add up per delta."""
+    base, task = plain_base()
+    bank, _ = make_bank([])
+    files = {}
+    for i, n in enumerate(["lora_attn", "mam", "bitfit"]):
+        m, _ = single(n, seed=30 + i)
+        _, _, args = tiny_model(*__import__("test_bank").spec(n))
+        save_delta_file(m, args, tmp_path / f"{n}.pt")
+        files[n] = m
+    for n in files:
+        bank.bank.add(n, str(tmp_path / f"{n}.pt"))
+    bank.eval()
+    from test_bank import mixed_batch
+    d, src, lens, prev, _, _ = mixed_batch(3)
+    ids = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        out, _ = bank(src, lens, prev, delta_ids=ids)
+        for b in range(3):
+            keep = int(lens[b])
+            ref, _ = files[bank.bank.names[int(ids[b])]](src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+            assert float((out[b] - ref[0]).abs().max()) < 1e-5
+    # bytes: each delta exactly its own trained tensors (what its delta checkpoint stores)
+    for n, m in files.items():
+        own = sum(p.numel() * p.element_size() for k, p in m.full_state_dict().items() if m.delta_plan.is_trainable(k))
+        assert bank.bank.nbytes(n) == own, n
+    # another base: the same method trained on a differently initialised base
+    other, _, args = tiny_model("lora_attn_bart_base", ["--attn-bn", "5"], seed=99)
+    save_delta_file(other, args, tmp_path / "other.pt")
+    with pytest.raises(BankError, match="was trained on another base.*allow_base_mismatch"):
+        bank.bank.add("other", str(tmp_path / "other.pt"))
+    assert "other" not in bank.bank.names
+    # another family: a RoBERTa delta (no fingerprint: the tensors themselves do not fit)
+    rob, _, _ = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4"])
+    state = {"cfg": rob.delta_plan.cfg, "model": {k: v for k, v in rob.full_state_dict().items()
+                                                 if rob.delta_plan.is_trainable(k)}}
+    with pytest.raises(BankError, match="carries classification heads.*onto a bank_roberta model"):
+        bank.bank.add("rob", state)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("classification_heads.")}
+    with pytest.raises(BankError, match="does not fit this bank's model.*bank of the model it was trained on"):
+        bank.bank.add("rob", state)
+    # ids: several deltas and none given; out of range
+    with pytest.raises(BankError, match="no delta_ids were given"):
+        bank(src, lens, prev)
+    with pytest.raises(BankError, match=r"bank indices 0\.\.2"):
+        bank(src, lens, prev, delta_ids=torch.tensor([0, 3, 1]))
+    bank.bank.default = "mam"  # now sentences without ids take the default delta
+    with torch.no_grad():
+        out, _ = bank(src[:1], lens[:1], prev[:1])
+        ref, _ = files["mam"](src[:1], lens[:1], prev[:1])
+    assert float((out - ref).abs().max()) < 1e-5
