@@ -158,3 +158,44 @@ def test_delta_files_load_refusals_and_memory(tmp_path):
         out, _ = bank(src[:1], lens[:1], prev[:1])
         ref, _ = files["mam"](src[:1], lens[:1], prev[:1])
     assert float((out - ref).abs().max()) < 1e-5
+
+
+def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
+    """load_bank(base.pt, {name: delta.pt}) reads the base once; a bank checkpoint holds only the deltas
+    and the base's path, and a model built from the same --bank-deltas loads it back (base first)."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    from test_bank import mixed_batch
+    from unifairseq.fairseq.bank import load_bank
+    from unifairseq.tools.tiny_base import checkpoint_state
+
+    base, task = plain_base()
+    plain, _, pargs = tiny_model("bart_base")
+    plain.load_state_dict(base)
+    torch_persistent_save(checkpoint_state(plain, pargs), str(tmp_path / "base.pt"))
+    files = {}
+    for i, n in enumerate(["lora_attn", "mam"]):
+        m, _ = single(n, seed=40 + i)
+        _, _, args = tiny_model(*__import__("test_bank").spec(n))
+        save_delta_file(m, args, tmp_path / f"{n}.pt")
+        files[n] = m
+    bank = load_bank(str(tmp_path / "base.pt"), {n: str(tmp_path / f"{n}.pt") for n in files}, task=task,
+                     default="mam").eval()
+    d, src, lens, prev, _, _ = mixed_batch(3)
+    ids = torch.tensor([1, 0, 1])
+
+    def check(model):
+        with torch.no_grad():
+            out, _ = model(src, lens, prev, delta_ids=ids)
+            for b in range(3):
+                keep = int(lens[b])
+                ref, _ = files[model.bank.names[int(ids[b])]](src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+                assert float((out[b] - ref[0]).abs().max()) < 1e-5
+
+    check(bank)
+    ckpt = bank.state_dict()
+    assert all(k.startswith("delta_bank.") or k.startswith("unifairseq_meta.") for k in ckpt)
+    fresh, _, _ = tiny_model("bank_bart_base", ["--bank-deltas", "lora_attn=lora_attn:attn_bn=5,"
+                                                "mam=mam:attn_bn=5:ffn_bn=6:mid_dim=16"], seed=7)
+    fresh.load_state_dict(ckpt)  # loads base.pt from the recorded path, then the deltas
+    check(fresh.eval())

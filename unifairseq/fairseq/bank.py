@@ -117,8 +117,8 @@ class ModelBank(Bank):
     def __init__(self, model: nn.Module):
         super().__init__(getattr(model, BANK_ATTR))
         object.__setattr__(self, "_model", model)  # plain reference
-        self.fingerprints: Dict[str, str] = {}
         self.allow_base_mismatch = False
+        self.base_path: Optional[str] = None  # where the base weights came from (bank checkpoints record it)
 
     def base_state(self):
         return OrderedDict((k, v) for k, v in nn.Module.state_dict(self._model).items()
