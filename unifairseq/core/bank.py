@@ -296,3 +296,27 @@ class Bank:
             lengths[i + 1] = w.size(0)
         rows = torch.stack(table).index_select(0, ids + 1)
         return rows, torch.tensor(lengths, device=ids.device).index_select(0, ids + 1)
+
+    def classify(self, name: str, rep: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Per-sample classification heads: rep [B, 1, C] -> logits [B, classes], each row by its own
+        delta's head; rows of heads with fewer classes than the widest are padded with -inf."""
+        key = ("head", name)
+        have = {i for i, _ in self.entries(key)}
+        lacking = sorted({self.names[i] if i >= 0 else "the base (-1)" for i in ids.tolist() if i not in have})
+        if lacking:
+            raise BankError(f"classification head {name!r}: {', '.join(lacking)} have none; register it "
+                            f"(model.register_classification_head({name!r}, num_classes=K, deltas=[...])) or send "
+                            "those sentences to a delta that has it")
+        parts = []
+        for group in self.groups(key):
+            local = group.local[ids + 1]
+            sel = (local >= 0).nonzero().squeeze(1)
+            if sel.numel():
+                # [n, 1, 1, C]: a head reads features[:, 0] of its input, with or without vmap's sample dim
+                y = group.call(local.index_select(0, sel), (rep.index_select(0, sel).unsqueeze(1),), (0,), 0)
+                parts.append((sel, y.squeeze(1)))
+        width = max(y.size(-1) for _, y in parts)
+        out = rep.new_full((rep.size(0), width), float("-inf"))
+        for sel, y in parts:
+            out = out.index_copy(0, sel, F.pad(y, (0, width - y.size(-1)), value=float("-inf")))
+        return out

@@ -117,8 +117,8 @@ class ModelBank(Bank):
     def __init__(self, model: nn.Module):
         super().__init__(getattr(model, BANK_ATTR))
         object.__setattr__(self, "_model", model)  # plain reference
-        self.fingerprints: Dict[str, str] = {}
         self.allow_base_mismatch = False
+        self.base_path: Optional[str] = None  # where the base weights came from (bank checkpoints record it)
 
     def base_state(self):
         return OrderedDict((k, v) for k, v in nn.Module.state_dict(self._model).items()
@@ -137,6 +137,7 @@ class ModelBank(Bank):
             cfg, tensors, fp = read_delta(delta)
         ds = build_delta_set(self._model, cfg)
         if tensors is not None:
+            self._heads_of(ds, tensors)
             self._check_base(name, cfg, fp, delta)
             own = ds.state_dict()
             extra = [k for k in tensors if k not in own and not k.endswith("version")]
@@ -161,6 +162,24 @@ class ModelBank(Bank):
         self.sets[name] = ds
         self.changed()
         return self.index(name)
+
+    def _heads_of(self, ds: DeltaSet, tensors) -> None:
+        """Classification heads a delta file carries (RoBERTa), built to the sizes stored there."""
+        heads = sorted({k.split(".")[1] for k in tensors if k.startswith("classification_heads.")})
+        make = getattr(self._model, "make_classification_head", None)
+        if heads and make is None:
+            raise BankError(f"this delta carries classification heads ({', '.join(heads)}), which this bank's "
+                            "model has no place for; load it onto a bank_roberta model")
+        for h in heads:
+            out = tensors[f"classification_heads.{h}.out_proj.weight"]
+            ds.put(f"classification_heads.{h}", make(out.size(0), out.size(1)), ("head", h))
+
+    def add_head(self, name: str, head_name: str, head: nn.Module) -> None:
+        """A (fresh) classification head on one delta of the bank."""
+        p = next((p for n, p in self._model.named_parameters() if not n.startswith(BANK_ATTR)), None)
+        self.sets[self.names[self.index(name)]].put(f"classification_heads.{head_name}",
+                                                    head.to(p.device, p.dtype), ("head", head_name))
+        self.changed()
 
     def _check_base(self, name, cfg, fp, source) -> None:
         if fp is None:

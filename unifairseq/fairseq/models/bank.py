@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections import OrderedDict
 
 import torch
 from fairseq.models import register_model, register_model_architecture
@@ -22,18 +24,26 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
 from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _str_to_tensor, _tensor_to_str,
+                                           load_checkpoint_file)
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
 
 def add_bank_args(parser) -> None:
+    parser.add_argument("--bank-save-full", action="store_true",
+                        help="write the base into checkpoints too (default: the bank's deltas and the base's path)")
+    parser.add_argument("--delta-base", type=str, metavar="PATH",
+                        help="the base checkpoint under a bank checkpoint (default: the path it records)")
     parser.add_argument("--bank-deltas", type=str, metavar="NAME=PATH_OR_PRESET,...",
                         help="the deltas of the bank, in bank-index order: a delta file, or a preset "
                              "(PRESET[:key=value...], e.g. mam:attn_bn=16) for a fresh trainable delta")
 
 
 def fill_bank(model, args) -> None:
+    start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
+    if start and os.path.basename(start) != "checkpoint_last.pt":
+        model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
     for name, source in parse_bank_deltas(getattr(args, "bank_deltas", None) or "").items():
         model.bank.add(name, delta_source(source))
     n = len(model.bank.names)
@@ -58,6 +68,44 @@ def fill_missing_bank_keys(model, state_dict, name: str) -> None:
 
 
 class BankModelMixin:
+    """Checkpoints of a bank model hold the bank only (every delta, at delta_bank.NAME.<single-model key>)
+    and the base's path; loading one loads that base first (override: --model-overrides
+    "{'delta_base': PATH}" or UNIFAIRSEQ_DELTA_BASE), then the deltas on top. A full checkpoint (the
+    pretrained base through --finetune-from-model / --restore-file) loads as it is and becomes the base."""
+
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False):
+        full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if getattr(self.args, "bank_save_full", False):
+            return full
+        out = OrderedDict((k, v) for k, v in full.items() if k[len(prefix):].startswith(BANK_ATTR + "."))
+        out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.bank.base_path or "")
+        return out
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        sd = OrderedDict(state_dict)
+        stored = sd.pop(BASE_PATH_KEY, None)
+        sd.pop(FINGERPRINT_KEY, None)
+        if any(not k.startswith(BANK_ATTR + ".") and not k.endswith("version") for k in sd):
+            result = super().load_state_dict(sd, strict=strict, model_cfg=model_cfg, args=args)
+            self.bank.base_path = getattr(self, "base_path_hint", None) or self.bank.base_path
+            return result
+        if self.bank.base_path is None:  # a bank checkpoint: its base first
+            path = (getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
+                    or (_tensor_to_str(stored) if stored is not None else ""))
+            if not path or not os.path.isfile(path):
+                raise BankError(f"this bank checkpoint's base {path or '(none recorded)'!r} is not there: pass it with "
+                                "--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
+            self.load_bank_base(path)
+        merged = OrderedDict(torch.nn.Module.state_dict(self))
+        merged.update(sd)
+        return super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)
+
+    def load_bank_base(self, path: str) -> None:
+        sd = dict(load_checkpoint_file(path)["model"])
+        self.upgrade_state_dict(sd)
+        torch.nn.Module.load_state_dict(self, sd, strict=True)
+        self.bank.base_path = os.path.abspath(path)
+
     def upgrade_state_dict_named(self, state_dict, name):
         super().upgrade_state_dict_named(state_dict, name)
         fill_missing_bank_keys(self, state_dict, name)
@@ -127,6 +175,6 @@ def build_bank_from_base(path: str, task):
     model = cls.build_model(args, task)
     sd = dict(state["model"])
     model.upgrade_state_dict(sd)
-    model.load_state_dict(sd, strict=True)
-    model.bank.base_path = path
+    torch.nn.Module.load_state_dict(model, sd, strict=True)
+    model.bank.base_path = os.path.abspath(path)
     return model
