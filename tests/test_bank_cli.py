@@ -146,3 +146,106 @@ def test_side_file_names_each_example(tmp_path):
     side.write_text("sum\nmt\n")
     with pytest.raises(BankTaskError, match=r"has 2 lines but split 'test' has 3 examples"):
         task._split_names("test")
+
+
+# ------------------------------------------------------------------ end to end: fairseq's command lines
+GEN = ["--beam", "3", "--max-len-b", "10", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
+DELTAS = ("lora", "pfeiffer", "mam")
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    """Tiny data, a tiny base, three single deltas trained by fairseq-train (LoRA, Pfeiffer, MAM) and the
+    bank checkpoint over the base that holds all three; each delta's own fairseq-generate output."""
+    from bankdata import binarize, build_bank_checkpoint, make_base, make_dict, train_delta, write_raw
+
+    w = tmp_path_factory.mktemp("bank_cli")
+    write_raw(w / "raw", 0, {"train": 64, "valid": 8, "test": 12})
+    data = binarize(w / "raw", w / "bin", make_dict(w / "dict.txt"))
+    base = make_base(data, w / "base.pt")
+    files = {m: train_delta(data, base, m, w / m) for m in DELTAS}
+    bank_pt = build_bank_checkpoint(data, base, files, w / "bank.pt")
+    alone = {m: generate(data, files[m], "--batch-size", "4") for m in DELTAS}
+    return SimpleNamespace(w=w, data=data, base=base, files=files, bank=bank_pt, alone=alone)
+
+
+def generate(data, path, *extra, task=()):
+    from bankdata import BIN, REPO, run
+
+    out = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", path, "--gen-subset", "test",
+               *task, *GEN, *extra]).stdout
+    return fields("H-", out), fields("S-", out)
+
+
+def fields(prefix, text):
+    return {int(l.split("\t")[0][len(prefix):]): l.split("\t")[1:] for l in text.splitlines() if l.startswith(prefix)}
+
+
+BANK_TASK = ["--task", "delta_bank", "--source-lang", "src", "--target-lang", "tgt"]
+
+
+def assert_each_line_as_alone(got, names, alone, key=lambda i: i):
+    """Line i decoded in the mixed batch = line i decoded by its own delta alone (tokens, score); and the
+    deltas disagree on some lines, so a bank that ignored delta_ids would fail."""
+    differ = 0
+    for i, name in enumerate(names):
+        ref = alone[name][0][key(i)]
+        assert got[i][1] == ref[1], (i, name, got[i], ref)
+        assert abs(float(got[i][0]) - float(ref[0])) < 1e-5, (i, name, got[i], ref)
+        differ += any(alone[m][0][key(i)][1] != ref[1] for m in DELTAS if m != name)
+    assert differ >= len(names) // 2, f"only {differ} lines tell the deltas apart"
+
+
+@pytest.mark.slow
+def test_generate_with_per_line_deltas_equals_each_delta_alone(bank):
+    names = [DELTAS[(i * 7) % 4] if (i * 7) % 4 < 3 else None for i in range(12)]  # None: the default
+    (bank.data / "test.delta").write_text("".join((n or "") + "\n" for n in names))  # read by default
+    try:
+        hyps, _ = generate(bank.data, bank.bank, "--default-delta", "pfeiffer", "--batch-size", "5", task=BANK_TASK)
+    finally:
+        (bank.data / "test.delta").unlink()
+    assert sorted(hyps) == list(range(12))
+    assert_each_line_as_alone(hyps, [n or "pfeiffer" for n in names], bank.alone)
+    side = bank.w / "other.delta"  # --delta-per-line, another assignment, another batch size
+    names = [DELTAS[i % 3] for i in range(12)][::-1]
+    side.write_text("".join(n + "\n" for n in names))
+    hyps, _ = generate(bank.data, bank.bank, "--delta-per-line", side, "--batch-size", "12", task=BANK_TASK)
+    assert_each_line_as_alone(hyps, names, bank.alone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("buffer_size,batch_size", [(1, 1), (5, 3)])
+def test_interactive_with_tagged_lines_equals_each_delta_alone(bank, buffer_size, batch_size):
+    from bankdata import BIN, REPO, run
+
+    sources = bank.alone["lora"][1]
+    ids = list(range(12))
+    names = [None if i % 4 == 3 else DELTAS[(i * 5) % 3] for i in ids]  # None: no tag, --default-delta mam
+    lines = "".join(("" if n is None else f"<delta={n}> ") + sources[i][0] + "\n" for i, n in zip(ids, names))
+    out = run([BIN / "fairseq-interactive", bank.data, "--user-dir", REPO / "user_dir", *BANK_TASK, "--path",
+               bank.bank, "--default-delta", "mam", *GEN, "--buffer-size", str(buffer_size), "--batch-size",
+               str(batch_size)], input=lines).stdout
+    got = fields("H-", out)
+    assert sorted(got) == ids, out[-2000:]
+    assert_each_line_as_alone(got, [n or "mam" for n in names], bank.alone)
+
+
+@pytest.mark.slow
+def test_unknown_delta_and_misaligned_side_file_are_one_line_errors(bank):
+    import subprocess
+
+    from bankdata import BIN, REPO, tool_env
+
+    p = subprocess.run([str(c) for c in [BIN / "fairseq-interactive", bank.data, "--user-dir", REPO / "user_dir",
+                                          *BANK_TASK, "--path", bank.bank, "--default-delta", "mam", *GEN]],
+                       input="w1 w2\n<delta=nope> w3\n", capture_output=True, text=True, env=tool_env())
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].endswith("unknown delta 'nope'; the bank has: lora, pfeiffer, mam")
+    side = bank.w / "short.delta"
+    side.write_text("lora\nmam\n")
+    p = subprocess.run([str(c) for c in [BIN / "fairseq-generate", bank.data, "--user-dir", REPO / "user_dir",
+                                          *BANK_TASK, "--path", bank.bank, "--delta-per-line", side, "--gen-subset",
+                                          "test", *GEN]], capture_output=True, text=True, env=tool_env())
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].endswith(
+        f"{side} has 2 lines but split 'test' has 12 examples; write one delta name (or an empty line) per example")
