@@ -62,17 +62,18 @@ def test_each_delta_gradient_comes_only_from_its_own_examples(two_tasks):
     picked = [0, 25, 3, 30, 7, 26, 11]  # both tasks, interleaved
     mixed = ds.collater([ds[i] for i in picked])
     assert mixed["net_input"]["delta_ids"].tolist() == [model.bank.index(names[i]) for i in mixed["id"].tolist()]
-    base = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("delta_bank.")}
+    full = lambda: torch.nn.Module.state_dict(model)  # the bank model's own state_dict() is the bank only
+    base = {k: v.clone() for k, v in full().items() if not k.startswith("delta_bank.")}
 
     def grads_after(sample):
         log = trainer.train_step([sample])
         return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()
                 if p.requires_grad}, log["sample_size"]
 
-    state0 = {k: v.clone() for k, v in model.state_dict().items()}
+    state0 = {k: v.clone() for k, v in full().items()}
     g_mixed, ss_mixed = grads_after(mixed)
     for name in ("sum", "mt"):
-        model.load_state_dict(state0)  # the same weights for every gradient
+        torch.nn.Module.load_state_dict(model, state0)  # the same weights for every gradient
         trainer.optimizer.zero_grad()
         own = ds.collater([ds[i] for i in picked if names[i] == name])
         g_own, ss_own = grads_after(own)
@@ -83,7 +84,8 @@ def test_each_delta_gradient_comes_only_from_its_own_examples(two_tasks):
         assert moved, f"{name}: no gradient at all"
         for n in delta_params(model, other):  # no example of the other task: its delta gets nothing
             assert g_own[n] is None or not g_own[n].any(), n
-    after = model.state_dict()
+    after = full()
+    assert len(base) > 50
     for k, v in base.items():
         assert torch.equal(after[k], v), f"base {k} changed"
     assert {n for n, p in model.named_parameters() if p.requires_grad} == \
@@ -109,38 +111,45 @@ def test_bank_tasks_must_share_the_dictionary(two_tasks, tmp_path):
 
 @pytest.mark.slow
 def test_fairseq_train_multi_task_bank(two_tasks):
-    """fairseq-train --task delta_bank --bank-tasks sum:..,mt:.. --arch bank_bart_large: a few updates;
-    the checkpoint's base equals the base file bitwise and both deltas moved."""
+    """fairseq-train --task delta_bank --bank-tasks sum:..,mt:.. --arch bank_bart_large, 4 updates: both deltas
+    move between update 2 and update 4; the checkpoint holds the two deltas and the base's path, and loaded
+    as fairseq-generate loads it, its base equals the base file bitwise."""
+    from fairseq import checkpoint_utils, tasks
+
     w, sum_bin, mt_bin = two_tasks
     base = make_base(sum_bin, w / "base.pt")
     save = w / "ckpt"
-    p = run([BIN / "fairseq-train", sum_bin, "--user-dir", REPO / "user_dir", "--task", "delta_bank",
-             "--bank-tasks", f"sum:{sum_bin},mt:{mt_bin}", "--source-lang", "src", "--target-lang", "tgt",
-             *BANK_FLAGS, *DIMS, "--finetune-from-model", base, "--criterion", "cross_entropy", "--optimizer", "adam",
-             "--lr", "0.01", "--dropout", "0", "--max-update", "4", "--batch-size", "8",
-             "--required-batch-size-multiple", "1", "--no-epoch-checkpoints", "--save-dir", save, "--cpu",
-             "--num-workers", "0", "--seed", "1", "--log-format", "json", "--no-progress-bar"])
+    argv = [sum_bin, "--task", "delta_bank", "--bank-tasks", f"sum:{sum_bin},mt:{mt_bin}", "--source-lang", "src",
+            "--target-lang", "tgt", *BANK_FLAGS, *DIMS]
+    p = run([BIN / "fairseq-train", *argv, "--user-dir", REPO / "user_dir", "--finetune-from-model", base,
+             "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "0.01", "--dropout", "0", "--max-update",
+             "4", "--save-interval-updates", "2", "--batch-size", "8", "--required-batch-size-multiple", "1",
+             "--no-epoch-checkpoints", "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1",
+             "--log-format", "json", "--no-progress-bar"])
     assert "train of task 'sum': 24 examples" in p.stdout + p.stderr
     assert "train of task 'mt': 16 examples" in p.stdout + p.stderr
-    ckpt = load_checkpoint_file(str(save / "checkpoint_last.pt"))
-    state = {k: v for k, v in ckpt["model"].items() if k not in META_KEYS}
-    # the fresh deltas as fairseq-train built them (same seed, same flags), before any update
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [str(sum_bin), "--task", "delta_bank", "--bank-tasks",
-                                                f"sum:{sum_bin},mt:{mt_bin}", "--source-lang", "src", "--target-lang",
-                                                "tgt", *BANK_FLAGS, *DIMS, "--seed", "1", "--cpu"])
-    from fairseq import tasks, utils
-
-    utils.set_torch_seed(1)
-    task = tasks.setup_task(args)
-    fresh = task.build_model(args)
-    init = dict(fresh.named_parameters())
+    at = {u: {k: v for k, v in load_checkpoint_file(str(save / f"checkpoint_1_{u}.pt"))["model"].items()
+              if k not in META_KEYS} for u in (2, 4)}
+    state = at[4]
     for name in ("sum", "mt"):
         keys = [k for k in state if k.startswith(f"delta_bank.{name}.")]
         assert keys, f"no tensor of delta {name} in the checkpoint"
-        assert any(not torch.equal(state[k], init[k].detach()) for k in keys), f"delta {name} did not move"
-    full = fresh.state_dict()
-    base_sd = load_checkpoint_file(str(base))["model"]
-    for k in state:
-        assert k.startswith("delta_bank."), f"the bank checkpoint holds a base tensor {k}"
-    assert set(base_sd) <= set(full), "the bank model has the base's layout"
+        assert any(not torch.equal(at[2][k], state[k]) for k in keys), f"delta {name} did not move"
+    assert all(k.startswith("delta_bank.") for k in state), "the bank checkpoint holds a base tensor"
+    args = options.parse_args_and_arch(options.get_training_parser(), [str(a) for a in argv] + ["--cpu"])
+    task = tasks.setup_task(args)
+    (model,), _ = checkpoint_utils.load_model_ensemble([str(save / "checkpoint_last.pt")], task=task)
+    own = torch.nn.Module.state_dict(model)
+    for k, v in load_checkpoint_file(str(base))["model"].items():
+        assert torch.equal(own[k], v), f"base {k} differs from {base.name}"
+    for k, v in state.items():
+        assert torch.equal(own[k], v), k
+    # each trained delta alone: its single-delta tensors, loaded onto a bank of the same base by the bank API
+    from unifairseq.fairseq.bank import load_bank
+
+    for name in ("sum", "mt"):
+        alone = load_bank(str(base), {name: {"cfg": model.bank.delta_config(name),
+                                             "model": model.bank.delta_state(name)}}, task=task)
+        assert alone.bank.names == [name]
+        for k, v in alone.bank.delta_state(name).items():
+            assert torch.equal(v, state[f"delta_bank.{name}.{k}"]), k
