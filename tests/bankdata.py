@@ -74,29 +74,8 @@ def train_delta(data: Path, base: Path, method: str, save: Path, updates: int = 
     return save / "checkpoint_last.pt"
 
 
-# the same deltas as --bank-deltas presets (structure only; the values come from the files)
-SPECS = {"lora": "lora_attn:attn_bn=4", "pfeiffer": "pfeiffer:ffn_bn=8", "mam": "mam:attn_bn=4:ffn_bn=8:mid_dim=16"}
-
-
 def build_bank_checkpoint(data: Path, base: Path, deltas: dict, out: Path) -> Path:
-    """A bank checkpoint over `base` holding the trained single deltas {name: file}, as fairseq-train
-    writes bank checkpoints (the deltas and the base's path), through the bank API: the model is built
-    from --bank-deltas presets of the same structure, the base loaded, then each file added."""
-    from fairseq import checkpoint_utils, options, tasks
-
-    import unifairseq.fairseq
-    from unifairseq.tools.tiny_base import checkpoint_state
-
-    unifairseq.fairseq.register()  # what --user-dir does: the bank architectures and --task delta_bank
-    spec = ",".join(f"{n}={SPECS[n]}" for n in deltas)
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        str(data), "--task", "delta_bank", "--source-lang", "src", "--target-lang", "tgt", "--arch",
-        "bank_bart_large", "--bank-deltas", spec, *DIMS, "--cpu"])
-    model = tasks.setup_task(args).build_model(args)
-    model.load_bank_base(str(base))
-    for n in deltas:
-        model.bank.remove(n)
-    for n, path in deltas.items():  # bank index = position: the same order as --bank-deltas
-        model.bank.add(n, str(path))
-    checkpoint_utils.torch_persistent_save(checkpoint_state(model, args), str(out))
+    """The bank of the delta files {name: file} over `base`: `python -m unifairseq.fairseq.tasks.bank build`."""
+    run([sys.executable, "-m", "unifairseq.fairseq.tasks.bank", "build", out, *[f"{n}={p}" for n, p in deltas.items()],
+         "--base", base, "--data", data])
     return out

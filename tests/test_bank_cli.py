@@ -249,3 +249,21 @@ def test_unknown_delta_and_misaligned_side_file_are_one_line_errors(bank):
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1].endswith(
         f"{side} has 2 lines but split 'test' has 12 examples; write one delta name (or an empty line) per example")
+
+
+def test_delta_spec_rebuilds_each_config_exactly():
+    """A bank checkpoint names its deltas as presets + overrides: the spec must rebuild the same config."""
+    from unifairseq.core.config import DeltaConfig
+    from unifairseq.fairseq.bank import preset_config
+    from unifairseq.fairseq.tasks.bank import delta_spec
+
+    cases = {"lora_attn:attn_bn=4": dict(attn_mode="lora", attn_bn=4, lora_alpha=32.0, lora_dropout=0.1),
+             "mam:attn_bn=4:ffn_bn=8:mid_dim=16": None,
+             "pfeiffer:ffn_bn=8": None}
+    for spec, values in cases.items():
+        cfg = preset_config(spec) if values is None else DeltaConfig(**values).validate()
+        assert delta_spec(cfg) == spec
+        assert preset_config(delta_spec(cfg)).to_dict() == cfg.to_dict()
+    odd = DeltaConfig(attn_mode="lora", attn_bn=3, lora_alpha=5.0, ffn_mode="adapter", ffn_option="sequential",
+                      ffn_bn=7, ffn_adapter_scalar="learnable_scalar").validate()
+    assert preset_config(delta_spec(odd)).to_dict() == odd.to_dict()

@@ -101,11 +101,33 @@ def build_bank(method: str, n: int, o, d):
     return model.eval(), task
 
 
-def merged_copies(bank_model, method: str, n: int):
-    """One plain fairseq model per delta with that delta merged into its weights (LoRA)."""
-    from ..fairseq.bank import export_merged
+def merged_copies(bank_model, n: int, o, d):
+    """One plain fairseq model per delta with that delta merged into its weights (LoRA: every site of
+    the delta is a projection, `LinearDelta.merged` gives W and b)."""
+    import copy
 
-    return [export_merged(bank_model, f"d{k}").eval() for k in range(n)]
+    import torch
+
+    from ..tools.count import build_translation_model
+
+    plain, _, _ = build_translation_model("bart_base", TINY_SHAPES if o.tiny else SHAPES, d)
+    base = bank_model.bank.base_state()
+    out = []
+    with torch.no_grad():
+        for name in bank_model.bank.names[:n]:
+            sd = dict(base)
+            for key, m in bank_model.delta_bank[name].sites.items():
+                if key[0] != "proj":
+                    raise ValueError(f"delta {name}: {key[0]} is not a projection delta; only LoRA-like deltas merge")
+                host = key[1]
+                W, b = m.merged(sd[host + ".weight"], sd.get(host + ".bias"))
+                sd[host + ".weight"] = W
+                if b is not None:
+                    sd[host + ".bias"] = b
+            c = copy.deepcopy(plain)
+            torch.nn.Module.load_state_dict(c, sd, strict=True)
+            out.append(c.eval())
+    return out
 
 
 class Row:
@@ -157,11 +179,11 @@ def rows_for(method: str, n: int, o, d, dev):
         per = [(ids == k).nonzero().flatten() for k in range(n)]
         rows.append(Row((method, n, "sequential"), [(gen, model, sample(s, ids[s]), s.tolist()) for s in per]))
         if method in MERGEABLE:
-            copies = merged_copies(model, method, n)
+            copies = merged_copies(model, n, o, d)
             rows.append(Row((method, n, "merged"), [(gen_for(c), c, sample(s), s.tolist())
                                                     for c, s in zip(copies, per)]))
     elif method in MERGEABLE:
-        c = merged_copies(model, method, 1)[0]
+        c = merged_copies(model, 1, o, d)[0]
         rows.append(Row((method, n, "merged"), [(gen_for(c), c, sample(everything), everything.tolist())]))
     return rows
 

@@ -243,3 +243,103 @@ class DeltaBankTask(TranslationRougeTask):
         elif self._pending and torch.equal(self._pending[0]["net_input"]["src_tokens"], net["src_tokens"].cpu()):
             self._pending.popleft()  # a caller that kept delta_ids as collated (fairseq's hub interface)
         return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
+
+
+# ------------------------------------------------------------------ build a bank checkpoint
+def delta_spec(cfg) -> str:
+    """A --bank-deltas preset spec (PRESET:key=value...) that rebuilds exactly this DeltaConfig: the
+    preset closest to it plus the fields that differ. A bank checkpoint's args name its deltas this way,
+    so that fairseq builds their modules before it loads the base and then the trained tensors."""
+    from unifairseq.core.config import DeltaConfig
+    from unifairseq.core.presets import PRESETS
+    from unifairseq.fairseq.bank import preset_config
+
+    target = cfg.to_dict()
+    best = None
+    for name, values in PRESETS.items():
+        try:
+            near = DeltaConfig(**values).validate().to_dict()
+        except ValueError:
+            continue
+        diff = [k for k in target if target[k] != near[k]]
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    spec = ":".join([best[0]] + [f"{k}={target[k]}" for k in best[1]])
+    if preset_config(spec).to_dict() != target:
+        raise BankTaskError(f"cannot write the delta config {cfg.describe()} as a --bank-deltas preset ({spec})")
+    return spec
+
+
+def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_lang=None, target_lang=None,
+                          force: bool = False) -> List[str]:
+    """Write OUT, a bank checkpoint over BASE holding the delta files {name: path} (bank index = order):
+    what fairseq-generate/-interactive --task delta_bank --path OUT load. It holds the deltas and BASE's
+    path, as bank checkpoints written by fairseq-train do; BASE is read again at load time."""
+    import argparse
+
+    from fairseq import tasks
+
+    from unifairseq.fairseq.bank import load_bank
+    from unifairseq.fairseq.checkpoint import atomic_save, load_checkpoint_file
+    from unifairseq.tools.tiny_base import checkpoint_state
+
+    state = load_checkpoint_file(base)
+    args = state.get("args")
+    if args is None:
+        raise BankTaskError(f"{base} records no model arguments ('args'); give a fairseq checkpoint of a BART base")
+    arch = str(getattr(args, "arch", ""))
+    if arch not in ("bart_base", "bart_large"):
+        raise BankTaskError(f"{base} is a {arch!r} checkpoint; `build` writes translation banks over bart_base or "
+                            f"bart_large bases (bank_roberta: use unifairseq.fairseq.bank.load_bank)")
+    args = argparse.Namespace(**vars(args))
+    args.data, args.task = data, "delta_bank"
+    args.source_lang = source_lang or getattr(args, "source_lang", None)
+    args.target_lang = target_lang or getattr(args, "target_lang", None)
+    for k, v in vars(DeltaBankConfig()).items():
+        if not hasattr(args, k):
+            setattr(args, k, v)
+    task = tasks.setup_task(args)
+    model = load_bank(base, dict(deltas), task=task)
+    args.arch = args._name = f"bank_{arch}"
+    args.bank_deltas = ",".join(f"{n}={delta_spec(model.bank.delta_config(n))}" for n in model.bank.names)
+    atomic_save(checkpoint_state(model, args), out, overwrite=force)
+    return model.bank.names
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    import unifairseq.fairseq
+
+    ap = argparse.ArgumentParser(prog="python -m unifairseq.fairseq.tasks.bank",
+                                 description="build: a bank checkpoint from a base and delta files, for "
+                                             "fairseq-generate/-interactive --task delta_bank --path OUT")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("out", metavar="OUT.pt")
+    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA.pt")
+    b.add_argument("--base", required=True, help="the plain base checkpoint the deltas were trained on")
+    b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
+    b.add_argument("--source-lang")
+    b.add_argument("--target-lang")
+    b.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    a = ap.parse_args(argv)
+    unifairseq.fairseq.register()
+    try:
+        deltas = {}
+        for item in a.deltas:
+            name, eq, path = item.partition("=")
+            if not eq or not name or not path:
+                raise BankTaskError(f"{item!r} is not NAME=DELTA.pt")
+            deltas[name] = path
+        names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
+    except (BankTaskError, ValueError, RuntimeError, OSError) as e:
+        print(f"bank build: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
