@@ -98,11 +98,14 @@ class Group:
             local[i + 1] = j
         self.local = local.to(device)
         self._cache = None
+        self.cache = True
 
     def stacked(self) -> Dict[str, torch.Tensor]:
         names = [n for n, _ in self.template.named_parameters()]
         per = [dict(m.named_parameters()) for m in self.modules]
         if torch.is_grad_enabled():  # training: differentiable stacks of the members' own tensors
+            return {n: torch.stack([p[n] for p in per]) for n in names}
+        if not self.cache:  # memory first: stack per call, freed after it
             return {n: torch.stack([p[n] for p in per]) for n in names}
         key = tuple((p[n].data_ptr(), p[n]._version) for p in per for n in names)
         if self._cache is None or self._cache[0] != key:  # inference: stacked once per set of weights
@@ -132,6 +135,7 @@ class Bank:
     def __init__(self, sets: nn.ModuleDict):
         self.sets = sets
         self.default: Optional[str] = None
+        self._stack_cache = True
         self._ids: List[torch.Tensor] = []
         self._groups: Dict[tuple, List[Group]] = {}
 
@@ -217,7 +221,25 @@ class Bank:
                 by.setdefault(structure_key(m), []).append((i, m))
             dev = next((p.device for _, m in self.entries(key) for p in m.parameters()), torch.device("cpu"))
             g = self._groups[key] = [Group(members, len(self.sets), dev) for members in by.values()]
+            for group in g:
+                group.cache = self.stack_cache
         return g
+
+    @property
+    def stack_cache(self) -> bool:
+        """Inference keeps one stacked copy of each mixing group's parameters (speed); False stacks per
+        call instead, so that a delta costs exactly its own size (memory)."""
+        return self._stack_cache
+
+    @stack_cache.setter
+    def stack_cache(self, value: bool) -> None:
+        self._stack_cache = bool(value)
+        self.changed()
+
+    def cache_bytes(self) -> int:
+        """Bytes of the stacked parameter copies kept for inference (stack_cache=True)."""
+        return sum(t.numel() * t.element_size() for gs in self._groups.values() for g in gs
+                   if g._cache is not None for t in g._cache[1].values())
 
     def apply(self, key, out: torch.Tensor, ids: torch.Tensor, dim: int, fn_args, dims) -> torch.Tensor:
         """For each group at `key`: out[its samples' rows along dim] = module(*fn_args(rows)), the

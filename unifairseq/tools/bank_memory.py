@@ -59,6 +59,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gc.collect()
         print(f"| {i + 1} | {name} | {own_size[name]:,} | {model.bank.nbytes(f'd{i}'):,} | {total:,} | "
               f"{model.bank.nbytes():,} | {rss_bytes() - rss0:,} |")
+    # one mixed batch through the whole bank: what inference adds (stacked copies, stack_cache=True)
+    src = torch.randint(4, 1000, (a.n, 12))
+    model.eval()
+    model(src, torch.full((a.n,), 12), src[:, :6], delta_ids=torch.arange(a.n))
+    print(f"after a mixed forward of {a.n} sentences (one per delta): stacked inference copies "
+          f"{model.bank.cache_bytes():,} bytes (model.bank.stack_cache = False: none, stacked per call)")
     return 0
 
 
