@@ -250,6 +250,33 @@ class Bank:
             if sel.numel() == 0:
                 continue
             y = group.call(local.index_select(0, sel), fn_args(sel), dims, dim)
+            out = y if sel.numel() == out.size(dim) else out.index_copy(dim, sel, y)
+        return out
+
+    def route(self, key, ids: torch.Tensor, dim: int, fn_args, dims, rest):
+        """Like apply, for sites whose modules compute the whole output (a LinearDelta computes
+        y = f(x, W, b), base included): each row is computed once, by its group or by rest(rows) (the
+        base) -- a batch of one group, or of none, runs with no gather or scatter at all."""
+        n = ids.numel()
+        parts, covered = [], torch.zeros(n, dtype=torch.bool, device=ids.device)
+        for group in self.groups(key):
+            local = group.local[ids + 1]
+            sel = (local >= 0).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            if sel.numel() == n:
+                return group.call(local, fn_args(None), dims, dim)
+            parts.append((sel, group.call(local.index_select(0, sel), fn_args(sel), dims, dim)))
+            covered[sel] = True
+        if not parts:
+            return rest(None)
+        left = (~covered).nonzero().squeeze(1)
+        if left.numel():
+            parts.append((left, rest(left)))
+        shape = list(parts[0][1].shape)
+        shape[dim] = n
+        out = parts[0][1].new_empty(shape)
+        for sel, y in parts:
             out = out.index_copy(dim, sel, y)
         return out
 

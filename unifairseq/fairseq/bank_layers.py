@@ -72,15 +72,22 @@ class BankLinear(nn.Linear):
             y = F.linear(x, self.weight, self.bias)
         else:
             ids = bank.ids_for(x.size(1))
-            b = bank.bias_rows(self.path + ".bias", ids, self.bias)
-            y = F.linear(x, self.weight, self.bias) if b is None else F.linear(x, self.weight) + b
+            b = bank.bias_rows(self.path + ".bias", ids, self.bias)  # BitFit rows, or None
+
+            def rows(t, sel, d):
+                return t if sel is None else t.index_select(d, sel)
+
+            def base(sel):
+                xs = rows(x, sel, 1)
+                return F.linear(xs, self.weight, self.bias) if b is None else \
+                    F.linear(xs, self.weight) + rows(b, sel, 0)
+
             if b is None:
-                args = lambda sel: (x.index_select(1, sel), self.weight, self.bias)  # noqa: E731
-                dims = (1, None, None)
+                y = bank.route(key, ids, 1, lambda sel: (rows(x, sel, 1), self.weight, self.bias),
+                               (1, None, None), base)
             else:
-                args = lambda sel: (x.index_select(1, sel), self.weight, b.index_select(0, sel))  # noqa: E731
-                dims = (1, None, "r")
-            y = bank.apply(key, y, ids, 1, args, dims)
+                y = bank.route(key, ids, 1, lambda sel: (rows(x, sel, 1), self.weight, rows(b, sel, 0)),
+                               (1, None, "r"), base)
         if site is not None and self.role == "out":
             y = site.write(y)
         return y
