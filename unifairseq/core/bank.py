@@ -120,13 +120,41 @@ class Group:
             # one delta for all these samples: its plain forward on the block (same numbers, no gather)
             m = self.modules[int(local_ids[0])]
             return m(*[a[0] if d == "r" else a for a, d in zip(args, dims)])
-        params = {n: t.index_select(0, local_ids) for n, t in self.stacked().items()}
+        present, inverse = torch.unique(local_ids, return_inverse=True)  # the group's deltas in this batch
+        counts = torch.bincount(inverse, minlength=present.numel())
+        width = int(counts.max())
+        stacked = self.stacked()
 
         def one(p, *a):
             return functional_call(self.template, p, a)
 
         in_dims = (0, *[0 if d == "r" else d for d in dims])
-        return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(params, *args)
+        if width == 1:  # one sample per delta: vmap over the samples, each with its delta's parameters
+            per = {n: t.index_select(0, local_ids) for n, t in stacked.items()}
+            return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(per, *args)
+        if present.numel() != len(self.modules):  # (all members present: sorted unique = 0..n-1, as stacked)
+            stacked = {n: t.index_select(0, present) for n, t in stacked.items()}
+        # several samples per delta (beams, tasks): vmap over the deltas present, each on its own rows
+        # padded to the most rows of one delta -- every delta's weights are read once, not per sample
+        n = local_ids.numel()
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(order)
+        slot[order] = torch.arange(n, device=order.device) - starts[inverse[order]]
+        flat = inverse * width + slot  # each row's place in the [deltas, width] layout
+        pad_idx = torch.zeros(present.numel() * width, dtype=torch.long, device=order.device)  # spare: row 0
+        pad_idx[flat] = torch.arange(n, device=order.device)
+        first = pad_idx.view(-1, width)[:, 0]
+        laid = []
+        for a, d in zip(args, dims):
+            if d is None:
+                laid.append(a)
+            elif d == "r":
+                laid.append(a.index_select(0, first))
+            else:
+                laid.append(a.index_select(d, pad_idx).unflatten(d, (present.numel(), width)))
+        out = vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(stacked, *laid)
+        return out.flatten(out_dim, out_dim + 1).index_select(out_dim, flat)
 
 
 class Bank:
