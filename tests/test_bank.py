@@ -22,19 +22,25 @@ EXTRA = {
 
 
 def spec(name):
+    name = name[:-len(TWIN)] if name.endswith(TWIN) else name
     if name in EXTRA:
         return EXTRA[name]
     return ROWS[name][1], ROWS[name][2]
 
 
+TWIN = "@2"  # a second delta of the same method and sizes (other values): it shares the row's groups
+
+
 def companions(row):
+    """The row's method twice (same structure: the per-sample and per-delta vmap paths), other methods,
+    and a prefix (or prompt) of another length."""
     first = "dora_attn" if row == "lora_attn" else "lora_attn"
     second = "houlsby" if row == "pfeiffer" else "pfeiffer"
-    return [row, first, second, "prompt_l3" if row == "prompt" else "prefix_l3"]
+    return [row, row + TWIN, first, second, "prompt_l3" if row == "prompt" else "prefix_l3"]
 
 
 def bank_name(name):
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return re.sub(r"[^A-Za-z0-9_]", "_", name.replace(TWIN, "_2"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,11 +79,29 @@ def case(row):
     return make_bank(companions(row))
 
 
-def mixed_batch(bsz=5):
+# bank indices per sentence: every delta once (row and twin: one sample per delta), or the row's
+# method on several sentences of two deltas (several samples per delta), as in beam search
+# (-1: the plain base)
+ID_PATTERNS = {"one_each": [0, 1, 2, 3, 4], "shared": [1, 0, 1, 4, 0], "with_base": [3, -1, 0, 1, -1]}
+
+
+@functools.lru_cache(maxsize=None)
+def plain_model():
+    base, _ = plain_base()
+    m, _, _ = tiny_model("bart_base")
+    m.load_state_dict(base)
+    return m.eval()
+
+
+def reference(bank, singles, i):
+    return plain_model() if i < 0 else singles[bank.bank.names[i]]
+
+
+def mixed_batch(bsz=5, pattern="shared"):
     _, task = plain_base()
     d = task.source_dictionary
     src, lens, prev, tgt = random_batch(d, bsz=bsz, src_len=7, tgt_len=5, seed=3)
-    ids = torch.tensor([0, 1, 2, 3, 0][:bsz])
+    ids = torch.tensor(ID_PATTERNS[pattern][:bsz])
     return d, src, lens, prev, tgt, ids
 
 
@@ -88,14 +112,15 @@ def assert_base_unchanged(bank):
         assert torch.equal(own[k], v), f"base tensor {k} changed"
 
 
+@pytest.mark.parametrize("pattern", list(ID_PATTERNS))
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
-def test_mixed_forward_equals_single(name, arch, flags, identity):
+def test_mixed_forward_equals_single(name, arch, flags, identity, pattern):
     bank, singles = case(name)
-    d, src, lens, prev, _, ids = mixed_batch()
+    d, src, lens, prev, _, ids = mixed_batch(pattern=pattern)
     with torch.no_grad():
         out, _ = bank(src, lens, prev, delta_ids=ids)
         for b in range(src.size(0)):
-            m = singles[bank.bank.names[int(ids[b])]]
+            m = reference(bank, singles, int(ids[b]))
             keep = int(lens[b])
             ref, _ = m(src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
             err = float((out[b] - ref[0]).abs().max())
@@ -108,7 +133,7 @@ def test_mixed_beam_search_equals_alone(name, arch, flags, identity):
     """Beam 3 over a mixed batch (reordering, incremental states, beamable cross-attention) gives every
     sentence the hypotheses and positional scores of decoding it alone with its own delta."""
     bank, singles = case(name)
-    d, src, lens, _, _, ids = mixed_batch()
+    d, src, lens, _, _, ids = mixed_batch(pattern="one_each")
     gen = SequenceGenerator([bank], d, beam_size=3, max_len_b=6, min_len=2)
     with torch.no_grad():
         hypos = gen.forward({"net_input": {"src_tokens": src, "src_lengths": lens, "delta_ids": ids}})
@@ -147,13 +172,14 @@ def nll_sum(model, src, lens, prev, tgt, **kw):
     return -lp.gather(-1, tgt.unsqueeze(-1)).sum()
 
 
+@pytest.mark.parametrize("ids", [[0, 1, 0, 2, 1], [1, 0, 2, 3, -1]], ids=["shared", "one_each"])
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
-def test_gradients_stay_per_delta(name, arch, flags, identity):
+def test_gradients_stay_per_delta(name, arch, flags, identity, ids):
     """One mixed batch, sum-reduced loss: each delta's gradient equals its single-delta model's
     gradient on its own sentences alone; a delta without sentences gets zero; the base none."""
     bank, singles = make_bank(companions(name))
     d, src, lens, prev, tgt, _ = mixed_batch()
-    ids = torch.tensor([0, 1, 0, 2, 1])  # the 4th delta of the bank has no sentence
+    ids = torch.tensor(ids)  # some deltas of the bank have no sentence (and -1: a base sentence)
     bank.zero_grad()
     nll_sum(bank, src, lens, prev, tgt, delta_ids=ids).backward()
     for i, dname in enumerate(bank.bank.names):

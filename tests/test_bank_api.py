@@ -199,3 +199,18 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
                                                 "mam=mam:attn_bn=5:ffn_bn=6:mid_dim=16"], seed=7)
     fresh.load_state_dict(ckpt)  # loads base.pt from the recorded path, then the deltas
     check(fresh.eval())
+
+
+def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
+    from test_bank import mixed_batch
+
+    bank, _ = make_bank(["lora_attn", "dora_attn", "pfeiffer", "houlsby"])
+    d, src, lens, prev, _, _ = mixed_batch()
+    ids = torch.tensor([0, 1, 2, 3, 1])
+    with torch.no_grad():
+        cached, _ = bank(src, lens, prev, delta_ids=ids)
+        assert bank.bank.cache_bytes() > 0
+        bank.bank.stack_cache = False
+        plain, _ = bank(src, lens, prev, delta_ids=ids)
+    assert bank.bank.cache_bytes() == 0
+    assert torch.equal(cached, plain)

@@ -98,11 +98,14 @@ class Group:
             local[i + 1] = j
         self.local = local.to(device)
         self._cache = None
+        self.cache = True
 
     def stacked(self) -> Dict[str, torch.Tensor]:
         names = [n for n, _ in self.template.named_parameters()]
         per = [dict(m.named_parameters()) for m in self.modules]
         if torch.is_grad_enabled():  # training: differentiable stacks of the members' own tensors
+            return {n: torch.stack([p[n] for p in per]) for n in names}
+        if not self.cache:  # memory first: stack per call, freed after it
             return {n: torch.stack([p[n] for p in per]) for n in names}
         key = tuple((p[n].data_ptr(), p[n]._version) for p in per for n in names)
         if self._cache is None or self._cache[0] != key:  # inference: stacked once per set of weights
@@ -117,13 +120,41 @@ class Group:
             # one delta for all these samples: its plain forward on the block (same numbers, no gather)
             m = self.modules[int(local_ids[0])]
             return m(*[a[0] if d == "r" else a for a, d in zip(args, dims)])
-        params = {n: t.index_select(0, local_ids) for n, t in self.stacked().items()}
+        present, inverse = torch.unique(local_ids, return_inverse=True)  # the group's deltas in this batch
+        counts = torch.bincount(inverse, minlength=present.numel())
+        width = int(counts.max())
+        stacked = self.stacked()
 
         def one(p, *a):
             return functional_call(self.template, p, a)
 
         in_dims = (0, *[0 if d == "r" else d for d in dims])
-        return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(params, *args)
+        if width == 1:  # one sample per delta: vmap over the samples, each with its delta's parameters
+            per = {n: t.index_select(0, local_ids) for n, t in stacked.items()}
+            return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(per, *args)
+        if present.numel() != len(self.modules):  # (all members present: sorted unique = 0..n-1, as stacked)
+            stacked = {n: t.index_select(0, present) for n, t in stacked.items()}
+        # several samples per delta (beams, tasks): vmap over the deltas present, each on its own rows
+        # padded to the most rows of one delta -- every delta's weights are read once, not per sample
+        n = local_ids.numel()
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(order)
+        slot[order] = torch.arange(n, device=order.device) - starts[inverse[order]]
+        flat = inverse * width + slot  # each row's place in the [deltas, width] layout
+        pad_idx = torch.zeros(present.numel() * width, dtype=torch.long, device=order.device)  # spare: row 0
+        pad_idx[flat] = torch.arange(n, device=order.device)
+        first = pad_idx.view(-1, width)[:, 0]
+        laid = []
+        for a, d in zip(args, dims):
+            if d is None:
+                laid.append(a)
+            elif d == "r":
+                laid.append(a.index_select(0, first))
+            else:
+                laid.append(a.index_select(d, pad_idx).unflatten(d, (present.numel(), width)))
+        out = vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(stacked, *laid)
+        return out.flatten(out_dim, out_dim + 1).index_select(out_dim, flat)
 
 
 class Bank:
@@ -132,6 +163,7 @@ class Bank:
     def __init__(self, sets: nn.ModuleDict):
         self.sets = sets
         self.default: Optional[str] = None
+        self._stack_cache = True
         self._ids: List[torch.Tensor] = []
         self._groups: Dict[tuple, List[Group]] = {}
 
@@ -217,7 +249,25 @@ class Bank:
                 by.setdefault(structure_key(m), []).append((i, m))
             dev = next((p.device for _, m in self.entries(key) for p in m.parameters()), torch.device("cpu"))
             g = self._groups[key] = [Group(members, len(self.sets), dev) for members in by.values()]
+            for group in g:
+                group.cache = self.stack_cache
         return g
+
+    @property
+    def stack_cache(self) -> bool:
+        """Inference keeps one stacked copy of each mixing group's parameters (speed); False stacks per
+        call instead, so that a delta costs exactly its own size (memory)."""
+        return self._stack_cache
+
+    @stack_cache.setter
+    def stack_cache(self, value: bool) -> None:
+        self._stack_cache = bool(value)
+        self.changed()
+
+    def cache_bytes(self) -> int:
+        """Bytes of the stacked parameter copies kept for inference (stack_cache=True)."""
+        return sum(t.numel() * t.element_size() for gs in self._groups.values() for g in gs
+                   if g._cache is not None for t in g._cache[1].values())
 
     def apply(self, key, out: torch.Tensor, ids: torch.Tensor, dim: int, fn_args, dims) -> torch.Tensor:
         """For each group at `key`: out[its samples' rows along dim] = module(*fn_args(rows)), the
@@ -228,6 +278,33 @@ class Bank:
             if sel.numel() == 0:
                 continue
             y = group.call(local.index_select(0, sel), fn_args(sel), dims, dim)
+            out = y if sel.numel() == out.size(dim) else out.index_copy(dim, sel, y)
+        return out
+
+    def route(self, key, ids: torch.Tensor, dim: int, fn_args, dims, rest):
+        """Like apply, for sites whose modules compute the whole output (a LinearDelta computes
+        y = f(x, W, b), base included): each row is computed once, by its group or by rest(rows) (the
+        base) -- a batch of one group, or of none, runs with no gather or scatter at all."""
+        n = ids.numel()
+        parts, covered = [], torch.zeros(n, dtype=torch.bool, device=ids.device)
+        for group in self.groups(key):
+            local = group.local[ids + 1]
+            sel = (local >= 0).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            if sel.numel() == n:
+                return group.call(local, fn_args(None), dims, dim)
+            parts.append((sel, group.call(local.index_select(0, sel), fn_args(sel), dims, dim)))
+            covered[sel] = True
+        if not parts:
+            return rest(None)
+        left = (~covered).nonzero().squeeze(1)
+        if left.numel():
+            parts.append((left, rest(left)))
+        shape = list(parts[0][1].shape)
+        shape[dim] = n
+        out = parts[0][1].new_empty(shape)
+        for sel, y in parts:
             out = out.index_copy(dim, sel, y)
         return out
 

@@ -15,6 +15,7 @@ Rows are T x B x C inside layers (batch dim 1); layernorm_embedding sees B x T x
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional
 
 import torch
@@ -71,15 +72,22 @@ class BankLinear(nn.Linear):
             y = F.linear(x, self.weight, self.bias)
         else:
             ids = bank.ids_for(x.size(1))
-            b = bank.bias_rows(self.path + ".bias", ids, self.bias)
-            y = F.linear(x, self.weight, self.bias) if b is None else F.linear(x, self.weight) + b
+            b = bank.bias_rows(self.path + ".bias", ids, self.bias)  # BitFit rows, or None
+
+            def rows(t, sel, d):
+                return t if sel is None else t.index_select(d, sel)
+
+            def base(sel):
+                xs = rows(x, sel, 1)
+                return F.linear(xs, self.weight, self.bias) if b is None else \
+                    F.linear(xs, self.weight) + rows(b, sel, 0)
+
             if b is None:
-                args = lambda sel: (x.index_select(1, sel), self.weight, self.bias)  # noqa: E731
-                dims = (1, None, None)
+                y = bank.route(key, ids, 1, lambda sel: (rows(x, sel, 1), self.weight, self.bias),
+                               (1, None, None), base)
             else:
-                args = lambda sel: (x.index_select(1, sel), self.weight, b.index_select(0, sel))  # noqa: E731
-                dims = (1, None, "r")
-            y = bank.apply(key, y, ids, 1, args, dims)
+                y = bank.route(key, ids, 1, lambda sel: (rows(x, sel, 1), self.weight, rows(b, sel, 0)),
+                               (1, None, "r"), base)
         if site is not None and self.role == "out":
             y = site.write(y)
         return y
@@ -229,10 +237,26 @@ class BankDecoderLayer(_BankLayerMixin, TransformerDecoderLayerBase):
 
 
 # ------------------------------------------------------------------- stacks
+@contextlib.contextmanager
+def prefix_pass(bank, keys):
+    """Training: each prefix MLP of the bank runs once per encoder/decoder forward for all its layers
+    (PrefixProvider.begin_pass, as layers.py arranges for a single delta)."""
+    provs = [p for key in keys for _, (p, _) in bank.entries(key) if p.mid_dim > 0] if torch.is_grad_enabled() else []
+    for p in provs:
+        p.begin_pass()
+    try:
+        yield
+    finally:
+        for p in provs:
+            p.end_pass()
+
+
 class BankTransformerEncoder(TransformerEncoder):
     """Takes delta_ids; prepends per-sample prompts; carries the ids in encoder_out."""
 
     def __init__(self, args, dictionary, embed_tokens, return_fc=False):
+        if getattr(args, "checkpoint_activations", False):
+            raise ValueError("--checkpoint-activations is not supported by bank models yet; drop it")
         _set_before_init(self, _n_layers_built=0)
         super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
         self.path = None
@@ -246,7 +270,7 @@ class BankTransformerEncoder(TransformerEncoder):
                 token_embeddings: Optional[Tensor] = None, delta_ids: Optional[Tensor] = None):
         bank = _bank_of(self)
         ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
-        with bank.using(ids):
+        with bank.using(ids), prefix_pass(bank, [("prefix", self.path, "self")]):
             prompts = bank.prompt_rows(("prompt", self.path), ids)
             if prompts is not None:
                 # per-sample prompts, left-aligned and padded to the longest: [prompt_i, pad, source].
@@ -302,7 +326,8 @@ class BankTransformerDecoder(TransformerDecoder):
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
         bank = _bank_of(self)
         ids = self._delta_ids(prev_output_tokens.size(0), encoder_out, incremental_state)
-        with bank.using(bank.batch_ids(ids, prev_output_tokens.size(0), prev_output_tokens.device)):
+        with bank.using(bank.batch_ids(ids, prev_output_tokens.size(0), prev_output_tokens.device)), \
+                prefix_pass(bank, [("prefix", self.path, "self"), ("prefix", self.path, "cross")]):
             return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
 
     def _delta_ids(self, B: int, encoder_out, incremental_state) -> Optional[Tensor]:
