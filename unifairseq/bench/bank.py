@@ -21,8 +21,8 @@ tokens: min_len = max_len), in three ways (rows):
 Reported: sentences per second (batch / seconds of decoding), and the ratio to the single-delta batch
 of the same size (mixed with N = 1) of the same round. The rows run interleaved: every round decodes
 every row ``--runs`` times and keeps the fastest (after one untimed warm-up decode per row), each
-round starting one row further on, so that load drift hits every row alike; the table gives the median over rounds and the min-max spread
-(``unifairseq.bench.report.spread``). Targets (mixed at N = 8 vs N = 1): >= 0.85 for LoRA and adapters,
+round starting one row further on, so that load drift hits every row alike; the table gives the
+median over rounds and the min-max spread (``unifairseq.bench.report.spread``). Targets (mixed at N = 8 vs N = 1): >= 0.85 for LoRA and adapters,
 >= 0.75 for MAM, judged on the median with at least 3 rounds.
 
 Check: the mixed decode must give every sentence the tokens and scores of the sequential decode of
