@@ -267,3 +267,14 @@ def test_delta_spec_rebuilds_each_config_exactly():
     odd = DeltaConfig(attn_mode="lora", attn_bn=3, lora_alpha=5.0, ffn_mode="adapter", ffn_option="sequential",
                       ffn_bn=7, ffn_adapter_scalar="learnable_scalar").validate()
     assert preset_config(delta_spec(odd)).to_dict() == odd.to_dict()
+
+
+def test_inference_data_without_names_or_default_leaves_the_ids_to_the_caller():
+    """The bank hub puts delta_ids into the batches itself: with no names and no --default-delta the task's
+    inference dataset adds none (and does not fail), so the hub's ids and the bank's default apply."""
+    task, d = make_task(default=None)
+    src = [torch.tensor([d.index("w1"), d.eos()])]
+    ds = task.build_dataset_for_inference(src, [2])
+    assert "delta_ids" not in ds.collater([ds[0]])["net_input"]
+    ds = task.build_dataset_for_inference(src, [2], delta_names=["para"])
+    assert ds.collater([ds[0]])["net_input"]["delta_ids"].tolist() == [2]

@@ -224,6 +224,8 @@ class DeltaBankTask(TranslationRougeTask):
         self._line_names = None
         ds = LanguagePairDataset(src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
                                  constraints=constraints)
+        if delta_names is None and self.cfg.default_delta is None:
+            return ds  # nothing named here: the caller puts delta_ids in (the bank hub) or the bank's default applies
         return DeltaTaggedDataset(ds, list(delta_names or [None] * len(src_tokens)), self.resolve,
                                   on_collate=self._pending.append)
 
