@@ -214,3 +214,34 @@ def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
         plain, _ = bank(src, lens, prev, delta_ids=ids)
     assert bank.bank.cache_bytes() == 0
     assert torch.equal(cached, plain)
+
+
+def test_mbart_bank_equals_single_delta_models():
+    """Pre-LN mBART (parallel adapters read the residual stream): a mixed batch = each delta alone."""
+    from test_bank import mixed_batch
+    from unifairseq.core.modules import is_delta_name
+
+    rows = {"mam": "mam", "scaled_pa": "scaled_pa", "lora_attn": "lora_attn", "pfeiffer": "pfeiffer"}
+    small = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
+    first, _, _ = tiny_model("mam_mbart_large", small)
+    base = {k: v.clone() for k, v in first.full_state_dict().items() if not is_delta_name(k)}
+    singles = {}
+    for i, n in enumerate(rows):
+        m, _, _ = tiny_model(f"{n}_mbart_large", small, seed=50 + i)
+        torch.nn.Module.load_state_dict(m, {**m.full_state_dict(), **base}, strict=True)
+        perturb_deltas(m, seed=i, std=0.2)
+        singles[n] = m.eval()
+    bank, _, _ = tiny_model("bank_mbart_large")
+    torch.nn.Module.load_state_dict(bank, {**torch.nn.Module.state_dict(bank), **base}, strict=True)
+    for n, m in singles.items():
+        bank.bank.add(n, {"cfg": m.delta_plan.cfg,
+                          "model": {k: v for k, v in m.full_state_dict().items() if m.delta_plan.is_trainable(k)}})
+    bank.eval()
+    d, src, lens, prev, _, _ = mixed_batch()
+    ids = torch.tensor([2, 0, 1, 3, 1])
+    with torch.no_grad():
+        out, _ = bank(src, lens, prev, delta_ids=ids)
+        for b in range(src.size(0)):
+            keep = int(lens[b])
+            ref, _ = singles[bank.bank.names[int(ids[b])]](src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+            assert float((out[b] - ref[0]).abs().max()) < 1e-5, bank.bank.names[int(ids[b])]

@@ -157,6 +157,13 @@ def bank_bart_large(args):
     bart_large_architecture(args)
 
 
+@register_model_architecture("bank_bart", "bank_mbart_large")
+def bank_mbart_large(args):
+    from unifairseq.fairseq.models.bart import mbart_cc25_architecture
+
+    mbart_cc25_architecture(args)  # pre-LN: parallel FFN adapters read the residual stream, as layers.py
+
+
 def build_bank_from_base(path: str, task):
     """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
     state = load_checkpoint_file(path)
