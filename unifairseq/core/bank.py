@@ -100,6 +100,11 @@ class Group:
         self._cache = None
         self.cache = True
 
+    def local_on(self, device) -> torch.Tensor:
+        if self.local.device != device:  # the model moved (e.g. .cuda()) after this group was built
+            self.local = self.local.to(device)
+        return self.local
+
     def stacked(self) -> Dict[str, torch.Tensor]:
         names = [n for n, _ in self.template.named_parameters()]
         per = [dict(m.named_parameters()) for m in self.modules]
@@ -273,7 +278,7 @@ class Bank:
         """For each group at `key`: out[its samples' rows along dim] = module(*fn_args(rows)), the
         samples' own delta each (see Group.call for dims)."""
         for group in self.groups(key):
-            local = group.local[ids + 1]
+            local = group.local_on(ids.device)[ids + 1]
             sel = (local >= 0).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
@@ -288,7 +293,7 @@ class Bank:
         n = ids.numel()
         parts, covered = [], torch.zeros(n, dtype=torch.bool, device=ids.device)
         for group in self.groups(key):
-            local = group.local[ids + 1]
+            local = group.local_on(ids.device)[ids + 1]
             sel = (local >= 0).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
@@ -386,7 +391,7 @@ class Bank:
                             "those sentences to a delta that has it")
         parts = []
         for group in self.groups(key):
-            local = group.local[ids + 1]
+            local = group.local_on(ids.device)[ids + 1]
             sel = (local >= 0).nonzero().squeeze(1)
             if sel.numel():
                 # [n, 1, 1, C]: a head reads features[:, 0] of its input, with or without vmap's sample dim
