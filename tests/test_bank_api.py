@@ -245,3 +245,24 @@ def test_mbart_bank_equals_single_delta_models():
             keep = int(lens[b])
             ref, _ = singles[bank.bank.names[int(ids[b])]](src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
             assert float((out[b] - ref[0]).abs().max()) < 1e-5, bank.bank.names[int(ids[b])]
+
+
+def test_fresh_deltas_start_from_the_base_loaded_under_them():
+    """--bank-deltas presets are built before fairseq loads the base (--finetune-from-model): BitFit's
+    biases and DoRA's magnitude must start from that base, as a single-delta model's do."""
+    base, _ = plain_base()
+    g = torch.Generator().manual_seed(1)  # a "pretrained" base: biases are not fairseq's zero init
+    base = {k: v + 0.1 * torch.randn(v.shape, generator=g) if k.endswith("bias") else v for k, v in base.items()}
+    bank, _, _ = tiny_model("bank_bart_base", ["--bank-deltas", "bf=bitfit,dr=dora_attn:attn_bn=4"], seed=3)
+    bank.load_state_dict(dict(base))  # a full (base) checkpoint, as fairseq loads it
+    ds = bank.delta_bank
+    for name, t in base.items():
+        if name.endswith("bias"):
+            assert torch.equal(dict(ds["bf"].named_parameters())[name], t), name
+    single, _, _ = tiny_model("dora_attn_bart_base", ["--attn-bn", "4"], seed=3)
+    torch.nn.Module.load_state_dict(single, {**single.full_state_dict(), **base}, strict=True)
+    from unifairseq.core.modules import init_deltas_from_base
+    init_deltas_from_base(single)
+    key = "encoder.layers.0.self_attn.q_proj.delta_dora.m"
+    assert torch.allclose(dict(ds["dr"].named_parameters())[key], dict(single.named_parameters())[key], atol=1e-6)
+    assert not torch.allclose(dict(ds["dr"].named_parameters())[key], torch.ones(32))

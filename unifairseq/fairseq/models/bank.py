@@ -59,7 +59,7 @@ def fill_bank(model, args) -> None:
 
 def fill_missing_bank_keys(model, state_dict, name: str) -> None:
     """A base checkpoint holds no bank tensors: they keep their current values, except those that
-    start from the base weights (DoRA's magnitude), which start from *this* base."""
+    start from the base weights (DoRA's magnitude, BitFit's biases), which start from *this* base."""
     prefix = name + "." if name else ""
     own = torch.nn.Module.state_dict(model)
     for k, v in own.items():
@@ -67,6 +67,8 @@ def fill_missing_bank_keys(model, state_dict, name: str) -> None:
             state_dict[prefix + k] = v
     for dname, ds in getattr(model, BANK_ATTR).items():
         for key, m in ds.sites.items():
+            if key[0] == "bias" and prefix + key[1] in state_dict:  # BitFit trains the base's own biases
+                state_dict[f"{prefix}{BANK_ATTR}.{dname}.{key[1]}"] = state_dict[prefix + key[1]].clone()
             if key[0] == "proj" and prefix + key[1] + ".weight" in state_dict:
                 for pname, value in m.from_base(state_dict[prefix + key[1] + ".weight"]).items():
                     state_dict[f"{prefix}{BANK_ATTR}.{dname}.{key[1]}.{m.module_name}.{pname}"] = value
