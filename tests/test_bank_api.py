@@ -83,6 +83,7 @@ def test_hub_translate_with_per_sentence_deltas():
 def test_add_remove_and_files(tmp_path):
     bank, singles = make_bank(["lora_attn", "pfeiffer"])
     before = {k: v.clone() for k, v in torch.nn.Module.state_dict(bank).items() if not k.startswith("delta_bank.")}
+    storage = {k: v.data_ptr() for k, v in torch.nn.Module.state_dict(bank).items() if k in before}
     sizes = {n: bank.bank.nbytes(n) for n in bank.bank.names}
     assert bank.bank.nbytes() == sum(sizes.values())
     bank.bank.remove("lora_attn")
@@ -93,8 +94,12 @@ def test_add_remove_and_files(tmp_path):
         bank.bank.add("pfeiffer", {"cfg": singles["pfeiffer"].delta_plan.cfg, "model": {}})
     with pytest.raises(BankError, match="no '.'"):
         bank.bank.add("a.b", singles["pfeiffer"].delta_plan.cfg)
+    lora = singles["lora_attn"]
+    bank.bank.add("lora_again", {"cfg": lora.delta_plan.cfg, "model": {
+        k: v for k, v in lora.full_state_dict().items() if lora.delta_plan.is_trainable(k)}})
     after = torch.nn.Module.state_dict(bank)
-    assert all(torch.equal(after[k], v) for k, v in before.items())
+    # nothing but the delta was created or read: the base tensors are the same storage, bitwise unchanged
+    assert all(torch.equal(after[k], v) and after[k].data_ptr() == storage[k] for k, v in before.items())
 
 
 

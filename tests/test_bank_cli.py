@@ -28,8 +28,8 @@ def test_fairseq_train_and_generate_with_a_bank(tmp_path):
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 48), ("valid", 8)):
         for side in ("src", "tgt"):
-            lines = [" ".join(f"w{int(t)}" for t in torch.randint(0, 30, (int(torch.randint(3, 9, (1,), generator=g)),),
-                                                                 generator=g)) for _ in range(n)]
+            lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+            lines = [" ".join(f"w{int(t)}" for t in torch.randint(0, 30, (k,), generator=g)) for k in lengths]
             (tmp_path / f"{split}.{side}").write_text("\n".join(lines) + "\n")
     sh(PY, "-m", "fairseq_cli.preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
        "--trainpref", tmp_path / "train", "--validpref", tmp_path / "valid", "--destdir", tmp_path / "bin",
@@ -39,7 +39,8 @@ def test_fairseq_train_and_generate_with_a_bank(tmp_path):
     user_dir = REPO / "user_dir"
     log = sh(PY, "-m", "fairseq_cli.train", tmp_path / "bin", "--user-dir", user_dir, "--task", "translation",
              "--arch", "bank_bart_large", *DIMS, "--bank-deltas", "mt=lora_attn:attn_bn=4,sum=mam:attn_bn=3:ffn_bn=4:"
-             "mid_dim=8", "--bank-default", "mt", "--finetune-from-model", tmp_path / "base.pt", "--optimizer", "adam", "--lr", "1e-3",
+             "mid_dim=8", "--bank-default", "mt", "--finetune-from-model", tmp_path / "base.pt",
+             "--optimizer", "adam", "--lr", "1e-3",
              "--max-update", "4", "--batch-size", "8", "--save-dir", tmp_path / "ckpt", "--no-epoch-checkpoints",
              "--cpu", "--num-workers", "0", "--log-format", "simple", "--log-interval", "1", "--disable-validation",
              cwd=tmp_path)
