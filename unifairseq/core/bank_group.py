@@ -41,6 +41,7 @@ class Group:
             local[i + 1] = j
         self.local = local.to(device)
         self._cache = None
+        self._params = None
         self.cache = True
 
     def local_on(self, device) -> torch.Tensor:
@@ -49,8 +50,10 @@ class Group:
         return self.local
 
     def stacked(self) -> Dict[str, torch.Tensor]:
-        names = [n for n, _ in self.template.named_parameters()]
-        per = [dict(m.named_parameters()) for m in self.modules]
+        if self._params is None:  # the members' Parameter objects (kept by load_state_dict and .to())
+            self._params = ([n for n, _ in self.template.named_parameters()],
+                            [dict(m.named_parameters()) for m in self.modules])
+        names, per = self._params
         if torch.is_grad_enabled():  # training: differentiable stacks of the members' own tensors
             return {n: torch.stack([p[n] for p in per]) for n in names}
         if not self.cache:  # memory first: stack per call, freed after it
