@@ -83,6 +83,7 @@ def test_hub_translate_with_per_sentence_deltas():
 def test_add_remove_and_files(tmp_path):
     bank, singles = make_bank(["lora_attn", "pfeiffer"])
     before = {k: v.clone() for k, v in torch.nn.Module.state_dict(bank).items() if not k.startswith("delta_bank.")}
+    storage = {k: v.data_ptr() for k, v in torch.nn.Module.state_dict(bank).items() if k in before}
     sizes = {n: bank.bank.nbytes(n) for n in bank.bank.names}
     assert bank.bank.nbytes() == sum(sizes.values())
     bank.bank.remove("lora_attn")
@@ -93,8 +94,12 @@ def test_add_remove_and_files(tmp_path):
         bank.bank.add("pfeiffer", {"cfg": singles["pfeiffer"].delta_plan.cfg, "model": {}})
     with pytest.raises(BankError, match="no '.'"):
         bank.bank.add("a.b", singles["pfeiffer"].delta_plan.cfg)
+    lora = singles["lora_attn"]
+    bank.bank.add("lora_again", {"cfg": lora.delta_plan.cfg, "model": {
+        k: v for k, v in lora.full_state_dict().items() if lora.delta_plan.is_trainable(k)}})
     after = torch.nn.Module.state_dict(bank)
-    assert all(torch.equal(after[k], v) for k, v in before.items())
+    # nothing but the delta was created or read: the base tensors are the same storage, bitwise unchanged
+    assert all(torch.equal(after[k], v) and after[k].data_ptr() == storage[k] for k, v in before.items())
 
 
 
@@ -214,3 +219,55 @@ def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
         plain, _ = bank(src, lens, prev, delta_ids=ids)
     assert bank.bank.cache_bytes() == 0
     assert torch.equal(cached, plain)
+
+
+def test_mbart_bank_equals_single_delta_models():
+    """Pre-LN mBART (parallel adapters read the residual stream): a mixed batch = each delta alone."""
+    from test_bank import mixed_batch
+    from unifairseq.core.modules import is_delta_name
+
+    rows = {"mam": "mam", "scaled_pa": "scaled_pa", "lora_attn": "lora_attn", "pfeiffer": "pfeiffer"}
+    small = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
+    first, _, _ = tiny_model("mam_mbart_large", small)
+    base = {k: v.clone() for k, v in first.full_state_dict().items() if not is_delta_name(k)}
+    singles = {}
+    for i, n in enumerate(rows):
+        m, _, _ = tiny_model(f"{n}_mbart_large", small, seed=50 + i)
+        torch.nn.Module.load_state_dict(m, {**m.full_state_dict(), **base}, strict=True)
+        perturb_deltas(m, seed=i, std=0.2)
+        singles[n] = m.eval()
+    bank, _, _ = tiny_model("bank_mbart_large")
+    torch.nn.Module.load_state_dict(bank, {**torch.nn.Module.state_dict(bank), **base}, strict=True)
+    for n, m in singles.items():
+        bank.bank.add(n, {"cfg": m.delta_plan.cfg,
+                          "model": {k: v for k, v in m.full_state_dict().items() if m.delta_plan.is_trainable(k)}})
+    bank.eval()
+    d, src, lens, prev, _, _ = mixed_batch()
+    ids = torch.tensor([2, 0, 1, 3, 1])
+    with torch.no_grad():
+        out, _ = bank(src, lens, prev, delta_ids=ids)
+        for b in range(src.size(0)):
+            keep = int(lens[b])
+            ref, _ = singles[bank.bank.names[int(ids[b])]](src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+            assert float((out[b] - ref[0]).abs().max()) < 1e-5, bank.bank.names[int(ids[b])]
+
+
+def test_fresh_deltas_start_from_the_base_loaded_under_them():
+    """--bank-deltas presets are built before fairseq loads the base (--finetune-from-model): BitFit's
+    biases and DoRA's magnitude must start from that base, as a single-delta model's do."""
+    base, _ = plain_base()
+    g = torch.Generator().manual_seed(1)  # a "pretrained" base: biases are not fairseq's zero init
+    base = {k: v + 0.1 * torch.randn(v.shape, generator=g) if k.endswith("bias") else v for k, v in base.items()}
+    bank, _, _ = tiny_model("bank_bart_base", ["--bank-deltas", "bf=bitfit,dr=dora_attn:attn_bn=4"], seed=3)
+    bank.load_state_dict(dict(base))  # a full (base) checkpoint, as fairseq loads it
+    ds = bank.delta_bank
+    for name, t in base.items():
+        if name.endswith("bias"):
+            assert torch.equal(dict(ds["bf"].named_parameters())[name], t), name
+    single, _, _ = tiny_model("dora_attn_bart_base", ["--attn-bn", "4"], seed=3)
+    torch.nn.Module.load_state_dict(single, {**single.full_state_dict(), **base}, strict=True)
+    from unifairseq.core.modules import init_deltas_from_base
+    init_deltas_from_base(single)
+    key = "encoder.layers.0.self_attn.q_proj.delta_dora.m"
+    assert torch.allclose(dict(ds["dr"].named_parameters())[key], dict(single.named_parameters())[key], atol=1e-6)
+    assert not torch.allclose(dict(ds["dr"].named_parameters())[key], torch.ones(32))

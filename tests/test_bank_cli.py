@@ -44,7 +44,7 @@ def test_unknown_or_missing_name_lists_the_bank():
     assert task.resolve(["para", "sum"]) == [2, 0]
     with pytest.raises(BankTaskError, match=r"^unknown delta 'sumx'; the bank has: sum, mt, para$"):
         task.resolve(["sumx"])
-    with pytest.raises(BankTaskError, match="no --default-delta; the bank has: sum, mt, para"):
+    with pytest.raises(BankTaskError, match=r"no --default-delta \(nor the model.s --bank-default\); the bank has: sum, mt, para"):
         task.resolve([None])
 
 

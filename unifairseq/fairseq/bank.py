@@ -37,7 +37,7 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
                                             BankLinear, BankTransformerDecoder, BankTransformerEncoder)
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS, _tensor_to_str, fingerprint,
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _tensor_to_str, fingerprint,
                                            load_checkpoint_file)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
@@ -220,7 +220,7 @@ def attach_bank(model: nn.Module) -> ModelBank:
     bank = ModelBank(model)
     object.__setattr__(model, "bank", bank)
     for path, m in list(model.named_modules()):
-        if type(m) is nn.LayerNorm:  # BitFit's layer-norm biases per sample (same parameters, same names)
+        if type(m) is nn.LayerNorm and "lm_head" not in path:  # BitFit's layer-norm biases per sample
             new = BankLayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.elementwise_affine)
             new.weight, new.bias = m.weight, m.bias
             new.path, new.batch_dim = path, (0 if path.endswith("layernorm_embedding") else 1)
@@ -234,6 +234,9 @@ def attach_bank(model: nn.Module) -> ModelBank:
             m.prefix_key = ("prefix", _stack_of(path), m.kind)
         if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
             m.bank_ffn.path, m.bank_ffn.bank = path, bank
+    for m in model.modules():
+        if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
+            m.hook_residual_read()
     for p in model.parameters():
         p.requires_grad_(False)
     return bank

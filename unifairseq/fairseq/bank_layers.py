@@ -198,7 +198,8 @@ class _BankLayerMixin:
         _check_quant_noise(q_noise)
         return BankLinear(input_dim, output_dim, site=self.bank_ffn, role="out")
 
-    def _hook_residual_read(self) -> None:
+    def hook_residual_read(self) -> None:
+        """Called by attach_bank once final_layer_norm is the bank's own module."""
         if self.normalize_before:  # pre-LN: the parallel FFN adapter reads the residual stream (layers.py)
             self.final_layer_norm.register_forward_pre_hook(lambda m, inputs: self.bank_ffn.read(inputs[0]))
 
@@ -211,7 +212,6 @@ class BankEncoderLayer(_BankLayerMixin, TransformerEncoderLayerBase):
     def __init__(self, cfg, layer_idx: int):
         _set_before_init(self, layer_idx=layer_idx)
         super().__init__(cfg)
-        self._hook_residual_read()
 
     def build_self_attention(self, embed_dim, cfg):
         return self._attention(embed_dim, cfg.encoder.attention_heads, "self", dropout=cfg.attention_dropout,
@@ -222,7 +222,6 @@ class BankDecoderLayer(_BankLayerMixin, TransformerDecoderLayerBase):
     def __init__(self, cfg, layer_idx: int, no_encoder_attn=False):
         _set_before_init(self, layer_idx=layer_idx)
         super().__init__(cfg, no_encoder_attn=no_encoder_attn)
-        self._hook_residual_read()
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         if cfg.cross_self_attention:

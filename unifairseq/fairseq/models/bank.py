@@ -35,6 +35,8 @@ def add_bank_args(parser) -> None:
                         help="write the base into checkpoints too (default: the bank's deltas and the base's path)")
     parser.add_argument("--delta-base", type=str, metavar="PATH",
                         help="the base checkpoint under a bank checkpoint (default: the path it records)")
+    parser.add_argument("--bank-default", type=str, metavar="NAME",
+                        help="the delta of sentences that name none (default: none; a one-delta bank uses it)")
     parser.add_argument("--bank-deltas", type=str, metavar="NAME=PATH_OR_PRESET,...",
                         help="the deltas of the bank, in bank-index order: a delta file, or a preset "
                              "(PRESET[:key=value...], e.g. mam:attn_bn=16) for a fresh trainable delta")
@@ -46,6 +48,9 @@ def fill_bank(model, args) -> None:
         model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
     for name, source in parse_bank_deltas(getattr(args, "bank_deltas", None) or "").items():
         model.bank.add(name, delta_source(source))
+    if getattr(args, "bank_default", None):
+        model.bank.index(args.bank_default)  # a name the bank has, or the error naming those it has
+        model.bank.default = args.bank_default
     n = len(model.bank.names)
     logger.info(f"unifairseq bank: {n} deltas ({', '.join(model.bank.names) or 'none yet'}), "
                 f"{sum(p.numel() for p in getattr(model, BANK_ATTR).parameters()):,} delta parameters on "
@@ -54,7 +59,7 @@ def fill_bank(model, args) -> None:
 
 def fill_missing_bank_keys(model, state_dict, name: str) -> None:
     """A base checkpoint holds no bank tensors: they keep their current values, except those that
-    start from the base weights (DoRA's magnitude), which start from *this* base."""
+    start from the base weights (DoRA's magnitude, BitFit's biases), which start from *this* base."""
     prefix = name + "." if name else ""
     own = torch.nn.Module.state_dict(model)
     for k, v in own.items():
@@ -62,6 +67,8 @@ def fill_missing_bank_keys(model, state_dict, name: str) -> None:
             state_dict[prefix + k] = v
     for dname, ds in getattr(model, BANK_ATTR).items():
         for key, m in ds.sites.items():
+            if key[0] == "bias" and prefix + key[1] in state_dict:  # BitFit trains the base's own biases
+                state_dict[f"{prefix}{BANK_ATTR}.{dname}.{key[1]}"] = state_dict[prefix + key[1]].clone()
             if key[0] == "proj" and prefix + key[1] + ".weight" in state_dict:
                 for pname, value in m.from_base(state_dict[prefix + key[1] + ".weight"]).items():
                     state_dict[f"{prefix}{BANK_ATTR}.{dname}.{key[1]}.{m.module_name}.{pname}"] = value
@@ -105,6 +112,7 @@ class BankModelMixin:
         self.upgrade_state_dict(sd)
         torch.nn.Module.load_state_dict(self, sd, strict=True)
         self.bank.base_path = os.path.abspath(path)
+        logger.info(f"unifairseq bank: base loaded from {path}")
 
     def upgrade_state_dict_named(self, state_dict, name):
         super().upgrade_state_dict_named(state_dict, name)
@@ -155,6 +163,13 @@ def bank_bart_base(args):
 @register_model_architecture("bank_bart", "bank_bart_large")
 def bank_bart_large(args):
     bart_large_architecture(args)
+
+
+@register_model_architecture("bank_bart", "bank_mbart_large")
+def bank_mbart_large(args):
+    from unifairseq.fairseq.models.bart import mbart_cc25_architecture
+
+    mbart_cc25_architecture(args)  # pre-LN: parallel FFN adapters read the residual stream, as layers.py
 
 
 def build_bank_from_base(path: str, task):

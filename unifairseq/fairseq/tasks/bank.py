@@ -128,6 +128,7 @@ class DeltaBankTask(TranslationRougeTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.bank_names: Optional[List[str]] = None
+        self.bank_default: Optional[str] = None
         self.tasks = parse_bank_tasks(cfg.bank_tasks) if cfg.bank_tasks else None
         self._line_names: Optional[List[Optional[str]]] = None
         self._pending = deque()  # inference batches whose delta ids fairseq-interactive drops
@@ -140,6 +141,7 @@ class DeltaBankTask(TranslationRougeTask):
             raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...); "
                                 f"{type(model).__name__} has no .bank")
         self.bank_names = list(bank.names)
+        self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
         self.resolve([n for n, _ in self.tasks or ()] + [self.cfg.default_delta] * bool(self.cfg.default_delta))
         return model
 
@@ -148,9 +150,10 @@ class DeltaBankTask(TranslationRougeTask):
             raise BankTaskError("delta names cannot be resolved before the bank model is built")
         out = []
         for n in names:
-            n = n if n is not None else self.cfg.default_delta
+            n = n if n is not None else (self.cfg.default_delta or self.bank_default)
             if n is None:
-                raise BankTaskError(f"an example names no delta and there is no --default-delta; "
+                raise BankTaskError(f"an example names no delta and there is no --default-delta (nor the model's "
+                                    f"--bank-default); "
                                     f"the bank has: {', '.join(self.bank_names)}")
             if n not in self.bank_names:
                 raise BankTaskError(f"unknown delta {n!r}; the bank has: {', '.join(self.bank_names)}")
@@ -224,7 +227,7 @@ class DeltaBankTask(TranslationRougeTask):
         self._line_names = None
         ds = LanguagePairDataset(src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
                                  constraints=constraints)
-        if delta_names is None and self.cfg.default_delta is None:
+        if delta_names is None and self.cfg.default_delta is None and self.bank_default is None:
             return ds  # nothing named here: the caller puts delta_ids in (the bank hub) or the bank's default applies
         return DeltaTaggedDataset(ds, list(delta_names or [None] * len(src_tokens)), self.resolve,
                                   on_collate=self._pending.append)
