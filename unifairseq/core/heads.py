@@ -29,20 +29,29 @@ def attention(q: Tensor, logits: Tensor, v: Tensor, dropout: Callable[[Tensor], 
 
 
 def head_delta(form: str, q: Tensor, logits: Tensor, v: Tensor, P_k: Tensor, P_v: Tensor,
-               dropout: Callable[[Tensor], Tensor]) -> Tuple[Tensor, Tensor]:
+               dropout: Callable[[Tensor], Tensor], prefix_pad: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Attention with a head-level delta. q: kvB x x x H x T x D, logits (masked, context only):
     kvB x x x H x T x S, v: kvB x H x S x D, P_k/P_v: H x l x D -> (attn like q, the probabilities
-    over the S context positions)."""
+    over the S context positions).
+
+    Per-row prefixes (the delta bank): P_k/P_v kvB x H x l x D, padded to the longest l of the
+    batch, and prefix_pad kvB x l (True = a padding slot). Padding slots get logit -inf (softmax
+    forms: exp(-inf) = 0, so sums, λ and the normalisation are those of the unpadded prefix) or
+    weight 0 (ReLU form), which is exactly the row's own shorter prefix."""
     P_k, P_v = P_k.to(q.dtype), P_v.to(q.dtype)
-    l = P_k.size(1)
+    l = P_k.size(-2)
+    p = "bhld" if P_k.dim() == 4 else "hld"
 
     def context(weights: Tensor) -> Tensor:
         return torch.einsum("bxhts,bhsd->bxhtd", weights, v)
 
     def over_prefix(weights_p: Tensor) -> Tensor:
-        return torch.einsum("bxhtl,hld->bxhtd", weights_p, P_v)
+        return torch.einsum(f"bxhtl,{p}->bxhtd", weights_p, P_v)
 
-    logits_p = torch.einsum("bxhtd,hld->bxhtl", q, P_k)
+    logits_p = torch.einsum(f"bxhtd,{p}->bxhtl", q, P_k)
+    pad = None if prefix_pad is None else prefix_pad.view(prefix_pad.size(0), 1, 1, 1, l).to(torch.bool)
+    if pad is not None and form != "relu":
+        logits_p = logits_p.masked_fill(pad, float("-inf"))
 
     if form == "concat":
         probs = F.softmax(torch.cat([logits_p, logits], dim=-1), dim=-1, dtype=torch.float32).type_as(q)
@@ -51,7 +60,8 @@ def head_delta(form: str, q: Tensor, logits: Tensor, v: Tensor, P_k: Tensor, P_v
 
     attn, probs = attention(q, logits, v, dropout)
     if form == "relu":
-        return attn + over_prefix(F.relu(logits_p)), probs
+        w = F.relu(logits_p)
+        return attn + over_prefix(w if pad is None else w.masked_fill(pad, 0.0)), probs
 
     probs_p = F.softmax(logits_p, dim=-1, dtype=torch.float32).type_as(q)
     delta = over_prefix(dropout(probs_p))

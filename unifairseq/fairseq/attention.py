@@ -111,7 +111,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
 
         # the fused kernel needs the prefix concatenated to K/V: a copy of the whole cache at every
         # decoding step, so incremental decoding with a prefix keeps the explicit path
-        fused_ok = self.head_form is None or (self.head_form == "concat" and incremental_state is None)
+        fused_ok = self._fused_ok(incremental_state)
         if x == 1 and not need_weights and fused_ok and not self._dropout_active():
             q4 = q.view(T, B, H, D).permute(1, 2, 0, 3)  # B x H x T x D
             prefix = self.prefix_kv() if self.head_form == "concat" else None
@@ -127,10 +127,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
         if key_padding_mask is not None and key_padding_mask.dim() > 0:  # fairseq uses a 0-dim tensor for none
             logits = logits.masked_fill(key_padding_mask.view(kv_B, 1, 1, 1, S).to(torch.bool), float("-inf"))
 
-        if self.head_form is None:
-            attn, probs = heads.attention(q, logits, v, self.dropout_module)
-        else:
-            attn, probs = heads.head_delta(self.head_form, q, logits, v, *self.prefix_kv(), self.dropout_module)
+        attn, probs = self._head_attention(q, logits, v)
 
         attn = attn.permute(3, 0, 1, 2, 4).reshape(T, B, C)  # T x B x C
         out = self.out_proj(attn)
@@ -143,6 +140,15 @@ class DeltaMultiheadAttention(MultiheadAttention):
             if not need_head_weights:
                 weights = weights.mean(dim=0)
         return out, weights
+
+    # hooks the delta bank (fairseq/bank_layers.py) overrides with per-sample prefixes
+    def _fused_ok(self, incremental_state) -> bool:
+        return self.head_form is None or (self.head_form == "concat" and incremental_state is None)
+
+    def _head_attention(self, q: Tensor, logits: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.head_form is None:
+            return heads.attention(q, logits, v, self.dropout_module)
+        return heads.head_delta(self.head_form, q, logits, v, *self.prefix_kv(), self.dropout_module)
 
     def _dropout_active(self) -> bool:
         drop = self.dropout_module
