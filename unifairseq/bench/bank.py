@@ -60,7 +60,7 @@ MERGEABLE = ("lora_attn", "lora_ffn")
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.bench.bank", description=__doc__,
+    ap = argparse.ArgumentParser(prog="unifairseq-bench-bank", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--ns", nargs="+", type=int, default=[1, 2, 8, 32])

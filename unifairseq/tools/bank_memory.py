@@ -22,7 +22,7 @@ def rss_bytes() -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.tools.bank_memory", description=__doc__,
+    ap = argparse.ArgumentParser(prog="unifairseq-bank-memory", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="bank_bart_base")
     ap.add_argument("--deltas", default="lora_attn,pfeiffer,mam")

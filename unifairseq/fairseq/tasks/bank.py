@@ -317,7 +317,7 @@ def main(argv=None) -> int:
 
     import unifairseq.fairseq
 
-    ap = argparse.ArgumentParser(prog="python -m unifairseq.fairseq.tasks.bank",
+    ap = argparse.ArgumentParser(prog="unifairseq-bank",
                                  description="build: a bank checkpoint from a base and delta files, for "
                                              "fairseq-generate/-interactive --task delta_bank --path OUT")
     sub = ap.add_subparsers(dest="cmd", required=True)
