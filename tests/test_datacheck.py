@@ -140,13 +140,15 @@ def _fairseq_train(data: Path, *flags: str) -> subprocess.CompletedProcess:
 
 def test_fairseq_train_with_our_task_reports_empty_data(tmp_path):
     """fairseq alone crashes in np.memmap ('cannot mmap an empty file'); --task translation_rouge
-    stops first with the DataError naming the split."""
+    stops first with the DataError naming the split, in one line."""
     make_translation(tmp_path, splits=("train",))
     make_translation(tmp_path, src_lens=(), tgt_lens=(), splits=("valid",))
     proc = _fairseq_train(tmp_path)
     assert proc.returncode != 0
-    assert f"DataError: {tmp_path}/valid.source-target.source is an empty dataset (0 examples)" in proc.stderr, \
+    # one line in unifairseq's error style (the hook register() installs), not a traceback
+    assert f"unifairseq: error: {tmp_path}/valid.source-target.source is an empty dataset (0 examples)" in proc.stderr, \
         proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_fairseq_train_with_our_task_names_too_long_examples(tmp_path):
@@ -160,3 +162,14 @@ def test_fairseq_train_with_our_task_names_too_long_examples(tmp_path):
            "(longest 9 tokens, first example ids 1)" in log and "--truncate-source" in log, log[-3000:]
     # fairseq drops the over-long example from training; here every batch held one, so it stops
     assert "elements in the dataset have been skipped" in log
+
+
+def test_fairseq_train_reports_a_bad_method_flag_in_one_line(tmp_path):
+    """A unifairseq user error raised inside fairseq-train (here: a delta architecture with nothing to
+    train) is printed by register()'s hook as one line naming the fix, exit status 1, no traceback."""
+    make_translation(tmp_path)
+    proc = _fairseq_train(tmp_path, "--arch", "delta_bart_base")
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("unifairseq: error: ")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+    assert "nothing to train" in errors[0] and "--attn-mode" in errors[0], errors
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -24,11 +24,12 @@ import os
 import sys
 from typing import Iterable, List, Optional, Sequence
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 _ENCODER = None  # per-process encoder (multiprocessing workers build their own)
 
 
-class BPEError(RuntimeError):
+class BPEError(UnifairseqError, RuntimeError):
     """A user error (missing file, mismatched arguments), reported without a traceback."""
 
 

@@ -17,10 +17,12 @@ import argparse
 import sys
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
+from unifairseq.errors import UnifairseqError
+
 USAGE_ERROR, CHECK_FAILED, INTERRUPTED = 2, 1, 130
 
 
-class ToolError(Exception):
+class ToolError(UnifairseqError):
     """Bad input to a tool; the message names the problem and the fix."""
 
 
@@ -37,10 +39,10 @@ def error(prog: str, message, code: int = USAGE_ERROR) -> int:
 
 def run(prog: str, body: Callable[[], Optional[int]],
         errors: Tuple[Type[BaseException], ...] = ()) -> int:
-    """Run a tool's body: the errors it declares (and ToolError) become one line, not a traceback."""
+    """Run a tool's body: unifairseq's user errors (and those it declares) become one line, not a traceback."""
     try:
         return body() or 0
-    except (ToolError, *errors) as e:
+    except (UnifairseqError, *errors) as e:
         return error(prog, e)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 # fairseq's MMapIndexedDataset.Index format (what fairseq-preprocess writes, dataset-impl mmap), read
 # without importing fairseq so the scripts can check data with any Python; tests/test_datacheck.py
@@ -36,7 +37,7 @@ _ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 8, 8: 2, 9: 4, 10: 8}  # dty
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UnifairseqError, ValueError):
     """Bad or missing data: the message names the file, the problem and the fix."""
 
 

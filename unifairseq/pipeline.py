@@ -25,9 +25,10 @@ import sys
 import types
 from typing import Dict, List, Optional, Sequence, Tuple
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UnifairseqError, RuntimeError):
     """A user error (missing or malformed input), reported as one line."""
 
 

@@ -34,11 +34,12 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-class ScoringError(RuntimeError):
+class ScoringError(UnifairseqError, RuntimeError):
     """A user error (missing file, incomplete generate output), reported as one line."""
 
 

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from unifairseq.convert.hf_to_fairseq import ACTIVATIONS, ROBERTA_LAYER_NAMES
+from unifairseq.errors import UnifairseqError
 
 # fairseq activation -> the HF name (the first HF spelling that hf_to_fairseq maps to it)
 HF_ACTIVATION: Dict[str, str] = {}
@@ -41,7 +42,7 @@ HEAD = "classification_heads."
 _LAYER = re.compile(r"^(encoder\.sentence_encoder\.layers)\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-class HFExportError(RuntimeError):
+class HFExportError(UnifairseqError, RuntimeError):
     """A user error, reported as one line without a traceback."""
 
 

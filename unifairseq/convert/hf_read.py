@@ -4,11 +4,12 @@ See unifairseq.convert.hf_import for the conversion as a whole."""
 from __future__ import annotations
 
 import os
+from unifairseq.errors import UnifairseqError
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "bart", "mbart")
 
 
-class HFImportError(RuntimeError):
+class HFImportError(UnifairseqError, RuntimeError):
     """A user error, reported as one line without a traceback."""
 
 

@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MASK_SYMBOL = "<mask>"
@@ -50,7 +51,7 @@ _ROLES = (
 )
 
 
-class HFVocabError(ValueError):
+class HFVocabError(UnifairseqError, ValueError):
     """The HF folder's tokenizer files are missing or cannot be mapped to a fairseq dictionary."""
 
 

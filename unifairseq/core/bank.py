@@ -35,11 +35,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unifairseq.core.bank_group import Group, structure_key  # noqa: F401  (part of this module's API)
+from unifairseq.errors import UnifairseqError
 
 BASE_ID = -1  # a sample with delta id -1 runs the plain base
 
 
-class BankError(ValueError):
+class BankError(UnifairseqError, ValueError):
     """A bank request that cannot be served; the message names the deltas and the fix."""
 
 

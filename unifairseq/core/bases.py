@@ -31,13 +31,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from unifairseq.core.modules import is_delta_name
+from unifairseq.errors import UnifairseqError
 
 OFFICIAL = ("bart.base", "bart.large", "mbart.large.cc25", "roberta.base", "roberta.large")
 BASE_FILE = "model.pt"
 INDEX_NAME = "bases-index.json"
 
 
-class BaseNotFound(LookupError):
+class BaseNotFound(UnifairseqError, LookupError):
     """No base matched; the message lists where it looked and how to add one."""
 
 

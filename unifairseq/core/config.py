@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 from unifairseq.core import methods
+from unifairseq.errors import UnifairseqError
 
 ATTN_COMPOSITIONS = ("add", "gate_add")
 LN_OPTIONS = ("in", "out", "none")
@@ -44,7 +45,7 @@ def mode_options(mode: str, side: str):
                                for o in getattr(m, side + "_options")))
 
 
-class DeltaConfigError(ValueError):
+class DeltaConfigError(UnifairseqError, ValueError):
     """A delta configuration that cannot be built; the message names the flag and the fix."""
 
 

@@ -20,6 +20,7 @@ import struct
 from typing import Dict, Tuple
 
 import torch
+from unifairseq.errors import UnifairseqError
 
 FORMAT = "unifairseq-delta"
 FORMAT_VERSION = 1
@@ -38,7 +39,7 @@ DTYPES = {"F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.fl
           "I8": (torch.int8, 1), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1)}
 
 
-class DeltaFileError(ValueError):
+class DeltaFileError(UnifairseqError, ValueError):
     """A delta folder that cannot be read: one line naming the file and the problem."""
 
 

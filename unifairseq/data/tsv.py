@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
+from unifairseq.errors import UnifairseqError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA_ENV = "UNIFAIRSEQ_DATA"
 
 
-class TsvError(ValueError):
+class TsvError(UnifairseqError, ValueError):
     """A missing or malformed TSV file; the message names the file (and line)."""
 
 

@@ -11,13 +11,14 @@ import time
 from typing import Sequence
 
 from ..data.tsv import REPO
+from unifairseq.errors import UnifairseqError
 
 RUN_DIR = REPO if os.path.isdir(REPO) else os.getcwd()  # where the tool processes start
 
 PRINT_LOCK = threading.Lock()
 
 
-class DemoError(RuntimeError):
+class DemoError(UnifairseqError, RuntimeError):
     """A user-facing error: printed as a message, exit status 2."""
 
 

@@ -36,6 +36,7 @@ from unifairseq.core import bases
 from unifairseq.core.accounting import as_plan
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.safe_globals import register_safe_globals
+from unifairseq.errors import UnifairseqError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ INFO_KEY = "unifairseq_meta.info"
 META_KEYS = (FINGERPRINT_KEY, BASE_PATH_KEY, INFO_KEY)
 
 
-class DeltaCheckpointError(RuntimeError):
+class DeltaCheckpointError(UnifairseqError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 

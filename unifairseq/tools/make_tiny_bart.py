@@ -22,11 +22,12 @@ import os
 import sys
 from typing import Optional, Sequence
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 logger = logging.getLogger("unifairseq.tools.make_tiny_bart")
 
 
-class ToolError(RuntimeError):
+class ToolError(UnifairseqError, RuntimeError):
     """A user error, reported as one line without a traceback."""
 
 

@@ -20,12 +20,13 @@ import os
 import sys
 from typing import List, Optional, Sequence
 from unifairseq import cli
+from unifairseq.errors import UnifairseqError
 
 
 logger = logging.getLogger("unifairseq.tools.tiny_base")
 
 
-class TinyBaseError(RuntimeError):
+class TinyBaseError(UnifairseqError, RuntimeError):
     pass
 
 

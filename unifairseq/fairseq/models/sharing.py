@@ -26,6 +26,7 @@ import torch
 from unifairseq.core import bases, deltafile
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.modules import is_delta_name
+from unifairseq.errors import UnifairseqError
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -208,9 +209,9 @@ def _restore_base(model) -> None:
 
 def install_error_hook() -> None:
     """fairseq-generate / fairseq-interactive / fairseq-train catch nothing: a damaged delta folder, a
-    base that is not the delta's or not found would end in a traceback. Under --user-dir (register()),
-    those errors are printed as their one line instead (exit status 1); every other exception goes to
-    the previous hook unchanged. Installed once."""
+    base that is not the delta's or not found, a bad flag would end in a traceback. Under --user-dir
+    (register()), unifairseq's user errors (unifairseq.errors.UnifairseqError) are printed as their one
+    line instead (exit status 1); every other exception goes to the previous hook unchanged. Installed once."""
     import sys
 
     previous = sys.excepthook
@@ -218,9 +219,7 @@ def install_error_hook() -> None:
         return
 
     def hook(kind, value, tb):
-        from unifairseq.fairseq.checkpoint import DeltaCheckpointError
-
-        if isinstance(value, (deltafile.DeltaFileError, DeltaCheckpointError, bases.BaseNotFound)):
+        if isinstance(value, UnifairseqError):
             print(f"unifairseq: error: {value}", file=sys.stderr)
             return
         previous(kind, value, tb)

@@ -35,13 +35,14 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
+from unifairseq.errors import UnifairseqError
 
 logger = logging.getLogger(__name__)
 
 TAG = re.compile(r"^<delta=([^<>\s]+)>\s*")
 
 
-class BankTaskError(ValueError):
+class BankTaskError(UnifairseqError, ValueError):
     pass
 
 
