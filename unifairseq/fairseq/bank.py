@@ -37,7 +37,7 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
                                             BankLinear, BankTransformerDecoder, BankTransformerEncoder)
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _tensor_to_str, fingerprint,
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _tensor_to_str, fingerprint,
                                            load_checkpoint_file)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
@@ -50,14 +50,18 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[
     `source`: a delta .pt (load_checkpoint_file: never runs code), a safetensors delta folder, or an
     in-memory state {"cfg": DeltaConfig or dict or args, "model": tensors}."""
     if isinstance(source, str) and os.path.isdir(source):
-        # --- plug-in point: the safetensors delta folder format (unifairseq.core.deltafile) ---
+        # a shared delta folder (core/deltafile.py): JSON + safetensors, validated, nothing unpickled.
+        # Its method flags are under "delta" (after the prefix fold attn_mode is prefix_nomlp, which the
+        # folded tensors fit); the bank checks the plan-dependent fingerprint (fingerprint() below, as
+        # .pt deltas record it), which the folder keeps as base.plan_fingerprint.
+        from unifairseq.core.deltafile import DeltaFileError, read_delta as read_folder
+
         try:
-            from unifairseq.core.deltafile import read_delta as read_folder
-        except ImportError:
-            raise BankError(f"{source!r} is a folder, but this unifairseq has no safetensors delta reader "
-                            "(unifairseq.core.deltafile); give a delta .pt file") from None
-        config, tensors = read_folder(source)
-        return _config(config, source), dict(tensors), config.get("base_fingerprint")
+            config, tensors = read_folder(source)
+        except DeltaFileError as e:
+            raise BankError(str(e)) from None
+        return (_config(config["delta"], source), OrderedDict(tensors),
+                config["base"].get("plan_fingerprint") or None)
     state = load_checkpoint_file(source) if isinstance(source, str) else source
     args = state.get("cfg") or state.get("args")
     if isinstance(args, dict) and "model" in args and not isinstance(args["model"], torch.Tensor):
@@ -65,6 +69,7 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[
     tensors = OrderedDict(state["model"])
     fp = tensors.pop(FINGERPRINT_KEY, None)
     tensors.pop(BASE_PATH_KEY, None)
+    tensors.pop(INFO_KEY, None)  # the base's name/content record: the plan fingerprint above is what is checked
     return _config(args, source), tensors, (_tensor_to_str(fp) if fp is not None else None)
 
 

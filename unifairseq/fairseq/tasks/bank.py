@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("out", metavar="OUT.pt")
-    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA.pt")
+    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA", help="a delta .pt file or a shared delta folder")
     b.add_argument("--base", required=True, help="the plain base checkpoint the deltas were trained on")
     b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
     b.add_argument("--source-lang")
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
         for item in a.deltas:
             name, eq, path = item.partition("=")
             if not eq or not name or not path:
-                raise BankTaskError(f"{item!r} is not NAME=DELTA.pt")
+                raise BankTaskError(f"{item!r} is not NAME=DELTA (a delta .pt file or folder)")
             deltas[name] = path
         names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
     except (BankTaskError, ValueError, RuntimeError, OSError) as e:
