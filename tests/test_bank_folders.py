@@ -75,6 +75,11 @@ def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_pa
                                          r"this bank's base has [0-9a-f]{16}"):
         bank.bank.add("lora", str(bad))
     assert bank.bank.names == []
+    # added before the base is loaded (fairseq-train --finetune-from-model): the same check, once it is in
+    bank.bank.add("lora", str(bad), after_base=True)
+    with pytest.raises(BankError, match=r"trained on another base: it records base fingerprint abababab"):
+        bank.bank.load_pending()
+    bank.bank.remove("lora")
     (bad / "delta_model.safetensors").write_bytes(b"\0" * 12)
     with pytest.raises(BankError, match="delta_model.safetensors: corrupt header"):
         bank.bank.add("lora", str(bad))

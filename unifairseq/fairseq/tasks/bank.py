@@ -329,9 +329,22 @@ def main(argv=None) -> int:
     b.add_argument("--source-lang")
     b.add_argument("--target-lang")
     b.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x = sub.add_parser("extract", help="one delta of a bank checkpoint as a single-delta checkpoint")
+    x.add_argument("bank", metavar="BANK.pt")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("out", metavar="OUT.pt")
+    x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
+    x.add_argument("--base", help="the bank's base checkpoint (default: the path the bank records)")
+    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
     unifairseq.fairseq.register()
     try:
+        if a.cmd == "extract":
+            from unifairseq.fairseq.bank_export import extract
+
+            arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
+            print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
+            return 0
         deltas = {}
         for item in a.deltas:
             name, eq, path = item.partition("=")
