@@ -78,5 +78,12 @@ def test_file_deltas_continue_from_the_base_and_extract_alone(files):
             assert bank_h[i][1] == alone_h[i][1], (n, i, bank_h[i], alone_h[i])
             assert abs(float(bank_h[i][0]) - float(alone_h[i][0])) < 1e-5, (n, i)
         lora_a = lora_a or bank_h
+        # and as a shared folder (unifairseq-export inference), on the base fairseq-generate loads
+        folder = f.w / f"{n}_shared"
+        run([sys.executable, "-m", "unifairseq.tools.export", "inference", out, folder])
+        overrides = str({"arch": "delta_bart_large", "_name": "delta_bart_large", "delta_file": str(folder)})
+        shared_h, _ = generate(data, f.base, "--model-overrides", overrides, "--batch-size", "4")
+        assert all(shared_h[i][1] == alone_h[i][1] and abs(float(shared_h[i][0]) - float(alone_h[i][0])) < 1e-5
+                   for i in range(8)), n
     # the two deltas decode the same lines differently, so a bank that ignored the choice would fail above
     assert sum(other[i] != lora_a[i] for i in range(8)) >= 4
