@@ -318,8 +318,9 @@ def main(argv=None) -> int:
     import unifairseq.fairseq
 
     ap = argparse.ArgumentParser(prog="python -m unifairseq.fairseq.tasks.bank",
-                                 description="build: a bank checkpoint from a base and delta files, for "
-                                             "fairseq-generate/-interactive --task delta_bank --path OUT")
+                                 description="build: a bank checkpoint from a base and delta files or folders, for "
+                                             "fairseq-generate/-interactive --task delta_bank --path OUT; "
+                                             "extract: one delta of a bank checkpoint as a single-delta checkpoint")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("out", metavar="OUT.pt")
