@@ -60,11 +60,13 @@ MERGEABLE = ("lora_attn", "lora_ffn")
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="unifairseq-bench-bank", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    from .. import cli
+
+    ap = cli.parser("unifairseq-bench-bank", __doc__)
+    cli.add_methods(ap, None, default=list(METHODS), what="presets, a bank of N deltas of each")
     ap.add_argument("--ns", nargs="+", type=int, default=[1, 2, 8, 32])
-    ap.add_argument("--batch", type=int, default=32)
+    cli.add_renamed(ap, "--batch-size", ["--batch"], dest="batch", type=int, default=32, metavar="N",
+                    help="sentences decoded in one batch (default 32)")
     ap.add_argument("--src-len", type=int, default=24)
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--gen-len", type=int, default=12)
@@ -80,7 +82,7 @@ def parse(argv=None) -> argparse.Namespace:
     if 1 not in o.ns:
         ap.error("--ns must include 1: every ratio is against the single-delta batch")
     if any(o.batch % n for n in o.ns):
-        ap.error(f"--batch {o.batch} must be a multiple of every N in --ns {o.ns} (equal shares per delta)")
+        ap.error(f"--batch-size {o.batch} must be a multiple of every N in --ns {o.ns} (equal shares per delta)")
     return o
 
 

@@ -37,7 +37,7 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
                                             BankLinear, BankTransformerDecoder, BankTransformerEncoder)
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _tensor_to_str, fingerprint,
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _tensor_to_str, fingerprint,
                                            load_checkpoint_file)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
@@ -50,14 +50,18 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[
     `source`: a delta .pt (load_checkpoint_file: never runs code), a safetensors delta folder, or an
     in-memory state {"cfg": DeltaConfig or dict or args, "model": tensors}."""
     if isinstance(source, str) and os.path.isdir(source):
-        # --- plug-in point: the safetensors delta folder format (unifairseq.core.deltafile) ---
+        # a shared delta folder (core/deltafile.py): JSON + safetensors, validated, nothing unpickled.
+        # Its method flags are under "delta" (after the prefix fold attn_mode is prefix_nomlp, which the
+        # folded tensors fit); the bank checks the plan-dependent fingerprint (fingerprint() below, as
+        # .pt deltas record it), which the folder keeps as base.plan_fingerprint.
+        from unifairseq.core.deltafile import DeltaFileError, read_delta as read_folder
+
         try:
-            from unifairseq.core.deltafile import read_delta as read_folder
-        except ImportError:
-            raise BankError(f"{source!r} is a folder, but this unifairseq has no safetensors delta reader "
-                            "(unifairseq.core.deltafile); give a delta .pt file") from None
-        config, tensors = read_folder(source)
-        return _config(config, source), dict(tensors), config.get("base_fingerprint")
+            config, tensors = read_folder(source)
+        except DeltaFileError as e:
+            raise BankError(str(e)) from None
+        return (_config(config["delta"], source), OrderedDict(tensors),
+                config["base"].get("plan_fingerprint") or None)
     state = load_checkpoint_file(source) if isinstance(source, str) else source
     args = state.get("cfg") or state.get("args")
     if isinstance(args, dict) and "model" in args and not isinstance(args["model"], torch.Tensor):
@@ -65,6 +69,7 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[
     tensors = OrderedDict(state["model"])
     fp = tensors.pop(FINGERPRINT_KEY, None)
     tensors.pop(BASE_PATH_KEY, None)
+    tensors.pop(INFO_KEY, None)  # the base's name/content record: the plan fingerprint above is what is checked
     return _config(args, source), tensors, (_tensor_to_str(fp) if fp is not None else None)
 
 
@@ -119,14 +124,19 @@ class ModelBank(Bank):
         object.__setattr__(self, "_model", model)  # plain reference
         self.allow_base_mismatch = False
         self.base_path: Optional[str] = None  # where the base weights came from (bank checkpoints record it)
+        self.pending: "OrderedDict[str, tuple]" = OrderedDict()  # add(after_base=True): loaded by load_pending
 
     def base_state(self):
         return OrderedDict((k, v) for k, v in nn.Module.state_dict(self._model).items()
                            if not k.startswith(BANK_ATTR + "."))
 
-    def add(self, name: str, delta: Union[str, dict, DeltaConfig], fresh: bool = False) -> int:
+    def add(self, name: str, delta: Union[str, dict, DeltaConfig], fresh: bool = False,
+            after_base: bool = False) -> int:
         """Add a delta (a file, an in-memory state, or a DeltaConfig for a fresh trainable one);
-        returns its bank index. Only this delta's tensors are created or read."""
+        returns its bank index. Only this delta's tensors are created or read. `after_base`: the base is
+        not loaded yet (fairseq-train --finetune-from-model/--restore-file BASE builds the model, then loads
+        BASE): the delta's modules are built now (bank order), its tensors and its base check wait for
+        `load_pending()`, which the model calls once the base is in."""
         if not name or not NAME_RE.match(name):
             raise BankError(f"delta name {name!r}: use letters, digits, '_' or '-' (no '.'; it is a module name)")
         if name in self.sets:
@@ -138,21 +148,12 @@ class ModelBank(Bank):
         ds = build_delta_set(self._model, cfg)
         if tensors is not None:
             self._heads_of(ds, tensors)
-            self._check_base(name, cfg, fp, delta)
-            own = ds.state_dict()
-            extra = [k for k in tensors if k not in own and not k.endswith("version")]
-            missing = [k for k in own if k not in tensors]
-            if extra or missing:
-                raise BankError(f"delta {name!r} does not fit this bank's model: "
-                                + (f"it has {extra[0]!r}, which the model lacks" if extra else
-                                   f"it lacks {missing[0]!r}") + " (another architecture, family or method "
-                                "version?); load it onto a bank of the model it was trained on")
-            for k, v in tensors.items():
-                if k in own and tuple(own[k].shape) != tuple(v.shape):
-                    raise BankError(f"delta {name!r} does not fit this bank's model: {k} has shape "
-                                    f"{tuple(v.shape)} there and {tuple(own[k].shape)} here (another architecture "
-                                    "or dictionary?)")
-            ds.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=True)
+            tensors = self._fit(name, ds, tensors)
+            if after_base:
+                self.pending[name] = (fp, tensors, delta)
+            else:
+                self._check_base(name, cfg, fp, delta)
+                ds.load_state_dict(tensors, strict=True)
         dev_dtype = next((p for n, p in self._model.named_parameters() if not n.startswith(BANK_ATTR)), None)
         if dev_dtype is not None:
             ds.to(device=dev_dtype.device, dtype=dev_dtype.dtype)
@@ -162,6 +163,36 @@ class ModelBank(Bank):
         self.sets[name] = ds
         self.changed()
         return self.index(name)
+
+    def load_pending(self, skip=()) -> None:
+        """The tensors of the deltas added with after_base=True, checked against the base now loaded
+        (names in `skip`: a bank checkpoint being resumed holds their trained values, which win)."""
+        pending, self.pending = self.pending, OrderedDict()
+        for name, (fp, tensors, source) in pending.items():
+            if name in skip or name not in self.sets:
+                continue
+            self._check_base(name, self.sets[name].config, fp, source)
+            with torch.no_grad():
+                self.sets[name].load_state_dict(tensors, strict=True)
+        self.changed()
+
+    @staticmethod
+    def _fit(name, ds: DeltaSet, tensors) -> dict:
+        """The tensors that fill `ds`, or the error saying why they cannot (another model)."""
+        own = ds.state_dict()
+        extra = [k for k in tensors if k not in own and not k.endswith("version")]
+        missing = [k for k in own if k not in tensors]
+        if extra or missing:
+            raise BankError(f"delta {name!r} does not fit this bank's model: "
+                            + (f"it has {extra[0]!r}, which the model lacks" if extra else
+                               f"it lacks {missing[0]!r}") + " (another architecture, family or method "
+                            "version?); load it onto a bank of the model it was trained on")
+        for k, v in tensors.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise BankError(f"delta {name!r} does not fit this bank's model: {k} has shape "
+                                f"{tuple(v.shape)} there and {tuple(own[k].shape)} here (another architecture "
+                                "or dictionary?)")
+        return {k: v for k, v in tensors.items() if k in own}
 
     def _heads_of(self, ds: DeltaSet, tensors) -> None:
         """Classification heads a delta file carries (RoBERTa), built to the sizes stored there."""

@@ -44,10 +44,13 @@ def add_bank_args(parser) -> None:
 
 def fill_bank(model, args) -> None:
     start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
-    if start and os.path.basename(start) != "checkpoint_last.pt":
+    named = start and os.path.basename(start) != "checkpoint_last.pt"
+    if named:
         model.base_path_hint = os.path.abspath(start)  # a full checkpoint loaded from here is the base
     for name, source in parse_bank_deltas(getattr(args, "bank_deltas", None) or "").items():
-        model.bank.add(name, delta_source(source))
+        # fairseq loads the start checkpoint (the base, or the bank checkpoint being resumed) after
+        # build_model: a delta file's tensors and its base check wait for it (load_state_dict below)
+        model.bank.add(name, delta_source(source), after_base=bool(named))
     if getattr(args, "bank_default", None):
         model.bank.index(args.bank_default)  # a name the bank has, or the error naming those it has
         model.bank.default = args.bank_default
@@ -95,6 +98,7 @@ class BankModelMixin:
         if any(not k.startswith(BANK_ATTR + ".") and not k.endswith("version") for k in sd):
             result = super().load_state_dict(sd, strict=strict, model_cfg=model_cfg, args=args)
             self.bank.base_path = getattr(self, "base_path_hint", None) or self.bank.base_path
+            self.bank.load_pending()  # delta files of --bank-deltas, on this base
             return result
         if self.bank.base_path is None:  # a bank checkpoint: its base first
             path = (getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
@@ -105,7 +109,10 @@ class BankModelMixin:
             self.load_bank_base(path)
         merged = OrderedDict(torch.nn.Module.state_dict(self))
         merged.update(sd)
-        return super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)
+        result = super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)
+        # resuming: the checkpoint's trained values of a delta win over its file's
+        self.bank.load_pending(skip={k.split(".")[1] for k in sd if k.startswith(BANK_ATTR + ".")})
+        return result
 
     def load_bank_base(self, path: str) -> None:
         sd = dict(load_checkpoint_file(path)["model"])

@@ -319,25 +319,39 @@ def main(argv=None) -> int:
     import unifairseq.fairseq
 
     ap = argparse.ArgumentParser(prog="unifairseq-bank",
-                                 description="build: a bank checkpoint from a base and delta files, for "
-                                             "fairseq-generate/-interactive --task delta_bank --path OUT")
+                                 description="build: a bank checkpoint from a base and delta files or folders, for "
+                                             "fairseq-generate/-interactive --task delta_bank --path OUT; "
+                                             "extract: one delta of a bank checkpoint as a single-delta checkpoint")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("out", metavar="OUT.pt")
-    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA.pt")
+    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA", help="a delta .pt file or a shared delta folder")
     b.add_argument("--base", required=True, help="the plain base checkpoint the deltas were trained on")
     b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
     b.add_argument("--source-lang")
     b.add_argument("--target-lang")
     b.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x = sub.add_parser("extract", help="one delta of a bank checkpoint as a single-delta checkpoint")
+    x.add_argument("bank", metavar="BANK.pt")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("out", metavar="OUT.pt")
+    x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
+    x.add_argument("--base", help="the bank's base checkpoint (default: the path the bank records)")
+    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
     unifairseq.fairseq.register()
     try:
+        if a.cmd == "extract":
+            from unifairseq.fairseq.bank_export import extract
+
+            arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
+            print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
+            return 0
         deltas = {}
         for item in a.deltas:
             name, eq, path = item.partition("=")
             if not eq or not name or not path:
-                raise BankTaskError(f"{item!r} is not NAME=DELTA.pt")
+                raise BankTaskError(f"{item!r} is not NAME=DELTA (a delta .pt file or folder)")
             deltas[name] = path
         names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
     except (BankTaskError, ValueError, RuntimeError, OSError) as e:

@@ -1,0 +1,80 @@
+"""One delta of a bank as a single-delta checkpoint: `unifairseq-bank extract
+BANK.pt NAME OUT.pt`. OUT.pt is what fairseq-train writes for that delta's own model (architecture
+`delta_<family>_<size>` with the delta's flags, its tensors at single-model keys, the base's plan
+fingerprint, path and info entry), so `fairseq-generate --path OUT.pt` decodes with it alone and
+`unifairseq-export inference OUT.pt DIR` turns it into a shared folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Optional
+
+from unifairseq.core.bank import BankError
+from unifairseq.core.bases import content_fingerprint
+from unifairseq.core.plan import DeltaPlan
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _str_to_tensor, atomic_save,
+                                           base_name_of, fingerprint, load_checkpoint_file)
+
+BANK_ONLY_ARGS = ("bank_deltas", "bank_default", "bank_save_full", "bank_tasks")
+
+
+def single_arch(bank_arch: str) -> str:
+    """bank_bart_large -> delta_bart_large (the flags-only architecture of the same family and size)."""
+    if not bank_arch.startswith("bank_"):
+        raise BankError(f"{bank_arch!r} is not a bank architecture (bank_bart_base, bank_roberta_base, ...)")
+    return "delta_" + bank_arch[len("bank_"):]
+
+
+def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[str] = None):
+    """(model, args) of a bank checkpoint, its base loaded (from `base`, else the path it records)."""
+    from fairseq import checkpoint_utils, tasks
+
+    state = load_checkpoint_file(path)
+    args = state.get("args") or (state.get("cfg") or {}).get("model")
+    if args is None or not str(getattr(args, "arch", "")).startswith("bank_"):
+        raise BankError(f"{path} is not a bank checkpoint (its model args name no bank_* architecture)")
+    args = argparse.Namespace(**vars(args))
+    if data:
+        args.data = data
+    if not getattr(args, "data", None) or not os.path.isdir(str(args.data)):
+        raise BankError(f"the data folder of {path} ({getattr(args, 'data', None)!r}) is not there: pass --data "
+                        "DIR (fairseq-preprocess output with the base's dictionaries)")
+    if base:
+        args.delta_base = base
+    task = tasks.setup_task(args)
+    overrides = {"data": args.data, **({"delta_base": base} if base else {})}
+    (model,), _ = checkpoint_utils.load_model_ensemble([path], arg_overrides=overrides, task=task)
+    return model, args
+
+
+def single_delta_state(model, args, name: str) -> dict:
+    """The checkpoint a single-delta model of `name` would have written (fairseq-train's layout)."""
+    from unifairseq.tools.tiny_base import checkpoint_state
+
+    bank = model.bank
+    cfg = bank.delta_config(name)
+    out = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in BANK_ONLY_ARGS})
+    out.arch = out._name = single_arch(args.arch)
+    for k, v in cfg.to_dict().items():
+        setattr(out, k, v)
+    sd = dict(bank.delta_state(name))
+    base_sd = bank.base_state()
+    sd[FINGERPRINT_KEY] = _str_to_tensor(fingerprint(base_sd, DeltaPlan(cfg)))  # what the model's check compares
+    sd[BASE_PATH_KEY] = _str_to_tensor(bank.base_path or "")
+    content = content_fingerprint(load_checkpoint_file(bank.base_path)["model"]) if bank.base_path and \
+        os.path.isfile(bank.base_path) else content_fingerprint(base_sd)  # of the base file, as delta models do
+    info = dict(base_name=base_name_of(bank.base_path, getattr(args, "delta_base", None)), base_content=content,
+                dictionary={})
+    sd[INFO_KEY] = _str_to_tensor(json.dumps(info, sort_keys=True))
+    state = checkpoint_state(model, out)
+    state["model"] = sd
+    return state
+
+
+def extract(bank_path: str, name: str, out: str, data: Optional[str] = None, base: Optional[str] = None,
+            force: bool = False) -> str:
+    model, args = load_bank_checkpoint(bank_path, data, base)
+    model.bank.index(name)  # a name the bank has, or the error listing them
+    atomic_save(single_delta_state(model, args, name), out, overwrite=force)
+    return single_arch(args.arch)
