@@ -7,7 +7,7 @@ from unifairseq.bench import bank as bb
 
 
 def test_ratios_are_taken_within_each_round_and_targets_judged_on_the_median():
-    o = bb.parse(["--methods", "lora_attn", "mam", "--ns", "1", "8", "--batch", "16"])
+    o = bb.parse(["--methods", "lora_attn", "mam", "--ns", "1", "8", "--batch-size", "16"])
     keys = [("lora_attn", 1, "mixed"), ("lora_attn", 8, "mixed"), ("lora_attn", 8, "sequential"),
             ("mam", 1, "mixed"), ("mam", 8, "mixed")]
     # seconds per decode of the batch of 16; round 2 is twice as slow for every row (load drift)
@@ -29,7 +29,7 @@ def test_ratios_are_taken_within_each_round_and_targets_judged_on_the_median():
 
 
 def test_too_few_rounds_are_not_judged_and_bad_arguments_are_refused(capsys):
-    o = bb.parse(["--methods", "mam", "--ns", "1", "8", "--batch", "8", "--rounds", "2"])
+    o = bb.parse(["--methods", "mam", "--ns", "1", "8", "--batch-size", "8", "--rounds", "2"])
     keys = [("mam", 1, "mixed"), ("mam", 8, "mixed")]
     rows = bb.summarize(o, dict(rows=keys, rounds=[{keys[0]: 1.0, keys[1]: 2.0}] * 2))
     assert rows[1]["met"] is None
@@ -37,5 +37,5 @@ def test_too_few_rounds_are_not_judged_and_bad_arguments_are_refused(capsys):
         bb.parse(["--ns", "2", "8"])
     assert "--ns must include 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        bb.parse(["--ns", "1", "3", "--batch", "32"])
+        bb.parse(["--ns", "1", "3", "--batch-size", "32"])
     assert "must be a multiple of every N" in capsys.readouterr().err
