@@ -28,6 +28,7 @@ zero); the base is frozen and never written.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -99,6 +100,33 @@ class Bank:
 
     def changed(self) -> None:
         self._groups.clear()
+        self._plans = OrderedDict()
+
+    def plan(self, group: Group, ids: torch.Tensor) -> tuple:
+        """(rows of `ids` in the group, their local ids, the group's layout of them), computed once per
+        ids tensor for every group of the same members: the sites of one forward / decoding step share
+        it. The cache holds the ids tensors themselves (the last few: a step's ids and the per-sentence
+        view beamable cross-attention takes), so `is` plus the version counter identify them."""
+        if not hasattr(self, "_plans"):
+            self._plans = OrderedDict()
+        entry = self._plans.get(id(ids))
+        if entry is None or entry[0] is not ids or entry[1] != ids._version:
+            entry = self._plans[id(ids)] = (ids, ids._version, {})
+            while len(self._plans) > 4:
+                self._plans.popitem(last=False)
+        plans = entry[2]
+        key = (tuple(group.indices), ids.device)
+        got = plans.get(key)
+        if got is None:
+            local = group.local_on(ids.device)[ids + 1]
+            sel = (local >= 0).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                got = (sel, None, None)
+            else:
+                sub = local if sel.numel() == ids.numel() else local.index_select(0, sel)
+                got = (sel, sub, group.layout(sub))
+            plans[key] = got
+        return got
 
     # ------------------------------------------------------------------ ids
     @contextlib.contextmanager
@@ -144,8 +172,11 @@ class Bank:
                             "bank indices) or a default delta (model.bank.default = NAME)")
         if ids.numel() == n:
             return ids
-        if n and ids.numel() % n == 0:
-            return ids.view(n, -1)[:, 0]
+        if n and ids.numel() % n == 0:  # the same view object for every site of this step (see plan)
+            held = getattr(self, "_per_block", None)
+            if held is None or held[0] is not ids or held[1] != n or held[2] != ids._version:
+                held = self._per_block = (ids, n, ids._version, ids.view(n, -1)[:, 0])
+            return held[3]
         raise BankError(f"delta_ids has {ids.numel()} entries for a batch of {n} rows; give one id per sentence")
 
     # --------------------------------------------------------------- groups
@@ -184,11 +215,10 @@ class Bank:
         """For each group at `key`: out[its samples' rows along dim] = module(*fn_args(rows)), the
         samples' own delta each (see Group.call for dims)."""
         for group in self.groups(key):
-            local = group.local_on(ids.device)[ids + 1]
-            sel = (local >= 0).nonzero().squeeze(1)
+            sel, local, layout = self.plan(group, ids)
             if sel.numel() == 0:
                 continue
-            y = group.call(local.index_select(0, sel), fn_args(sel), dims, dim)
+            y = group.call(local, fn_args(sel), dims, dim, layout)
             out = y if sel.numel() == out.size(dim) else out.index_copy(dim, sel, y)
         return out
 
@@ -199,13 +229,12 @@ class Bank:
         n = ids.numel()
         parts, covered = [], torch.zeros(n, dtype=torch.bool, device=ids.device)
         for group in self.groups(key):
-            local = group.local_on(ids.device)[ids + 1]
-            sel = (local >= 0).nonzero().squeeze(1)
+            sel, local, layout = self.plan(group, ids)
             if sel.numel() == 0:
                 continue
             if sel.numel() == n:
-                return group.call(local, fn_args(None), dims, dim)
-            parts.append((sel, group.call(local.index_select(0, sel), fn_args(sel), dims, dim)))
+                return group.call(local, fn_args(None), dims, dim, layout)
+            parts.append((sel, group.call(local, fn_args(sel), dims, dim, layout)))
             covered[sel] = True
         if not parts:
             return rest(None)

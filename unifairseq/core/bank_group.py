@@ -63,30 +63,17 @@ class Group:
             self._cache = (key, {n: torch.stack([p[n] for p in per]) for n in names})
         return self._cache[1]
 
-    def call(self, local_ids: torch.Tensor, args: tuple, dims: tuple, out_dim: int):
-        """The module's forward per sample. dims[k]: None (shared by all samples, e.g. the base W),
-        an int (the sample dimension of a data argument) or "r" (a per-sample constant, sample dim 0,
-        equal for samples of one delta: BitFit's bias rows)."""
+    def layout(self, local_ids: torch.Tensor) -> tuple:
+        """How call() lays these samples out; it depends on the ids only, so the bank computes it once
+        per set of ids (a forward, a decoding step) and every site with the same members reuses it."""
         if len(self.modules) == 1 or bool((local_ids == local_ids[0]).all()):
-            # one delta for all these samples: its plain forward on the block (same numbers, no gather)
-            m = self.modules[int(local_ids[0])]
-            return m(*[a[0] if d == "r" else a for a, d in zip(args, dims)])
+            return ("one", int(local_ids[0]))
         present, inverse = torch.unique(local_ids, return_inverse=True)  # the group's deltas in this batch
         counts = torch.bincount(inverse, minlength=present.numel())
         width = int(counts.max())
-        stacked = self.stacked()
-
-        def one(p, *a):
-            return functional_call(self.template, p, a)
-
-        in_dims = (0, *[0 if d == "r" else d for d in dims])
-        if width == 1:  # one sample per delta: vmap over the samples, each with its delta's parameters
-            per = {n: t.index_select(0, local_ids) for n, t in stacked.items()}
-            return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(per, *args)
-        if present.numel() != len(self.modules):  # (all members present: sorted unique = 0..n-1, as stacked)
-            stacked = {n: t.index_select(0, present) for n, t in stacked.items()}
-        # several samples per delta (beams, tasks): vmap over the deltas present, each on its own rows
-        # padded to the most rows of one delta -- every delta's weights are read once, not per sample
+        sub = None if present.numel() == len(self.modules) else present  # all present: sorted = 0..n-1
+        if width == 1:
+            return ("each", local_ids)
         n = local_ids.numel()
         order = torch.argsort(inverse, stable=True)
         starts = torch.cumsum(counts, 0) - counts
@@ -95,7 +82,30 @@ class Group:
         flat = inverse * width + slot  # each row's place in the [deltas, width] layout
         pad_idx = torch.zeros(present.numel() * width, dtype=torch.long, device=order.device)  # spare: row 0
         pad_idx[flat] = torch.arange(n, device=order.device)
-        first = pad_idx.view(-1, width)[:, 0]
+        return ("padded", sub, present.numel(), width, flat, pad_idx, pad_idx.view(-1, width)[:, 0])
+
+    def call(self, local_ids: torch.Tensor, args: tuple, dims: tuple, out_dim: int, layout: tuple = None):
+        """The module's forward per sample. dims[k]: None (shared by all samples, e.g. the base W),
+        an int (the sample dimension of a data argument) or "r" (a per-sample constant, sample dim 0,
+        equal for samples of one delta: BitFit's bias rows). `layout`: self.layout(local_ids), if known."""
+        layout = layout or self.layout(local_ids)
+        if layout[0] == "one":
+            # one delta for all these samples: its plain forward on the block (same numbers, no gather)
+            return self.modules[layout[1]](*[a[0] if d == "r" else a for a, d in zip(args, dims)])
+        stacked = self.stacked()
+
+        def one(p, *a):
+            return functional_call(self.template, p, a)
+
+        in_dims = (0, *[0 if d == "r" else d for d in dims])
+        if layout[0] == "each":  # one sample per delta: vmap over the samples, each with its delta's parameters
+            per = {n: t.index_select(0, layout[1]) for n, t in stacked.items()}
+            return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(per, *args)
+        _, sub, n_present, width, flat, pad_idx, first = layout
+        if sub is not None:
+            stacked = {n: t.index_select(0, sub) for n, t in stacked.items()}
+        # several samples per delta (beams, tasks): vmap over the deltas present, each on its own rows
+        # padded to the most rows of one delta -- every delta's weights are read once, not per sample
         laid = []
         for a, d in zip(args, dims):
             if d is None:
@@ -103,6 +113,6 @@ class Group:
             elif d == "r":
                 laid.append(a.index_select(0, first))
             else:
-                laid.append(a.index_select(d, pad_idx).unflatten(d, (present.numel(), width)))
+                laid.append(a.index_select(d, pad_idx).unflatten(d, (n_present, width)))
         out = vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(stacked, *laid)
         return out.flatten(out_dim, out_dim + 1).index_select(out_dim, flat)
