@@ -22,7 +22,6 @@ folder's tensors on top (models/sharing.py), with nothing unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -123,22 +122,10 @@ def base_name_of(path: Optional[str], flag: Optional[str] = None) -> Optional[st
 
 
 def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
-    """sha256 over the frozen base tensors: names, shapes, dtypes and up to 4,096 values of each,
-    spread over the tensor (fast on a 400M-parameter model, and any real difference shows)."""
-    h = hashlib.sha256()
+    """The frozen base tensors under `delta`'s plan (what it does not train): the fingerprint `.pt`
+    deltas record and check (core.bases.sampled_digest)."""
     plan = as_plan(delta)
-    for name in sorted(state):
-        if plan.is_trainable(name) or name in META_KEYS or name.endswith("version"):
-            continue
-        t = state[name]
-        if not torch.is_tensor(t):
-            continue
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to(torch.float64).cpu()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()
+    return bases.sampled_digest(state, lambda name: plan.is_trainable(name) or name in META_KEYS or name.endswith("version"))
 
 
 def is_delta_only(state_dict, model_keys, delta) -> bool:

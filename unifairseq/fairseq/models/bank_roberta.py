@@ -12,15 +12,15 @@ from __future__ import annotations
 import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
-from fairseq.models.roberta.model import (RobertaClassificationHead, base_architecture, roberta_base_architecture,
+from fairseq.models.roberta.model import (RobertaClassificationHead, roberta_base_architecture,
                                           roberta_large_architecture)
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
-from fairseq.utils import safe_hasattr
 
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import attach_bank
 from unifairseq.fairseq.bank_layers import BankTransformerEncoder
 from unifairseq.fairseq.models.bank import BankModelMixin, add_bank_args, fill_bank
+from unifairseq.fairseq.models.roberta import roberta_defaults
 
 
 class BankRobertaEncoder(RobertaEncoder):
@@ -42,11 +42,7 @@ class BankRobertaModel(BankModelMixin, RobertaModel):
 
     @classmethod
     def build_model(cls, args, task):
-        base_architecture(args)
-        if not safe_hasattr(args, "max_positions"):
-            if not safe_hasattr(args, "tokens_per_sample"):
-                args.tokens_per_sample = task.max_positions()
-            args.max_positions = args.tokens_per_sample
+        roberta_defaults(args, task)
         model = cls(args, BankRobertaEncoder(args, task.source_dictionary))
         attach_bank(model)
         fill_bank(model, args)

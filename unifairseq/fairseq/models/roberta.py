@@ -48,6 +48,17 @@ class DeltaRobertaEncoder(RobertaEncoder):
         return self.args.max_positions - self.plan.prompt_len
 
 
+
+def roberta_defaults(args, task) -> None:
+    """What fairseq's RobertaModel.build_model sets before building: the base architecture's defaults and
+    the positions from the task (both the delta and the bank models build their encoders themselves)."""
+    base_architecture(args)
+    if not safe_hasattr(args, "max_positions"):
+        if not safe_hasattr(args, "tokens_per_sample"):
+            args.tokens_per_sample = task.max_positions()
+        args.max_positions = args.tokens_per_sample
+
+
 @register_model("delta_roberta")
 class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
     @staticmethod
@@ -57,11 +68,7 @@ class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
 
     @classmethod
     def build_model(cls, args, task):
-        base_architecture(args)
-        if not safe_hasattr(args, "max_positions"):
-            if not safe_hasattr(args, "tokens_per_sample"):
-                args.tokens_per_sample = task.max_positions()
-            args.max_positions = args.tokens_per_sample
+        roberta_defaults(args, task)
         plan = plan_for(args, "roberta")
         model = cls(args, DeltaRobertaEncoder(args, task.source_dictionary, plan))
         model.delta_shape = ModelShape.encoder_only(args.encoder_embed_dim, args.encoder_ffn_embed_dim,
