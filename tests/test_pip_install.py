@@ -18,6 +18,7 @@ and that requirements.txt, pyproject.toml and constraints.txt agree.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -252,3 +253,32 @@ def test_wheel_in_a_fresh_venv_trains_and_generates_outside_the_checkout(tmp_pat
     hyps = [l for l in proc.stdout.splitlines() if l.startswith("H-")]
     assert sorted(int(l.split("\t")[0][2:]) for l in hyps) == list(range(n_test)), proc.stdout[-3000:]
     print(f"[pip-install] {len(hyps)} hypotheses, e.g. {hyps[0]!r}", flush=True)
+
+    # 7. sharing: the fresh venv exports a delta folder; a second environment (this repository's .venv), with
+    #    the base moved to another folder, finds the base by its name through $UNIFAIRSEQ_BASES, loads the
+    #    folder with nothing unpickled for it, and gets the venv's hypotheses and scores exactly
+    step("unifairseq-export inference DIR", ["unifairseq-export", "inference", "checkpoints/checkpoint_last.pt",
+                                             "shared_delta"])
+    config = json.loads((work / "shared_delta" / "delta_config.json").read_text())
+    bases, cache = tmp_path / "elsewhere", tmp_path / "cache"
+    (bases / config["base"]["name"]).mkdir(parents=True)
+    shutil.move(work / "tiny_bart.pt", bases / config["base"]["name"] / "model.pt")  # the recorded path is gone
+    other = {k: v for k, v in os.environ.items() if k not in ("UNIFAIRSEQ_DELTA_BASE", "PYTHONPATH")}
+    other.update(UNIFAIRSEQ_BASES=str(bases), UNIFAIRSEQ_CACHE=str(cache), PYTHONUNBUFFERED="1",
+                 NOUNPICKLE_DIR=str(work / "shared_delta"), NOUNPICKLE_LOG=str(tmp_path / "loads.log"),
+                 PYTHONPATH=str(REPO))
+    second = Steps(other, work)
+    found = second("second env: unifairseq-base find", [sys.executable, "-m", "unifairseq.tools.base", "find",
+                                                         "shared_delta"]).stdout.strip()
+    assert Path(found).resolve() == (bases / config["base"]["name"] / "model.pt").resolve(), found
+    overrides = repr({"arch": config["arch"], "_name": config["arch"], "delta_file": str(work / "shared_delta")})
+    proc = second("second env: fairseq-generate with the delta folder",
+                  [sys.executable, REPO / "tests" / "nounpickle_run.py", "fairseq_cli.generate", "data-bin",
+                   "--user-dir", REPO / "user_dir", "--task", "translation", "--source-lang", "en", "--target-lang",
+                   "ro", "--path", found, "--model-overrides", overrides, "--gen-subset", "test", "--beam", "2",
+                   "--max-len-b", "10", "--batch-size", "8", "--required-batch-size-multiple", "1", "--cpu",
+                   "--num-workers", "0"])
+    shared_hyps = [l for l in proc.stdout.splitlines() if l.startswith("H-")]
+    assert sorted(shared_hyps) == sorted(hyps), (shared_hyps[:3], hyps[:3])
+    loaded = (tmp_path / "loads.log").read_text().split()
+    assert [Path(p).resolve() for p in loaded] == [Path(found).resolve()], loaded  # torch.load: the base only
