@@ -246,6 +246,20 @@ def test_delta_merged_and_peft(arch, flags, family, tmp_path):
     assert w_diff <= 1e-5
 
 
+def test_a_shared_delta_folder_exports_as_its_checkpoint(tmp_path):
+    """`unifairseq-export hf` reads a delta folder (unifairseq-export inference DIR) as it reads the .pt:
+    the same peft adapter, the same transformers base and merged weights, bitwise."""
+    _, _, ckpt = delta("lora_attn_bart_base", ["--attn-bn", "4"], "bart", tmp_path)
+    folder = tmp_path / "shared"
+    assert export_main(["inference", str(ckpt), str(folder)]) == 0
+    for src, name in ((ckpt, "from_pt"), (folder, "from_folder")):
+        assert export_main(["hf", str(src), str(tmp_path / name / "peft"), "--peft"]) == 0
+        assert export_main(["hf", str(src), str(tmp_path / name / "merged")]) == 0
+    for rel in ("peft/adapter/adapter_model.safetensors", "peft/base/model.safetensors", "merged/model.safetensors"):
+        a, b = load_file(str(tmp_path / "from_pt" / rel)), load_file(str(tmp_path / "from_folder" / rel))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
 def test_base_only_is_the_frozen_base(tmp_path):
     model, task, ckpt = delta("lora_attn_bart_base", ["--attn-bn", "4"], "bart", tmp_path)
     out = tmp_path / "base"

@@ -105,7 +105,9 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
               adapters: bool = False) -> dict:
     if sum((base_only, peft, adapters)) > 1:
         raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
-    state = load_checkpoint_file(ckpt)
+    from unifairseq.tools.share import read_input
+
+    state = read_input(ckpt, base, with_base_args=True)  # a .pt, or a delta folder (never unpickled)
     is_delta = FINGERPRINT_KEY in state["model"]
     if (base_only or peft or adapters) and not is_delta:
         raise HFExportError(f"{ckpt!r} is a plain fairseq checkpoint (no delta); --base-only/--peft/--adapters need "

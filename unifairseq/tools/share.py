@@ -120,9 +120,10 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
                 f"{path}: this delta was trained on a different base model: the delta records base {rec['name']!r} "
                 f"with fingerprint {rec['fingerprint'][:16]}…, {found.path} has {got[:16]}…; pass its own base "
                 "with --base NAME_OR_PATH")
-        state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
-        for k, v in {**own, "_name": config["arch"]}.items():
-            set_model_arg(state, k, v)
+        if base.get("args") is not None or base.get("cfg") is not None:  # else: the folder's own flags and shape
+            state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
+            for k, v in {**own, "_name": config["arch"]}.items():
+                set_model_arg(state, k, v)
         state["model"][BASE_PATH_KEY] = _str_to_tensor(found.path)
     state["model"][FINGERPRINT_KEY] = _str_to_tensor(rec["plan_fingerprint"])
     return state
