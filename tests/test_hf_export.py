@@ -151,6 +151,30 @@ def test_legacy_roberta_names_convert_as_fairseq_loads_them(tmp_path):
     assert hf_diff(transformers.RobertaForMaskedLM.from_pretrained(str(out)).eval(), ref, inputs, keep) <= TOL
 
 
+def test_merge_onto_a_legacy_roberta_file(tmp_path):
+    """A RoBERTa delta merged onto its base stored in pre-0.10 names (as the released roberta.base is) gives
+    the same merged weights as onto the same base in today's names."""
+    _, _, ckpt = delta("lora_attn_roberta_base", ["--attn-bn", "4"], "roberta", tmp_path)
+    from fairseq.checkpoint_utils import torch_persistent_save
+
+    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+
+    base = load_checkpoint_file(str(tmp_path / "base.pt"))
+    old = {}
+    for k, v in base["model"].items():
+        k = "decoder." + k[len("encoder."):] if k.startswith("encoder.") else k
+        old[k.replace(".layernorm_embedding.", ".emb_layer_norm.")] = v
+    for k in [k for k in old if k.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias"))]:
+        stem, kind = k.rsplit(".q_proj.", 1)
+        old[f"{stem}.in_proj_{kind}"] = torch.cat([old.pop(f"{stem}.{p}_proj.{kind}") for p in "qkv"])
+    torch_persistent_save({**base, "model": old}, str(tmp_path / "legacy.pt"))
+    for name in ("base", "legacy"):
+        assert export_main(["merge", str(ckpt), str(tmp_path / f"merged_{name}.pt"), "--base",
+                            str(tmp_path / f"{name}.pt")]) == 0
+    a, b = (load_checkpoint_file(str(tmp_path / f"merged_{n}.pt"))["model"] for n in ("base", "legacy"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bart_classification_head(tmp_path):
     """fairseq BART + classification_heads.NAME -> BartForSequenceClassification: both read the decoder state
     at the last </s>, with the source shifted right (</s> first) as the decoder input."""

@@ -133,7 +133,13 @@ def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
         raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base PATH")
     if not os.path.isfile(base_path):
         raise DeltaCheckpointError(f"the base {base_path!r} recorded in {path!r} is not there; pass --base PATH")
-    return load_checkpoint_file(base_path)
+    from unifairseq.convert.fairseq_to_hf import upgrade_legacy
+
+    base = load_checkpoint_file(base_path)
+    # the names the delta model uses: a pre-0.10 file (the released roberta.* among them) renamed as
+    # fairseq's own loader renames it (decoder. -> encoder., fused in_proj split into q/k/v, ...)
+    base["model"] = upgrade_legacy(base["model"])
+    return base
 
 
 def parent_arch(arch: str) -> str:
