@@ -130,17 +130,24 @@ def test_base_checkpoint_to_transformers(family, head, tmp_path):
     assert ckpt.is_file() and (tmp_path / "file").read_text() == "keep"
 
 
+def legacy_roberta_names(sd):
+    """A RoBERTa state dict in pre-0.10 names (decoder.*, emb_layer_norm, fused in_proj), as the released
+    roberta.* checkpoints store it."""
+    old = {}
+    for k, v in sd.items():
+        k = "decoder." + k[len("encoder."):] if k.startswith("encoder.") else k
+        old[k.replace(".layernorm_embedding.", ".emb_layer_norm.")] = v
+    for k in [k for k in old if k.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias"))]:
+        stem, kind = k.rsplit(".q_proj.", 1)
+        old[f"{stem}.in_proj_{kind}"] = torch.cat([old.pop(f"{stem}.{p}_proj.{kind}") for p in "qkv"])
+    return old
+
+
 def test_legacy_roberta_names_convert_as_fairseq_loads_them(tmp_path):
     """A pre-0.10 RoBERTa file (decoder.*, emb_layer_norm, fused in_proj_weight, as the released roberta.*
     checkpoints): converted as fairseq's loader upgrades it, to the same outputs."""
     model, task, args = plain("roberta", head=False)
-    old = {}
-    for k, v in model.state_dict().items():
-        k = "decoder." + k[len("encoder."):] if k.startswith("encoder.") else k
-        old[k.replace(".layernorm_embedding.", ".emb_layer_norm.")] = v
-    for k in [k for k in old if k.endswith("self_attn.q_proj.weight") or k.endswith("self_attn.q_proj.bias")]:
-        stem, kind = k.rsplit(".q_proj.", 1)
-        old[f"{stem}.in_proj_{kind}"] = torch.cat([old.pop(f"{stem}.{p}_proj.{kind}") for p in "qkv"])
+    old = legacy_roberta_names(model.state_dict())
     assert not any(".q_proj." in k or k.startswith("encoder.") for k in old)
     ckpt = tmp_path / "model.pt"
     torch_persistent_save({"args": args, "model": old, "optimizer_history": [], "extra_state": {},
@@ -160,14 +167,7 @@ def test_merge_onto_a_legacy_roberta_file(tmp_path):
     from unifairseq.fairseq.checkpoint import load_checkpoint_file
 
     base = load_checkpoint_file(str(tmp_path / "base.pt"))
-    old = {}
-    for k, v in base["model"].items():
-        k = "decoder." + k[len("encoder."):] if k.startswith("encoder.") else k
-        old[k.replace(".layernorm_embedding.", ".emb_layer_norm.")] = v
-    for k in [k for k in old if k.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias"))]:
-        stem, kind = k.rsplit(".q_proj.", 1)
-        old[f"{stem}.in_proj_{kind}"] = torch.cat([old.pop(f"{stem}.{p}_proj.{kind}") for p in "qkv"])
-    torch_persistent_save({**base, "model": old}, str(tmp_path / "legacy.pt"))
+    torch_persistent_save({**base, "model": legacy_roberta_names(base["model"])}, str(tmp_path / "legacy.pt"))
     for name in ("base", "legacy"):
         assert export_main(["merge", str(ckpt), str(tmp_path / f"merged_{name}.pt"), "--base",
                             str(tmp_path / f"{name}.pt")]) == 0
