@@ -22,18 +22,10 @@ from unifairseq.tools.export import main as export_main  # noqa: E402
 
 def _hf_bart(src):
     """A tiny random HF BART whose specials are not fairseq's 0..3 (so the vocabulary is really permuted)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
+    from test_hf_import import byte_bpe, perturb
 
-    from test_hf_import import CORPUS, perturb, save_fast_tokenizer
-
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<mask>"])
-    tok.post_processor = RobertaProcessing(("</s>", 3), ("<s>", 2))
-    save_fast_tokenizer(tok._tokenizer, src, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    cfg = transformers.BartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=2, decoder_layers=2,
+    vocab = byte_bpe(src, specials=("<unk>", "<pad>", "<s>", "</s>", "<mask>"))
+    cfg = transformers.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                                   decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
                                   eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=3)

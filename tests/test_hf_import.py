@@ -95,14 +95,16 @@ def save_fast_tokenizer(tok, path, **special):
     PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(str(path))
 
 
-def byte_bpe(path):
+def byte_bpe(path, specials=("<s>", "<pad>", "</s>", "<unk>", "<mask>")):
+    """A byte-level BPE tokenizer trained on CORPUS, its special tokens at the ids their order gives; saved
+    at `path`. Returns the vocabulary size."""
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+                            special_tokens=list(specials))
+    tok.post_processor = RobertaProcessing(("</s>", specials.index("</s>")), ("<s>", specials.index("<s>")))
     save_fast_tokenizer(tok._tokenizer, path, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
                         pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
     return tok.get_vocab_size()
