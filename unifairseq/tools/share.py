@@ -82,7 +82,7 @@ def usage(out: str, config: dict) -> str:
         f"fingerprint {config['base']['fingerprint'][:12]})",
         "decode it with (add your task's flags: --task, languages, beam, ...):",
         f'  fairseq-generate DATA-BIN --user-dir "$(unifairseq-user-dir)" --path {find} \\',
-        f"      --model-overrides {overrides}",
+        f"      --model-overrides {overrides} --required-batch-size-multiple 1",  # no last batch dropped
         "  (fairseq-interactive takes the same --path and --model-overrides)",
         "or in Python:",
         f"  {'DeltaRobertaModel' if config['family'] == 'roberta' else 'DeltaBARTModel'}.from_pretrained("

@@ -24,6 +24,7 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
 from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _str_to_tensor, _tensor_to_str,
                                            load_checkpoint_file)
 
@@ -136,9 +137,11 @@ class BankBARTModel(BankModelMixin, BARTModel):
     def add_args(parser):
         BARTModel.add_args(parser)
         add_bank_args(parser)
+        keep_every_batch(parser)
 
     @classmethod
     def build_model(cls, args, task):
+        no_dropped_batches(task)
         model = super().build_model(args, task)
         attach_bank(model)
         fill_bank(model, args)

@@ -19,6 +19,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import attach_bank
 from unifairseq.fairseq.bank_layers import BankTransformerEncoder
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.models.bank import BankModelMixin, add_bank_args, fill_bank
 from unifairseq.fairseq.models.roberta import roberta_defaults
 
@@ -39,9 +40,11 @@ class BankRobertaModel(BankModelMixin, RobertaModel):
     def add_args(parser):
         RobertaModel.add_args(parser)
         add_bank_args(parser)
+        keep_every_batch(parser)
 
     @classmethod
     def build_model(cls, args, task):
+        no_dropped_batches(task)
         roberta_defaults(args, task)
         model = cls(args, BankRobertaEncoder(args, task.source_dictionary))
         attach_bank(model)

@@ -15,6 +15,7 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 
 from unifairseq.core.accounting import ModelShape, base_bias_params
 from unifairseq.core.config import add_delta_args
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import (building, current_plan, fill_missing_delta_keys, plan_for,
@@ -27,9 +28,11 @@ class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
     def add_args(parser):
         BARTModel.add_args(parser)
         add_delta_args(parser)
+        keep_every_batch(parser)
 
     @classmethod
     def build_model(cls, args, task):
+        no_dropped_batches(task)
         with building(plan_for(args, "bart")) as plan:
             model = super().build_model(args, task)
         shape = ModelShape.encoder_decoder(args.encoder_embed_dim, args.encoder_ffn_embed_dim,

@@ -20,6 +20,7 @@ from fairseq.utils import safe_hasattr
 from unifairseq.core.accounting import ModelShape, base_bias_params, format_report, parameter_report
 from unifairseq.core.config import add_delta_args
 from unifairseq.core.plan import DeltaPlan
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
@@ -65,9 +66,11 @@ class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
     def add_args(parser):
         RobertaModel.add_args(parser)
         add_delta_args(parser)
+        keep_every_batch(parser)
 
     @classmethod
     def build_model(cls, args, task):
+        no_dropped_batches(task)
         roberta_defaults(args, task)
         plan = plan_for(args, "roberta")
         model = cls(args, DeltaRobertaEncoder(args, task.source_dictionary, plan))

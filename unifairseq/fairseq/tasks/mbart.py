@@ -24,6 +24,7 @@ from fairseq.tasks.translation import EVAL_BLEU_ORDER
 from fairseq.tasks.translation_from_pretrained_bart import TranslationFromPretrainedBARTTask
 
 from unifairseq.datacheck import check_task_split
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.tasks.summarization import fix_ngram_blocker, set_beam_size
 
 logger = logging.getLogger(__name__)
@@ -31,9 +32,15 @@ logger = logging.getLogger(__name__)
 
 @register_task("translation_mbart")
 class TranslationMBARTTask(TranslationFromPretrainedBARTTask):
+    @staticmethod
+    def add_args(parser):
+        TranslationFromPretrainedBARTTask.add_args(parser)
+        keep_every_batch(parser)  # default --required-batch-size-multiple 1 (unifairseq/fairseq/batching.py)
+
     def __init__(self, args, src_dict, tgt_dict):
         self.args = args
         super().__init__(args, src_dict, tgt_dict)
+        no_dropped_batches(self)  # an explicit multiple > 1 would drop the last batch of a split
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         # missing / malformed / empty data: one clear message; the source gets a language token

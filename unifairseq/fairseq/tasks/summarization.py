@@ -51,6 +51,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from unifairseq.datacheck import check_task_split
 from unifairseq.metrics import pairwise_rouge
+from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,14 @@ class TranslationRougeConfig(TranslationConfig):
 class TranslationRougeTask(TranslationTask):
     cfg: TranslationRougeConfig
 
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        keep_every_batch(parser)  # default --required-batch-size-multiple 1 (unifairseq/fairseq/batching.py)
+
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
+        no_dropped_batches(self)  # an explicit multiple > 1 would drop the last batch of a split
         self._word_ids = {}
         self._gpt2 = None
         self._rouge_tokenizer = None
