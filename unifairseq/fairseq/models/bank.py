@@ -25,6 +25,7 @@ from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
 from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
+from unifairseq.fairseq.resume import repair_last_checkpoint
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _str_to_tensor, _tensor_to_str,
                                            load_checkpoint_file)
 
@@ -142,6 +143,7 @@ class BankBARTModel(BankModelMixin, BARTModel):
     @classmethod
     def build_model(cls, args, task):
         no_dropped_batches(task)
+        repair_last_checkpoint(args)  # a torn checkpoint_last.pt (unifairseq/fairseq/resume.py)
         model = super().build_model(args, task)
         attach_bank(model)
         fill_bank(model, args)

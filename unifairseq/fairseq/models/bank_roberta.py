@@ -20,6 +20,7 @@ from unifairseq.core.bank import BankError
 from unifairseq.fairseq.bank import attach_bank
 from unifairseq.fairseq.bank_layers import BankTransformerEncoder
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
+from unifairseq.fairseq.resume import repair_last_checkpoint
 from unifairseq.fairseq.models.bank import BankModelMixin, add_bank_args, fill_bank
 from unifairseq.fairseq.models.roberta import roberta_defaults
 
@@ -45,6 +46,7 @@ class BankRobertaModel(BankModelMixin, RobertaModel):
     @classmethod
     def build_model(cls, args, task):
         no_dropped_batches(task)
+        repair_last_checkpoint(args)  # a torn checkpoint_last.pt (unifairseq/fairseq/resume.py)
         roberta_defaults(args, task)
         model = cls(args, BankRobertaEncoder(args, task.source_dictionary))
         attach_bank(model)

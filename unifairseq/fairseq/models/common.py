@@ -75,6 +75,7 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
     from unifairseq.core import bases
     from unifairseq.fairseq.checkpoint import DeltaCheckpointError, file_content_fingerprint
     from unifairseq.fairseq.models.sharing import task_dictionaries
+    from unifairseq.fairseq.resume import repair_last_checkpoint
 
     reset_all_deltas(model)
     freeze_base(model, plan)
@@ -86,6 +87,7 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
     model.delta_base = getattr(args, "delta_base", None)
     model.delta_file = getattr(args, "delta_file", None)
     model.dictionary_fingerprints = task_dictionaries(task, encoder_decoder)
+    repair_last_checkpoint(args)  # a torn checkpoint_last.pt: resume from the newest readable one (resume.py)
     model.base_path_hint = start_checkpoint(args)  # a full checkpoint loaded from here is the base
     if before_base is not None:
         before_base(model)  # RoBERTa: a shared delta's heads must exist before any tensors load
