@@ -20,6 +20,7 @@ import struct
 from typing import Dict, Tuple
 
 import torch
+from unifairseq.core.tmpfiles import sweep_stale
 from unifairseq.errors import UnifairseqError
 
 FORMAT = "unifairseq-delta"
@@ -70,6 +71,7 @@ def write_delta(folder: str, config: dict, tensors: Dict[str, torch.Tensor], ove
     if os.path.exists(cfg_path) and not overwrite:
         raise DeltaFileError(f"{folder}: holds a delta already; refusing to overwrite it (pass --force)")
     os.makedirs(folder, exist_ok=True)
+    sweep_stale(folder, names=[TENSORS_NAME, CONFIG_NAME])  # what a killed earlier export left here
     # safetensors stores contiguous, unshared tensors; clones cut the ties to the model's storage
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in sorted(tensors.items())}
     tmp_st = os.path.join(folder, f".{TENSORS_NAME}.tmp.{os.getpid()}")

@@ -34,6 +34,7 @@ import torch
 from unifairseq.core import bases
 from unifairseq.core.accounting import as_plan
 from unifairseq.core.modules import base_init_values, is_delta_name
+from unifairseq.core.tmpfiles import sweep_stale, tmp_path
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.errors import UnifairseqError
 
@@ -81,7 +82,8 @@ def atomic_save(obj, path: str, overwrite: bool = False) -> None:
         raise DeltaCheckpointError(f"{path!r} exists; refusing to overwrite it (pass --force to replace it)")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    sweep_stale(d, names=[os.path.basename(path)], suffix=".pt")  # what a killed earlier export left here
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
