@@ -39,6 +39,14 @@ def in_fairseq_train() -> bool:
     return "fairseq_cli.train" in sys.modules or getattr(main, "name", None) == "fairseq_cli.train"
 
 
+def _rank() -> int:
+    """The distributed rank (fairseq initialises torch.distributed before it builds the model; the model's
+    args keep the parsed --distributed-rank, the same in every worker)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def readable(path: str) -> bool:
     """Whether torch can read the file whole. A torch zip checkpoint is checked member by member against
     its CRCs (a torn copy lacks the zip's central directory at the end and fails at once), without
@@ -78,7 +86,7 @@ def repair_last_checkpoint(args) -> Optional[str]:
     checkpoint of the folder (the torn file kept as .torn). Returns the checkpoint resumed from, or None
     when nothing was done."""
     restore = getattr(args, "restore_file", None) or LAST
-    if restore != LAST or not in_fairseq_train() or (getattr(args, "distributed_rank", 0) or 0) != 0:
+    if restore != LAST or not in_fairseq_train() or _rank() != 0:
         return None  # an explicit --restore-file is the user's choice: fairseq reports it as it is
     save_dir = getattr(args, "save_dir", None) or "checkpoints"
     last = os.path.join(save_dir, LAST)
