@@ -108,12 +108,14 @@ def test_generate_documented_command_decodes_every_sentence(trained):
     plain = run([PY, "-m", "fairseq_cli.generate", data, "--user-dir", REPO / "user_dir", "--path", base, "--beam", "6",
                  "--batch-size", "8", *DECODE])
     assert h_lines(plain.stdout) == 16 and NOTICE not in plain.stderr
-    # README: fairseq-generate DATA --user-dir user_dir --path checkpoints/checkpoint_best.pt --beam 6
-    for batch in ([], ["--batch-size", "8"]):
+    # README: fairseq-generate DATA --user-dir user_dir --path checkpoints/checkpoint_best.pt --beam 6 \
+    #     --required-batch-size-multiple 1; and without the flag (fairseq-generate's default 8, set to 1 by the
+    #     delta model's build, with the notice), in one batch and in batches of 8
+    for extra, notices in ((["--required-batch-size-multiple", "1"], 0), ([], 1), (["--batch-size", "8"], 1)):
         p = run([PY, "-m", "fairseq_cli.generate", data, "--user-dir", REPO / "user_dir", "--path", ckpt,
-                 "--beam", "6", *batch, *DECODE])
-        assert h_lines(p.stdout) == SIZES["test"], (batch, p.stdout[-1500:])
-        assert p.stderr.count(NOTICE) == 1  # fairseq-generate's default 8, set to 1 by the delta model's build
+                 "--beam", "6", *extra, *DECODE])
+        assert h_lines(p.stdout) == SIZES["test"], (extra, p.stdout[-1500:])
+        assert p.stderr.count(NOTICE) == notices, (extra, p.stderr[-1500:])
 
 
 @pytest.mark.slow
