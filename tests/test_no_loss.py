@@ -177,3 +177,32 @@ def test_generation_parser_with_our_tasks_defaults_to_1():
                         ("delta_bank", []), ("translation", [])):
         got = _parsed(options.get_generation_parser, ["DATA", "--task", task, *extra]).required_batch_size_multiple
         assert got == (8 if task == "translation" else 1), task
+
+
+def test_build_time_correction_of_the_run_config(caplog):
+    """What the delta model's build and our tasks do with the task they are given: the run's config node that
+    fairseq keeps the task config under is set to 1 (one notice); a legacy task's Namespace is a copy that
+    fairseq's Trainer does not read, so it only gets the notice with the fix."""
+    import logging
+    from argparse import Namespace
+
+    from omegaconf import OmegaConf
+
+    from unifairseq.fairseq.batching import no_dropped_batches
+
+    root = OmegaConf.create({"dataset": {"required_batch_size_multiple": 8}, "task": {"_name": "translation"}})
+    OmegaConf.set_struct(root, True)  # as fairseq's convert_namespace_to_omegaconf leaves it
+    with caplog.at_level(logging.WARNING):
+        no_dropped_batches(Namespace(cfg=root.task))
+        no_dropped_batches(Namespace(cfg=root.task))  # already 1: nothing more to say
+    assert root.dataset.required_batch_size_multiple == 1
+    assert [r.getMessage() for r in caplog.records] == [NOTICE]
+    caplog.clear()
+    legacy = Namespace(required_batch_size_multiple=4)
+    with caplog.at_level(logging.WARNING):
+        no_dropped_batches(Namespace(cfg=legacy))
+    assert legacy.required_batch_size_multiple == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "unifairseq: --required-batch-size-multiple 4: fairseq 0.12.3 drops a split's last batch when its size is "
+        "not a multiple of 4 (facebookresearch/fairseq#5036), losing up to 3 sentences of every split; pass "
+        "--required-batch-size-multiple 1 to keep every sentence"]
