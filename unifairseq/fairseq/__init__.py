@@ -54,6 +54,9 @@ def register() -> None:
     from . import safe_globals
 
     safe_globals.register_safe_globals()
+    from . import loading
+
+    loading.install()  # fairseq's own --path/--restore-file loading: weights-only, and delta folders
     from . import models, optim, tasks  # noqa: F401  (the register_* decorators run on import)
 
     # fairseq's command lines catch nothing: unifairseq's user errors (a damaged delta folder, a base

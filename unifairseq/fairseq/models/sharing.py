@@ -23,7 +23,7 @@ from dataclasses import fields
 
 import torch
 
-from unifairseq.core import bases, deltafile
+from unifairseq.core import deltafile
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.modules import is_delta_name
 from unifairseq.errors import UnifairseqError
@@ -139,20 +139,17 @@ def apply_delta(model, folder: str) -> None:
 def hub_arguments(model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs):
     """from_pretrained(base, delta=DIR): the base by name or path (None: the delta's own record), the
     delta folder as model overrides."""
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint import find_base
 
     kwargs = dict(kwargs)
     config = deltafile.read_config(delta) if delta else None
     given = os.path.join(model_name_or_path, checkpoint_file) if model_name_or_path else None
     if given is None or not os.path.isfile(given):
         rec = config["base"] if config else {}
-        where = (model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"))
-        try:  # by name or path first: the base file is then read once, by fairseq (apply_delta verifies it)
-            found = bases.resolve(*where)
-        except bases.BaseNotFound:
-            if not config:
-                raise
-            found = bases.resolve(*where, file_content_fingerprint)  # by content: moved or renamed
+        # by name or path first, unverified: the base file is then read once, by fairseq, and apply_delta
+        # checks its content; else by content (moved or renamed)
+        found = find_base(model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"),
+                          verify=False, option="the hub's first argument")
         logger.info(f"unifairseq: base {found.path} found {found.how}")
         model_name_or_path, checkpoint_file = os.path.dirname(found.path), os.path.basename(found.path)
     if config:
