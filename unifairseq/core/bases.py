@@ -168,6 +168,7 @@ class FingerprintIndex:
         except (OSError, ValueError):  # no index yet, or a damaged one: rebuilt from the files
             self.entries = {}
         self.dirty = False
+        self.failed: Dict[str, str] = {}  # real path -> why it could not be read (this lookup only)
 
     def get(self, base_file: str) -> str:
         real = os.path.realpath(base_file)
@@ -183,10 +184,14 @@ class FingerprintIndex:
     def get_or_warn(self, base_file: str) -> Optional[str]:
         """The fingerprint, or None with a one-line warning for a file that cannot be read (a damaged
         cache entry must not fail lookups of other bases)."""
+        real = os.path.realpath(base_file)
+        if real in self.failed:  # warned once per lookup
+            return None
         try:
             return self.get(base_file)
         except (UnifairseqError, OSError) as e:
-            logger.warning(f"unifairseq: warning: skipping base {base_file}: {str(e).strip().splitlines()[0]}")
+            self.failed[real] = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.warning(f"unifairseq: warning: skipping base {base_file}: {self.failed[real]}")
             return None
 
     def save(self) -> None:
@@ -230,7 +235,8 @@ def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint:
         if index is not None and verify:
             got = index.get_or_warn(found.path)
             if got != fingerprint:
-                tried.append(f"{found.path} ({'unreadable' if got is None else 'another fingerprint'})")
+                why = index.failed.get(os.path.realpath(found.path))
+                tried.append(f"{found.path} ({'another fingerprint' if got is not None else 'unreadable: ' + why})")
                 return None
         return found
 

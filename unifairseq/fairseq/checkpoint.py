@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -71,10 +72,10 @@ def load_checkpoint_file(path: str) -> dict:
     except Exception as e:  # pickle.UnpicklingError and friends: not a torch checkpoint, or code to run
         text = str(e)
         if "Weights only load failed" in text or "Unsupported global" in text:
-            what = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "")
-            raise DeltaCheckpointError(f"{path!r} holds Python objects beyond weights ({what or 'a disallowed global'})"
-                                       "; refused: loading it could run code. Load only checkpoints you trust "
-                                       "as fairseq checkpoints") from None
+            what = re.search(r"GLOBAL (\S+)", text)
+            raise DeltaCheckpointError(f"{path!r} holds a Python object beyond weights "
+                                       f"({what.group(1) if what else 'a global not on the allow-list'}); refused: "
+                                       "loading it could run code (unifairseq loads checkpoints weights-only)") from None
         raise DeltaCheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                                    f"{text.splitlines()[0] if text else ''})") from None
     if not isinstance(state, dict) or "model" not in state:
