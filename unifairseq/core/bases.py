@@ -216,18 +216,18 @@ class FingerprintIndex:
 # ---------------------------------------------------------------- resolve
 def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
             recorded_path: Optional[str] = None, fingerprint_file: Optional[Callable[[str], str]] = None,
-            verify: bool = True, option: str = "--delta-base") -> Found:
+            verify: bool = True, option: str = "--delta-base PATH") -> Found:
     """The base file, by the search order above. `flag` is what the user gave (name or path), `name`,
     `fingerprint` and `recorded_path` what the delta recorded. With `fingerprint_file` (path -> content
     fingerprint) and a recorded fingerprint, step 5 can run, and with `verify` a file found by name or
     recorded path whose content differs is passed over (without `verify` the caller's loader checks the
-    file it reads anyway, so nothing is read twice). `option` is the flag the error message suggests.
+    file it reads anyway, so nothing is read twice). `option`: how to give a path, for the error message.
     Tools call this through unifairseq.fairseq.checkpoint.find_base."""
     if flag and as_path(flag) is None and not valid_name(flag):
         if os.sep in flag or (os.altsep and os.altsep in flag):
             raise BaseNotFound(f"base {flag!r}: no such checkpoint file, nor a folder holding {BASE_FILE}; "
-                               f"pass an existing path with {option}, or a base name")
-        check_name(flag, f"a base file or a base name ({option})")
+                               f"give an existing path ({option}) or a base name")
+        check_name(flag, "a base file or a base name")
     index = FingerprintIndex(fingerprint_file) if (fingerprint_file and fingerprint) else None
     tried: List[str] = []
 
@@ -284,4 +284,4 @@ def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint:
     looked = flag or name or "(no name recorded)"
     add_as = flag if valid_name(flag) else (name if valid_name(name) else "NAME")
     raise BaseNotFound(f"base {looked!r} not found; tried {'; '.join(tried) or 'nothing (no name, path or fingerprint)'}"
-                       f": pass its path with {option} PATH, or `unifairseq-base add PATH --name {add_as}`")
+                       f": pass its path ({option}), or `unifairseq-base add PATH --name {add_as}`")

@@ -45,7 +45,7 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
         from unifairseq.fairseq.checkpoint import find_base
 
         try:
-            base = find_base(base, option="--base").path
+            base = find_base(base, option="--base PATH").path
         except BaseNotFound as e:
             raise BankError(str(e)) from None
         args.delta_base = base

@@ -117,7 +117,7 @@ def file_content_fingerprint(path: str) -> str:
 
 
 def find_base(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
-              recorded_path: Optional[str] = None, verify: bool = True, option: str = "--delta-base") -> "bases.Found":
+              recorded_path: Optional[str] = None, verify: bool = True, option: str = "--delta-base PATH") -> "bases.Found":
     """THE base lookup of every tool (fairseq-generate/-interactive/-train under --user-dir, the hub,
     unifairseq-export, unifairseq-bank, unifairseq-base): core/bases.py's search order, with the content
     fingerprints read by the weights-only loader above. `flag`: what the user gave (name or path);

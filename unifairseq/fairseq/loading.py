@@ -38,7 +38,7 @@ def delta_folder_as_base(path: str, arg_overrides):
     flag = overrides.pop("delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
     # unverified by name or path: the base is read right after, and apply_delta checks its content
     found = find_base(flag, rec["name"], rec["fingerprint"], rec["path_hint"], verify=False,
-                      option="--model-overrides \"{'delta_base': 'NAME_OR_PATH'}\" (or UNIFAIRSEQ_DELTA_BASE)")
+                      option="--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
     import logging
 
     logging.getLogger("unifairseq.fairseq").info(f"unifairseq: delta folder {path}: base {found.path} found {found.how}")

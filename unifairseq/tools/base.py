@@ -31,7 +31,7 @@ def find(target: str) -> int:
         rec = read_config(target)["base"]
         found = find_base(None, rec["name"], rec["fingerprint"], rec["path_hint"])
     else:
-        found = find_base(target, option="a path")
+        found = find_base(target, option="unifairseq-base find PATH")
     print(found.path)
     print(f"unifairseq-base: found {found.how}", file=sys.stderr)
     return 0

@@ -135,7 +135,7 @@ def base_file_for(state: dict, path: str, base_override: Optional[str]) -> str:
         raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base NAME_OR_PATH")
     try:
         return find_base(base_override, info.get("base_name"), info.get("base_content"), stored or None,
-                         option="--base").path
+                         option="--base PATH").path
     except BaseNotFound as e:
         raise DeltaCheckpointError(f"{path}: {e}") from None
 

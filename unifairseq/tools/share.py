@@ -43,7 +43,7 @@ def base_record(sd, ckpt: str, flag):
     content = info.get("base_content")
     if not content:
         try:
-            found = find_base(flag, info.get("base_name"), recorded_path=path or None, option="--base")
+            found = find_base(flag, info.get("base_name"), recorded_path=path or None, option="--base PATH")
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"{ckpt!r} records no base content fingerprint (made before unifairseq "
                                        f"recorded it) and its base cannot be read to compute it: pass --base "
@@ -103,7 +103,7 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     state = {"model": dict(tensors), "args": Namespace(**config["model"], **own), "cfg": None}
     if with_base_args:
         try:  # by name or path (verified below, on the weights read anyway), else by content
-            found = find_base(base_flag, rec["name"], rec["fingerprint"], rec["path_hint"], verify=False, option="--base")
+            found = find_base(base_flag, rec["name"], rec["fingerprint"], rec["path_hint"], verify=False, option="--base PATH")
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"{path}: {e}") from None
         base = load_checkpoint_file(found.path)

@@ -108,7 +108,7 @@ class BankModelMixin:
             recorded = _tensor_to_str(stored) if stored is not None else ""
             try:  # the one lookup: a name or a path, else the recorded path
                 found = find_base(flag, recorded_path=recorded or None,
-                                  option="--model-overrides \"{'delta_base': 'NAME_OR_PATH'}\" (or UNIFAIRSEQ_DELTA_BASE)")
+                                  option="--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
             except BaseNotFound as e:
                 raise BankError(f"this bank checkpoint's base is not there: {e}") from None
             self.load_bank_base(found.path)

@@ -1,8 +1,9 @@
 """Shared delta folders (core/deltafile.py) on a base that fairseq loaded itself.
 
-fairseq-generate and fairseq-interactive torch.load their --path, so the shareable (non-pickle) delta
-cannot be the --path: the base is, loaded by fairseq as usual, and the delta folder comes through the
-model overrides, which reach the model args for old (`args`) and new (`cfg`) checkpoints alike:
+fairseq-generate and fairseq-interactive torch.load their --path, so what fairseq loads is the base, and
+the delta folder comes through the model overrides, which reach the model args for old (`args`) and new
+(`cfg`) checkpoints alike. `--path DELTA_DIR` under --user-dir does both (fairseq/loading.py finds the
+folder's base and sets the overrides); spelled out:
 
     --path BASE/model.pt --model-overrides "{'arch': 'mam_bart_large', '_name': 'mam_bart_large',
                                               'delta_file': 'DELTA_DIR'}"
@@ -149,7 +150,7 @@ def hub_arguments(model_name_or_path, checkpoint_file, data_name_or_path, delta,
         # by name or path first, unverified: the base file is then read once, by fairseq, and apply_delta
         # checks its content; else by content (moved or renamed)
         found = find_base(model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"),
-                          verify=False, option="the hub's first argument")
+                          verify=False, option="from_pretrained('BASE_FOLDER', ...)")
         logger.info(f"unifairseq: base {found.path} found {found.how}")
         model_name_or_path, checkpoint_file = os.path.dirname(found.path), os.path.basename(found.path)
     if config:

@@ -282,7 +282,7 @@ def _base_file(base: str) -> str:
     from unifairseq.fairseq.checkpoint import find_base
 
     try:
-        return find_base(base, option="--base").path
+        return find_base(base, option="--base PATH").path
     except BaseNotFound as e:
         raise BankTaskError(str(e)) from None
 
