@@ -138,16 +138,28 @@ def test_merge_base_nonexistent_message(tmp_path, delta, capsys):
     assert "name 'nonexistent' at" in err[0] and "--base PATH" in err[0]
 
 
-def test_bank_build_takes_a_base_name(tmp_path, delta, monkeypatch):
+def test_bank_build_and_extract_take_a_base_name(tmp_path, delta, monkeypatch):
     base, pt, folder, d, task = delta
-    from unifairseq.fairseq.tasks.bank import _base_file
+    from unifairseq.core.bank import BankError
+    from unifairseq.fairseq.bank_export import load_bank_checkpoint
+    from unifairseq.fairseq.tasks.bank import BankTaskError, build_bank_checkpoint
 
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("en", "ro"):
+        d.save(str(data / f"dict.{lang}.txt"))
     monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
-    assert _base_file("tiny.bart") == base
-    from unifairseq.fairseq.tasks.bank import BankTaskError
-
+    bank = str(tmp_path / "bank.pt")
+    assert build_bank_checkpoint("tiny.bart", {"a": pt}, str(data), bank, "en", "ro") == ["a"]
     with pytest.raises(BankTaskError, match="base 'nope' not found; tried name 'nope'"):
-        _base_file("nope")
+        build_bank_checkpoint("nope", {"a": pt}, str(data), str(tmp_path / "b2.pt"), "en", "ro")
+    moved = move_base(tmp_path, base)  # the path the bank records is gone: a name finds it
+    model, _ = load_bank_checkpoint(bank, str(data), "moved")
+    assert model.bank.base_path == moved
+    with pytest.raises(BankError, match="base 'nope' not found; tried name 'nope'"):
+        load_bank_checkpoint(bank, str(data), "nope")
+    with pytest.raises(BankError, match=f"the recorded path {base} \\(not there\\)"):
+        load_bank_checkpoint(bank, str(data))  # nothing given: the model's own lookup says what it tried
 
 
 def test_delta_folder_as_path_finds_its_moved_base(tmp_path, delta, monkeypatch):

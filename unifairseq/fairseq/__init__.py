@@ -7,6 +7,7 @@
   optim.py         --optimizer torch_adam
   checkpoint.py    delta checkpoints: trained tensors + base fingerprint, base loading
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
+  loading.py       fairseq's checkpoint loader under --user-dir: weights-only always, a delta folder as --path
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and
 the optimizer with fairseq, and prints unifairseq's own user errors as one line (sys.excepthook).
