@@ -24,14 +24,16 @@ def _fp(path: str) -> str:
 
 
 def find(target: str) -> int:
+    from unifairseq.core import bases
     from unifairseq.core.deltafile import is_delta_folder, read_config
-    from unifairseq.fairseq.checkpoint import find_base
 
+    # what checkpoint.find_base does, with its weights-only fingerprint (_fp) imported only when a file
+    # is read: a JSON error or a lookup by name needs no fairseq
     if is_delta_folder(target):
         rec = read_config(target)["base"]
-        found = find_base(None, rec["name"], rec["fingerprint"], rec["path_hint"])
+        found = bases.resolve(None, rec["name"], rec["fingerprint"], rec["path_hint"], _fp)
     else:
-        found = find_base(target, option="unifairseq-base find PATH")
+        found = bases.resolve(target, fingerprint_file=_fp, option="unifairseq-base find PATH")
     print(found.path)
     print(f"unifairseq-base: found {found.how}", file=sys.stderr)
     return 0
