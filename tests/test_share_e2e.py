@@ -113,7 +113,7 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
     pt, shared, printed = out[arch]
     cfg = json.loads((shared / "delta_config.json").read_text())
     assert cfg["base"]["name"] == "other" and cfg["base"]["path_hint"] == str(base), "the base was recognised"
-    assert "fairseq-generate" in printed and f"'delta_file': '{shared}'" in printed
+    assert "fairseq-generate" in printed and f"--path {shared}" in printed and "unifairseq-base find" not in printed
     ref = run([PY, "-m", "fairseq_cli.generate", a / "data-bin", "--user-dir", REPO / "user_dir", "--path", pt,
                *GEN]).stdout
     # B: a copy of the delta and of the data, the base under another folder name, nothing at A's paths
@@ -136,6 +136,10 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
         assert loads == [found], "fairseq unpickled the base only"
         got, want = hyps(p.stdout), hyps(ref)
         assert len(want) == 8 and got == want, "the same hypotheses and scores as A's .pt delta"
+        # the printed command: the folder itself as --path, its base found inside (no command substitution)
+        p, loads = watched(b, b / "delta", "fairseq_cli.generate", b / "data-bin", "--user-dir", REPO / "user_dir",
+                           "--path", b / "delta", *GEN)
+        assert loads == [found] and hyps(p.stdout) == want, "--path DELTA_DIR: the same, the base unpickled only"
         p, loads = watched(b, b / "delta", "fairseq_cli.interactive", b / "data-bin", "--user-dir", REPO / "user_dir",
                            "--path", found, "--model-overrides", over, "--source-lang", "en", "--target-lang", "ro",
                            "--beam", "3", "--max-len-b", "8", "--batch-size", "1", "--buffer-size", "1", "--cpu",

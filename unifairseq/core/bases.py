@@ -18,13 +18,20 @@ roberta.base, roberta.large. Nothing is ever downloaded. The content fingerprint
 base's own tensors (names, shapes, dtypes, sampled values) as stored in the file: it does not depend on
 the method a delta trains (BitFit's plan fingerprint skips the biases it trains; this one does not).
 torch only; reading a file's tensors is the caller's (`fingerprint_file`), so this module never loads
-a checkpoint itself.
+a checkpoint itself: every tool calls the one lookup, unifairseq.fairseq.checkpoint.find_base, which
+reads files through the weights-only loader.
+
+A base name is one folder name: letters, digits, `.`, `_`, `-`, not starting with `.` (so never `.`,
+`..`, `...`, a hidden or temporary entry, a path or a control character). A name a delta records is
+checked the same way: a stranger's delta folder cannot point the lookup outside the search folders.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -38,8 +45,27 @@ BASE_FILE = "model.pt"
 INDEX_NAME = "bases-index.json"
 
 
+logger = logging.getLogger("unifairseq.bases")
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 class BaseNotFound(UnifairseqError, LookupError):
-    """No base matched; the message lists where it looked and how to add one."""
+    """No base matched; the message lists the names and places tried and how to add one."""
+
+
+class BadBaseName(BaseNotFound, ValueError):
+    """A base name that is not one plain folder name."""
+
+
+def valid_name(name) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def check_name(name: str, what: str = "a base name") -> str:
+    if not valid_name(name):
+        raise BadBaseName(f"{name!r} is not {what}: a base name is one folder name of letters, digits, '.', '_' "
+                          "and '-', not starting with '.' (e.g. bart.large)")
+    return name
 
 
 @dataclass
@@ -98,6 +124,9 @@ def as_path(value: str) -> Optional[str]:
 
 
 def by_name(name: str) -> Optional[Found]:
+    """<folder>/<name>/model.pt in search order; None for a name that is not valid (never a path)."""
+    if not valid_name(name):
+        return None
     for folder, where in search_folders():
         p = os.path.join(folder, name, BASE_FILE)
         if os.path.isfile(p):
@@ -106,22 +135,27 @@ def by_name(name: str) -> Optional[Found]:
 
 
 def candidates() -> Iterator[Tuple[str, str, str]]:
-    """(name, base file, where) for every <folder>/<name>/model.pt on the search path."""
+    """(name, base file, where) for every <folder>/<name>/model.pt on the search path whose name is a
+    valid base name (hidden and temporary entries, e.g. an `add` under way, are not bases)."""
     seen = set()
     for folder, where in search_folders():
-        if not os.path.isdir(folder):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:  # missing or unreadable: nothing there
             continue
-        for name in sorted(os.listdir(folder)):
+        for name in names:
             p = os.path.join(folder, name, BASE_FILE)
             real = os.path.realpath(p)
-            if os.path.isfile(p) and real not in seen:
+            if valid_name(name) and os.path.isfile(p) and real not in seen:
                 seen.add(real)
                 yield name, os.path.abspath(p), where
 
 
 # ---------------------------------------------------------------- the index
 class FingerprintIndex:
-    """Content fingerprints of base files, cached per (path, size, mtime) in a small JSON file."""
+    """Content fingerprints of base files, cached per (path, size, mtime) in a small JSON file. The
+    index only saves work: an unreadable index is rebuilt, an unwritable one (a read-only cache) is not
+    written, and a lookup answers either way."""
 
     def __init__(self, fingerprint_file: Callable[[str], str], path: Optional[str] = None):
         self.fingerprint_file = fingerprint_file
@@ -134,6 +168,7 @@ class FingerprintIndex:
         except (OSError, ValueError):  # no index yet, or a damaged one: rebuilt from the files
             self.entries = {}
         self.dirty = False
+        self.failed: Dict[str, str] = {}  # real path -> why it could not be read (this lookup only)
 
     def get(self, base_file: str) -> str:
         real = os.path.realpath(base_file)
@@ -146,64 +181,107 @@ class FingerprintIndex:
         self.dirty = True
         return fp
 
+    def get_or_warn(self, base_file: str) -> Optional[str]:
+        """The fingerprint, or None with a one-line warning for a file that cannot be read (a damaged
+        cache entry must not fail lookups of other bases)."""
+        real = os.path.realpath(base_file)
+        if real in self.failed:  # warned once per lookup
+            return None
+        try:
+            return self.get(base_file)
+        except (UnifairseqError, OSError) as e:
+            self.failed[real] = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.warning(f"unifairseq: warning: skipping base {base_file}: {self.failed[real]}")
+            return None
+
     def save(self) -> None:
+        """Best effort: the answer is already known, a cache that cannot be written only costs a rescan."""
         if not self.dirty:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)  # a reader sees the old index or the new one, never half of one
-        self.dirty = False
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(self.entries, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)  # a reader sees the old index or the new one, never half of one
+            self.dirty = False
+        except OSError as e:
+            logger.info(f"unifairseq: fingerprint index {self.path} not written ({e.strerror or e})")
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------- resolve
 def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
-            recorded_path: Optional[str] = None,
-            fingerprint_file: Optional[Callable[[str], str]] = None) -> Found:
+            recorded_path: Optional[str] = None, fingerprint_file: Optional[Callable[[str], str]] = None,
+            verify: bool = True, option: str = "--delta-base PATH") -> Found:
     """The base file, by the search order above. `flag` is what the user gave (name or path), `name`,
     `fingerprint` and `recorded_path` what the delta recorded. With `fingerprint_file` (path -> content
-    fingerprint) and a recorded fingerprint, a file found by name whose content differs is passed over,
-    and step 5 can run."""
+    fingerprint) and a recorded fingerprint, step 5 can run, and with `verify` a file found by name or
+    recorded path whose content differs is passed over (without `verify` the caller's loader checks the
+    file it reads anyway, so nothing is read twice). `option`: how to give a path, for the error message.
+    Tools call this through unifairseq.fairseq.checkpoint.find_base."""
+    if flag and as_path(flag) is None and not valid_name(flag):
+        if os.sep in flag or (os.altsep and os.altsep in flag):
+            raise BaseNotFound(f"base {flag!r}: no such checkpoint file, nor a folder holding {BASE_FILE}; "
+                               f"give an existing path ({option}) or a base name")
+        check_name(flag, "a base file or a base name")
     index = FingerprintIndex(fingerprint_file) if (fingerprint_file and fingerprint) else None
-    passed = []
+    tried: List[str] = []
 
-    def accept(found: Optional[Found]) -> Optional[Found]:
-        if found is None:
-            return None
-        if index is not None and index.get(found.path) != fingerprint:
-            passed.append(f"{found.path} (another fingerprint)")
-            return None
+    def accept(found: Found) -> Optional[Found]:
+        if index is not None and verify:
+            got = index.get_or_warn(found.path)
+            if got != fingerprint:
+                why = index.failed.get(os.path.realpath(found.path))
+                tried.append(f"{found.path} ({'another fingerprint' if got is not None else 'unreadable: ' + why})")
+                return None
         return found
+
+    def named(n: str, from_flag: bool) -> Optional[Found]:
+        places = [os.path.join(folder, n, BASE_FILE) for folder, _ in search_folders()]
+        hit = by_name(n)
+        if hit is not None:
+            hit = accept(hit if not from_flag else Found(hit.path, "from the flag, " + hit.how))
+        if hit is None:
+            tried.append(f"name {n!r} at {', '.join(places)}")
+        return hit
 
     try:
         if flag:
             path = as_path(flag)
             if path:
                 return Found(path, "from the flag (a path)")  # the user's explicit file: the loader checks it
-            hit = accept(by_name(flag))
+            hit = named(flag, True)
             if hit:
-                return Found(hit.path, "from the flag, " + hit.how)
+                return hit
+        elif name and not valid_name(name):
+            tried.append(f"the recorded name {name!r} (not a valid base name, skipped)")
         elif name:
-            hit = accept(by_name(name))
+            hit = named(name, False)
             if hit:
                 return hit
-        if not flag and recorded_path and os.path.isfile(recorded_path):
-            hit = accept(Found(os.path.abspath(recorded_path), "at the path recorded when the delta was trained"))
-            if hit:
-                return hit
+        if not flag and recorded_path:
+            if os.path.isfile(recorded_path):
+                hit = accept(Found(os.path.abspath(recorded_path), "at the path recorded when the delta was trained"))
+                if hit:
+                    return hit
+            else:
+                tried.append(f"the recorded path {recorded_path} (not there)")
         if index is not None:
+            scanned = 0
             for cand_name, path, where in candidates():
-                if index.get(path) == fingerprint:
+                scanned += 1
+                if index.get_or_warn(path) == fingerprint:
                     return Found(path, f"by fingerprint {fingerprint[:12]} as {cand_name!r} in {where}")
+            tried.append(f"fingerprint {fingerprint[:12]} against {scanned} base file(s) under "
+                         + ", ".join(f for f, _ in search_folders()))
     finally:
         if index is not None:
             index.save()
     looked = flag or name or "(no name recorded)"
-    where = "; ".join(f for f, _ in search_folders())
-    extra = f"; passed over: {', '.join(passed)}" if passed else ""
-    raise BaseNotFound(
-        f"base {looked!r} not found (searched {where}"
-        + (f", the recorded path {recorded_path}" if recorded_path else "")
-        + (f", and every */model.pt there for fingerprint {fingerprint[:12]}" if index is not None else "")
-        + f"{extra}): pass --delta-base PATH, or `unifairseq-base add PATH --name {name or flag or 'NAME'}`")
+    add_as = flag if valid_name(flag) else (name if valid_name(name) else "NAME")
+    raise BaseNotFound(f"base {looked!r} not found; tried {'; '.join(tried) or 'nothing (no name, path or fingerprint)'}"
+                       f": pass its path ({option}), or `unifairseq-base add PATH --name {add_as}`")

@@ -153,7 +153,9 @@ def export_sizes(is_delta: bool, name: str, checkpoint: str, workdir: str) -> di
         res = export_inference(checkpoint, out, force=True)
         return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=res["bytes"],
                     inference_file=out, inference_params=res["params"])
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from ..fairseq.checkpoint import load_checkpoint_file
+
+    state = load_checkpoint_file(checkpoint)  # weights-only, with fairseq's allow-list
     state["last_optimizer_state"] = None
     torch.save(state, out)
     params = sum(v.numel() for v in state["model"].values() if torch.is_tensor(v))

@@ -40,7 +40,14 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
     if not getattr(args, "data", None) or not os.path.isdir(str(args.data)):
         raise BankError(f"the data folder of {path} ({getattr(args, 'data', None)!r}) is not there: pass --data "
                         "DIR (fairseq-preprocess output with the base's dictionaries)")
-    if base:
+    if base:  # a name or a path, by the one lookup (the model would resolve it the same way)
+        from unifairseq.core.bases import BaseNotFound
+        from unifairseq.fairseq.checkpoint import find_base
+
+        try:
+            base = find_base(base, option="--base PATH").path
+        except BaseNotFound as e:
+            raise BankError(str(e)) from None
         args.delta_base = base
     task = tasks.setup_task(args)
     overrides = {"data": args.data, **({"delta_base": base} if base else {})}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -61,15 +62,23 @@ def load_checkpoint_file(path: str) -> dict:
                                    "interrupted; use another checkpoint or retrain")
     register_safe_globals()
     try:
-        state = torch.load(path, map_location="cpu")
+        # weights_only explicitly: torch's default can be turned off by the environment
+        # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), and a stranger's file must never run code on load
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeltaCheckpointError(
             f"checkpoint {path!r} ({size:,} bytes) is truncated or corrupt and cannot be read "
             f"({first}); re-copy or re-export it") from None
-    except Exception as e:  # pickle.UnpicklingError and friends: not a torch checkpoint
+    except Exception as e:  # pickle.UnpicklingError and friends: not a torch checkpoint, or code to run
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            what = re.search(r"GLOBAL (\S+)", text)
+            raise DeltaCheckpointError(f"{path!r} holds a Python object beyond weights "
+                                       f"({what.group(1) if what else 'a global not on the allow-list'}); refused: "
+                                       "loading it could run code (unifairseq loads checkpoints weights-only)") from None
         raise DeltaCheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                   f"{text.splitlines()[0] if text else ''})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DeltaCheckpointError(f"{path!r} is a PyTorch file but not a fairseq checkpoint (no 'model' entry)")
     return state
@@ -107,6 +116,16 @@ def _tensor_to_str(t: torch.Tensor) -> str:
 def file_content_fingerprint(path: str) -> str:
     """The plan-independent content fingerprint (core/bases.py) of a base checkpoint file."""
     return bases.content_fingerprint(load_checkpoint_file(path)["model"])
+
+
+def find_base(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
+              recorded_path: Optional[str] = None, verify: bool = True, option: str = "--delta-base PATH") -> "bases.Found":
+    """THE base lookup of every tool (fairseq-generate/-interactive/-train under --user-dir, the hub,
+    unifairseq-export, unifairseq-bank, unifairseq-base): core/bases.py's search order, with the content
+    fingerprints read by the weights-only loader above. `flag`: what the user gave (name or path);
+    `name`, `fingerprint`, `recorded_path`: the delta's record; `verify=False` when the caller checks
+    the content of the file it loads itself (nothing is read twice)."""
+    return bases.resolve(flag, name, fingerprint, recorded_path, file_content_fingerprint, verify=verify, option=option)
 
 
 def base_name_of(path: Optional[str], flag: Optional[str] = None) -> Optional[str]:
@@ -157,7 +176,10 @@ class DeltaCheckpointMixin:
         base name (core/bases.py's search order); `delta=DIR` puts a shared delta folder on that base."""
         from unifairseq.fairseq.models.sharing import hub_arguments
 
+        from unifairseq.fairseq import loading
+
         register_safe_globals()
+        loading.install()  # fairseq's loader reads the base weights-only, whatever the environment
         model_name_or_path, checkpoint_file, data_name_or_path, kwargs = hub_arguments(
             model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs)
         return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
@@ -264,8 +286,7 @@ class DeltaCheckpointMixin:
                 "--delta-base NAME_OR_PATH (fairseq-train), --model-overrides \"{'delta_base': 'PATH'}\" "
                 "(fairseq-generate) or UNIFAIRSEQ_DELTA_BASE=PATH")
         try:
-            found = bases.resolve(override, info.get("base_name"), info.get("base_content"), stored_path,
-                                  file_content_fingerprint)
+            found = find_base(override, info.get("base_name"), info.get("base_content"), stored_path)
         except bases.BaseNotFound as e:
             trained_on = stored_path or info.get("base_name")
             raise DeltaCheckpointError(f"this delta checkpoint was trained on the base {trained_on!r}, which "

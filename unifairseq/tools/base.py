@@ -5,7 +5,8 @@
     unifairseq-base list                             the search path, the bases there, their fingerprints
     unifairseq-base add PATH --name NAME [--copy]    link (or copy) a base folder or file into the cache
 
-`--path "$(unifairseq-base find DELTA_DIR)"` gives fairseq-generate the delta's own base.
+On failure `find` prints nothing on stdout and exits non-zero. fairseq-generate needs no `find`: give it
+the delta folder itself as --path (docs/sharing.md).
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def find(target: str) -> int:
     from unifairseq.core import bases
     from unifairseq.core.deltafile import is_delta_folder, read_config
 
+    # what checkpoint.find_base does, with its weights-only fingerprint (_fp) imported only when a file
+    # is read: a JSON error or a lookup by name needs no fairseq
     if is_delta_folder(target):
         rec = read_config(target)["base"]
         found = bases.resolve(None, rec["name"], rec["fingerprint"], rec["path_hint"], _fp)
     else:
-        found = bases.resolve(target)
+        found = bases.resolve(target, fingerprint_file=_fp, option="unifairseq-base find PATH")
     print(found.path)
     print(f"unifairseq-base: found {found.how}", file=sys.stderr)
     return 0
@@ -46,32 +49,49 @@ def list_bases() -> int:
     rows = list(bases.candidates())
     print(f"bases ({len(rows)}):" if rows else "no bases found (unifairseq-base add PATH --name NAME)")
     for name, path, where in rows:
-        print(f"  {name:20s} {index.get(path)[:16]}  {path}")
+        fp = index.get_or_warn(path)  # a damaged entry: one warning, the others still listed
+        print(f"  {name:20s} {fp[:16] if fp else '(unreadable)':16s}  {path}")
     index.save()
     return 0
 
 
 def add(path: str, name: str, do_copy: bool) -> int:
+    """Validate first (a valid name, a readable fairseq checkpoint loaded weights-only, not a delta),
+    then link or copy under a temporary name and rename: a failure leaves nothing in the cache."""
     from unifairseq.core import bases
+    from unifairseq.fairseq.checkpoint import BASE_PATH_KEY, FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 
-    if os.sep in name or name in ("", ".", ".."):
-        raise ValueError(f"--name {name!r}: a base name is one folder name, e.g. bart.large")
+    bases.check_name(name, "a base name (--name)")
     src = bases.as_path(path)
     if src is None:
         raise ValueError(f"{path!r} is neither a checkpoint file nor a folder holding {bases.BASE_FILE}")
-    dest = os.path.join(bases.cache_dir(), "bases", name)
+    sd = load_checkpoint_file(src)["model"]
+    if FINGERPRINT_KEY in sd or BASE_PATH_KEY in sd:  # what only delta-only (and bank) checkpoints record
+        raise DeltaCheckpointError(f"{src!r} is a delta (or bank) checkpoint, not a base model; add the full "
+                                   "pretrained checkpoint it was trained on")
+    fp = bases.content_fingerprint(sd)
+    root = os.path.join(bases.cache_dir(), "bases")
+    dest = os.path.join(root, name)
     if os.path.lexists(dest):
         raise ValueError(f"{dest} exists; pick another --name or remove it")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    folder = os.path.dirname(src)
-    if os.path.basename(src) == bases.BASE_FILE:  # the whole folder (dict.txt, BPE files travel with it)
-        shutil.copytree(folder, dest) if do_copy else os.symlink(folder, dest, target_is_directory=True)
-    else:  # a single checkpoint file: a folder holding it as model.pt
-        os.makedirs(dest)
-        target = os.path.join(dest, bases.BASE_FILE)
-        shutil.copy2(src, target) if do_copy else os.symlink(src, target)
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, f".{name}.adding.{os.getpid()}")  # a hidden name: never taken for a base
+    try:
+        if os.path.basename(src) == bases.BASE_FILE:  # the whole folder (dict.txt, BPE files travel with it)
+            folder = os.path.dirname(src)
+            shutil.copytree(folder, tmp) if do_copy else os.symlink(folder, tmp, target_is_directory=True)
+        else:  # a single checkpoint file: a folder holding it as model.pt
+            os.makedirs(tmp)
+            target = os.path.join(tmp, bases.BASE_FILE)
+            shutil.copy2(src, target) if do_copy else os.symlink(src, target)
+        if os.path.lexists(dest):
+            raise ValueError(f"{dest} appeared while adding; pick another --name or remove it")
+        os.rename(tmp, dest)
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp) if os.path.isdir(tmp) and not os.path.islink(tmp) else os.remove(tmp)
     print(f"{'copied' if do_copy else 'linked'} {src} as base {name!r}: {os.path.join(dest, bases.BASE_FILE)} "
-          f"(fingerprint {_fp(os.path.join(dest, bases.BASE_FILE))[:16]})")
+          f"(fingerprint {fp[:16]})")
     return 0
 
 

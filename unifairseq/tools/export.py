@@ -18,6 +18,7 @@ existing file unless --force is given.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import sys
@@ -33,7 +34,7 @@ from unifairseq.core.methods import METHODS
 from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
 from unifairseq.core.plan import DeltaPlan
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, META_KEYS,
+from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
                                            DeltaCheckpointError, _tensor_to_str, atomic_save,
                                            load_checkpoint_file)
 
@@ -121,19 +122,29 @@ def refuse_unmergeable(plan: DeltaPlan) -> None:
             "`unifairseq-export inference` for a small delta file that fairseq-generate --user-dir loads")
 
 
-def load_base_for(state: dict, path: str, base_override: Optional[str]) -> dict:
-    stored = _tensor_to_str(state["model"][BASE_PATH_KEY]) if BASE_PATH_KEY in state["model"] else None
-    base_path = base_override or stored
-    if base_override and not os.path.isfile(base_override):  # a base name (core/bases.py's search order)
-        from unifairseq.core import bases
+def base_file_for(state: dict, path: str, base_override: Optional[str]) -> str:
+    """The base of the delta `state` (read from `path`) by the one lookup (checkpoint.find_base): --base
+    (a name or a path), else the delta's recorded name, path and content fingerprint."""
+    from unifairseq.core.bases import BaseNotFound
+    from unifairseq.fairseq.checkpoint import find_base
 
-        found = bases.by_name(base_override)
-        base_path = found.path if found else base_override
-    if not base_path:
-        raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base PATH")
-    if not os.path.isfile(base_path):
-        raise DeltaCheckpointError(f"the base {base_path!r} recorded in {path!r} is not there; pass --base PATH")
+    sd = state["model"]
+    stored = _tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else None
+    info = json.loads(_tensor_to_str(sd[INFO_KEY])) if INFO_KEY in sd else {}
+    if not (base_override or stored or info.get("base_name")):
+        raise DeltaCheckpointError(f"{path!r} records no base model; pass it with --base NAME_OR_PATH")
+    try:
+        return find_base(base_override, info.get("base_name"), info.get("base_content"), stored or None,
+                         option="--base PATH").path
+    except BaseNotFound as e:
+        raise DeltaCheckpointError(f"{path}: {e}") from None
+
+
+def load_base_for(state: dict, path: str, base_override: Optional[str], base_path: Optional[str] = None) -> dict:
+    """The base checkpoint of the delta `state` (`base_path` when the caller resolved it already)."""
     from unifairseq.convert.fairseq_to_hf import upgrade_legacy
+
+    base_path = base_path or base_file_for(state, path, base_override)
 
     base = load_checkpoint_file(base_path)
     # the names the delta model uses: a pre-0.10 file (the released roberta.* among them) renamed as
@@ -283,7 +294,8 @@ def main(argv=None) -> int:
                                   "(made before unifairseq recorded it)")
     p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
     p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base checkpoint (default: the path recorded in CKPT)")
+    p.add_argument("--base", help="base name or checkpoint (default: the delta's record, by the search order of "
+                                  "docs/sharing.md)")
     p = sub.add_parser("unmerge", help="take a merged delta back out of a merged checkpoint")
     p.add_argument("merged"), p.add_argument("ckpt"), p.add_argument("out")
     from unifairseq.tools import export_hf  # imported here: it imports this module

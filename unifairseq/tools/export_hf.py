@@ -32,7 +32,7 @@ from typing import Optional
 
 from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
-from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
+from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
                                      refuse_unmergeable)
 
 ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "
@@ -114,8 +114,8 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
                             "a delta checkpoint; drop them to convert this model as it is")
     base_path = ckpt
     if is_delta:
-        base_state = load_base_for(state, ckpt, base)
-        base_path = _base_path(state, base)
+        base_path = base_file_for(state, ckpt, base)  # a name resolves to its file (dict.txt beside it)
+        base_state = load_base_for(state, ckpt, base, base_path)
     kw = dict(hf_vocab_dir=hf_vocab, dict_symbols=_dict_symbols(dict_path, base_path))
     with _Folder(out, force, (ckpt, base_path, dict_path, hf_vocab, bpe_dir)) as stage:
         if not is_delta:
@@ -150,12 +150,6 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
         with open(os.path.join(stage, "unifairseq_export.json"), "w", encoding="utf-8") as f:
             json.dump({"source": os.path.abspath(ckpt), "notes": hf.notes}, f, indent=2)
     return dict(out=out, family=hf.family, class_name=hf.class_name, notes=hf.notes)
-
-
-def _base_path(state, override):
-    from unifairseq.fairseq.checkpoint import BASE_PATH_KEY, _tensor_to_str
-
-    return override or _tensor_to_str(state["model"][BASE_PATH_KEY])
 
 
 def _export_peft(state, base_state, stage, final_out, head, kw, bpe_dir, peft_base_name):
@@ -242,7 +236,7 @@ def re_escape(name: str) -> str:
 def add_parser(sub) -> None:
     p = sub.add_parser("hf", help="Hugging Face transformers folder (base, merged delta) or peft adapter")
     p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base checkpoint of a delta (default: the path recorded in CKPT)")
+    p.add_argument("--base", help="base name or checkpoint of a delta (default: the delta's record)")
     p.add_argument("--base-only", action="store_true", help="export the delta's base model only")
     p.add_argument("--peft", action="store_true", help="LoRA/DoRA/(IA)³: OUT/base + OUT/adapter (peft) instead of merging")
     p.add_argument("--adapters", action="store_true",

@@ -16,7 +16,7 @@ from unifairseq.core.config import DeltaConfig
 from unifairseq.core.deltafile import write_delta
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
                                            _str_to_tensor, _tensor_to_str, base_name_of,
-                                           file_content_fingerprint)
+                                           file_content_fingerprint, find_base)
 from unifairseq.fairseq.models.sharing import SHAPE_ARGS
 
 HEAD_PREFIX = "classification_heads."
@@ -43,7 +43,7 @@ def base_record(sd, ckpt: str, flag):
     content = info.get("base_content")
     if not content:
         try:
-            found = bases.resolve(flag, recorded_path=path or None)
+            found = find_base(flag, info.get("base_name"), recorded_path=path or None, option="--base PATH")
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"{ckpt!r} records no base content fingerprint (made before unifairseq "
                                        f"recorded it) and its base cannot be read to compute it: pass --base "
@@ -72,18 +72,15 @@ def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool =
 
 def usage(out: str, config: dict) -> str:
     folder = os.path.abspath(out)
-    arch = config["arch"]
-    overrides = str({"arch": arch, "_name": arch, "delta_file": folder})
-    # double quotes read best (fairseq's own docs write overrides so); shlex's quoting when the path needs it
-    overrides = f'"{overrides}"' if not any(c in overrides for c in '"$`\\!') else shlex.quote(overrides)
-    find = f'"$(unifairseq-base find {shlex.quote(folder)})"'
+    # the folder itself is the --path: under --user-dir its base is found by the one lookup (the
+    # delta's recorded name, path, fingerprint) and the delta put on it (unifairseq/fairseq/loading.py)
     return "\n".join([
         f"delta written to {folder} (base {config['base']['name']!r}, "
         f"fingerprint {config['base']['fingerprint'][:12]})",
         "decode it with (add your task's flags: --task, languages, beam, ...):",
-        f'  fairseq-generate DATA-BIN --user-dir "$(unifairseq-user-dir)" --path {find} \\',
-        f"      --model-overrides {overrides} --required-batch-size-multiple 1",  # no last batch dropped
-        "  (fairseq-interactive takes the same --path and --model-overrides)",
+        f'  fairseq-generate DATA-BIN --user-dir "$(unifairseq-user-dir)" --path {shlex.quote(folder)}',
+        "  (fairseq-interactive takes the same --path; another base: --model-overrides "
+        "\"{'delta_base': 'NAME_OR_PATH'}\")",
         "or in Python:",
         f"  {'DeltaRobertaModel' if config['family'] == 'roberta' else 'DeltaBARTModel'}.from_pretrained("
         f"{config['base']['name']!r}, delta={folder!r}, data_name_or_path=DATA-BIN)"])
@@ -105,12 +102,8 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     own = dict(arch=config["arch"], **config["delta"])
     state = {"model": dict(tensors), "args": Namespace(**config["model"], **own), "cfg": None}
     if with_base_args:
-        where = (base_flag, rec["name"], rec["fingerprint"], rec["path_hint"])
         try:  # by name or path (verified below, on the weights read anyway), else by content
-            try:
-                found = bases.resolve(*where)
-            except bases.BaseNotFound:
-                found = bases.resolve(*where, file_content_fingerprint)
+            found = find_base(base_flag, rec["name"], rec["fingerprint"], rec["path_hint"], verify=False, option="--base PATH")
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"{path}: {e}") from None
         base = load_checkpoint_file(found.path)

@@ -103,12 +103,17 @@ class BankModelMixin:
             self.bank.load_pending()  # delta files of --bank-deltas, on this base
             return result
         if self.bank.base_path is None:  # a bank checkpoint: its base first
-            path = (getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
-                    or (_tensor_to_str(stored) if stored is not None else ""))
-            if not path or not os.path.isfile(path):
-                raise BankError(f"this bank checkpoint's base {path or '(none recorded)'!r} is not there: pass it with "
-                                "--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
-            self.load_bank_base(path)
+            from unifairseq.core.bases import BaseNotFound
+            from unifairseq.fairseq.checkpoint import find_base
+
+            flag = getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
+            recorded = _tensor_to_str(stored) if stored is not None else ""
+            try:  # the one lookup: a name or a path, else the recorded path
+                found = find_base(flag, recorded_path=recorded or None,
+                                  option="--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
+            except BaseNotFound as e:
+                raise BankError(f"this bank checkpoint's base is not there: {e}") from None
+            self.load_bank_base(found.path)
         merged = OrderedDict(torch.nn.Module.state_dict(self))
         merged.update(sd)
         result = super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)

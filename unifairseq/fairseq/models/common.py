@@ -73,7 +73,7 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
     """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
     them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
     from unifairseq.core import bases
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError, file_content_fingerprint
+    from unifairseq.fairseq.checkpoint import DeltaCheckpointError, find_base
     from unifairseq.fairseq.models.sharing import task_dictionaries
     from unifairseq.fairseq.resume import repair_last_checkpoint
 
@@ -93,7 +93,7 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
         before_base(model)  # RoBERTa: a shared delta's heads must exist before any tensors load
     if model.delta_base:
         try:  # a name or a path (core/bases.py's search order)
-            found = bases.resolve(model.delta_base, fingerprint_file=file_content_fingerprint)
+            found = find_base(model.delta_base)
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"--delta-base: {e}") from None
         model.load_base(found.path)

@@ -1,8 +1,9 @@
 """Shared delta folders (core/deltafile.py) on a base that fairseq loaded itself.
 
-fairseq-generate and fairseq-interactive torch.load their --path, so the shareable (non-pickle) delta
-cannot be the --path: the base is, loaded by fairseq as usual, and the delta folder comes through the
-model overrides, which reach the model args for old (`args`) and new (`cfg`) checkpoints alike:
+fairseq-generate and fairseq-interactive torch.load their --path, so what fairseq loads is the base, and
+the delta folder comes through the model overrides, which reach the model args for old (`args`) and new
+(`cfg`) checkpoints alike. `--path DELTA_DIR` under --user-dir does both (fairseq/loading.py finds the
+folder's base and sets the overrides); spelled out:
 
     --path BASE/model.pt --model-overrides "{'arch': 'mam_bart_large', '_name': 'mam_bart_large',
                                               'delta_file': 'DELTA_DIR'}"
@@ -23,7 +24,7 @@ from dataclasses import fields
 
 import torch
 
-from unifairseq.core import bases, deltafile
+from unifairseq.core import deltafile
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.modules import is_delta_name
 from unifairseq.errors import UnifairseqError
@@ -139,20 +140,17 @@ def apply_delta(model, folder: str) -> None:
 def hub_arguments(model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs):
     """from_pretrained(base, delta=DIR): the base by name or path (None: the delta's own record), the
     delta folder as model overrides."""
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint import find_base
 
     kwargs = dict(kwargs)
     config = deltafile.read_config(delta) if delta else None
     given = os.path.join(model_name_or_path, checkpoint_file) if model_name_or_path else None
     if given is None or not os.path.isfile(given):
         rec = config["base"] if config else {}
-        where = (model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"))
-        try:  # by name or path first: the base file is then read once, by fairseq (apply_delta verifies it)
-            found = bases.resolve(*where)
-        except bases.BaseNotFound:
-            if not config:
-                raise
-            found = bases.resolve(*where, file_content_fingerprint)  # by content: moved or renamed
+        # by name or path first, unverified: the base file is then read once, by fairseq, and apply_delta
+        # checks its content; else by content (moved or renamed)
+        found = find_base(model_name_or_path, rec.get("name"), rec.get("fingerprint"), rec.get("path_hint"),
+                          verify=False, option="from_pretrained('BASE_FOLDER', ...)")
         logger.info(f"unifairseq: base {found.path} found {found.how}")
         model_name_or_path, checkpoint_file = os.path.dirname(found.path), os.path.basename(found.path)
     if config:

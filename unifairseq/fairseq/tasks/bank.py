@@ -276,6 +276,17 @@ def delta_spec(cfg) -> str:
     return spec
 
 
+def _base_file(base: str) -> str:
+    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint.find_base)."""
+    from unifairseq.core.bases import BaseNotFound
+    from unifairseq.fairseq.checkpoint import find_base
+
+    try:
+        return find_base(base, option="--base PATH").path
+    except BaseNotFound as e:
+        raise BankTaskError(str(e)) from None
+
+
 def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_lang=None, target_lang=None,
                           force: bool = False) -> List[str]:
     """Write OUT, a bank checkpoint over BASE holding the delta files {name: path} (bank index = order):
@@ -289,6 +300,7 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
     from unifairseq.fairseq.checkpoint import atomic_save, load_checkpoint_file
     from unifairseq.tools.tiny_base import checkpoint_state
 
+    base = _base_file(base)
     state = load_checkpoint_file(base)
     args = state.get("args")
     if args is None:
@@ -326,7 +338,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("build")
     b.add_argument("out", metavar="OUT.pt")
     b.add_argument("deltas", nargs="+", metavar="NAME=DELTA", help="a delta .pt file or a shared delta folder")
-    b.add_argument("--base", required=True, help="the plain base checkpoint the deltas were trained on")
+    b.add_argument("--base", required=True, help="the plain base the deltas were trained on: a name or a checkpoint")
     b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
     b.add_argument("--source-lang")
     b.add_argument("--target-lang")
@@ -336,7 +348,7 @@ def main(argv=None) -> int:
     x.add_argument("name", metavar="NAME")
     x.add_argument("out", metavar="OUT.pt")
     x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
-    x.add_argument("--base", help="the bank's base checkpoint (default: the path the bank records)")
+    x.add_argument("--base", help="the bank's base, a name or a checkpoint (default: the path the bank records)")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
     unifairseq.fairseq.register()
