@@ -33,6 +33,7 @@ import torch
 
 from unifairseq.core import bases
 from unifairseq.core.accounting import as_plan
+from unifairseq.core.fileperm import as_umask
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.errors import UnifairseqError
@@ -87,6 +88,7 @@ def atomic_save(obj, path: str, overwrite: bool = False) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        as_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

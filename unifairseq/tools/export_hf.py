@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from typing import Optional
 
+from unifairseq.core.fileperm import as_umask
 from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
@@ -78,6 +79,7 @@ class _Folder:
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
             return False
+        as_umask(self.stage)  # mkdtemp made it 0700 and safetensors its files 0600
         old = None
         if os.path.exists(self.out):
             old = self.stage + ".old"
