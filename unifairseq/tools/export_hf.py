@@ -31,7 +31,8 @@ import tempfile
 from typing import Optional
 
 from unifairseq.core.fileperm import as_umask
-from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
+from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
+                                              upgrade_legacy)
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import (HEAD_PREFIX, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
                                      refuse_unmergeable)
@@ -107,6 +108,7 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
               adapters: bool = False) -> dict:
     if sum((base_only, peft, adapters)) > 1:
         raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
+    import_transformers()  # before any work: the one-line message when it is not installed
     from unifairseq.tools.share import read_input
 
     state = read_input(ckpt, base, with_base_args=True)  # a .pt, or a delta folder (never unpickled)
