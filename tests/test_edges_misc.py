@@ -28,3 +28,54 @@ def test_export_hf_without_transformers_is_one_line_naming_the_extra(tmp_path):
     proc = subprocess.run([str(BIN / "unifairseq-export"), "hf", str(tmp_path / "delta.pt"), str(out)],
                           capture_output=True, text=True, env=tool_env(), timeout=300)
     assert proc.returncode == 2 and "transformers" not in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def _tree(folder):
+    """Every path under `folder` with its size and mtime (empty when it does not exist)."""
+    import os
+
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_the_suite_keeps_out_of_the_real_home_cache(tmp_path, private_home):
+    """conftest.private_home: HOME and the caches point into a temporary folder, for this process and the
+    tools it runs; `unifairseq-base add` + `list` (which writes the fingerprint index) write there only."""
+    import json
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from env import REAL_HOME
+    from tiny import tiny_model
+    from unifairseq.core import bases
+    from unifairseq.tools.tiny_base import checkpoint_state
+
+    home = Path(private_home)
+    assert Path(os.environ["HOME"]) == home and Path(os.path.expanduser("~")) == home
+    assert REAL_HOME != home and not home.is_relative_to(REAL_HOME / ".cache")
+    for key in ("XDG_CACHE_HOME", "UNIFAIRSEQ_CACHE"):
+        assert Path(os.environ[key]).is_relative_to(home), (key, os.environ[key])
+    assert Path(bases.cache_dir()) == home / ".cache" / "unifairseq"
+
+    real_cache = REAL_HOME / ".cache" / "unifairseq"
+    before = _tree(real_cache)
+    base = tmp_path / "tiny_edge" / "model.pt"
+    base.parent.mkdir()
+    model, _, args = tiny_model("bart_base")
+    torch.save(checkpoint_state(model, args), base)
+    for argv in (["add", str(base.parent), "--name", "tiny_edge"], ["list"]):
+        proc = subprocess.run([str(BIN / "unifairseq-base"), *argv], capture_output=True, text=True,
+                              env=tool_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    cache = home / ".cache" / "unifairseq"
+    assert (cache / "bases" / "tiny_edge" / "model.pt").resolve() == base.resolve()
+    index = json.loads((cache / bases.INDEX_NAME).read_text())
+    assert [Path(p).resolve() for p in index] == [base.resolve()]
+    assert _tree(real_cache) == before  # nothing added, changed or removed in the user's cache
