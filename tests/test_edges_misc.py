@@ -79,3 +79,29 @@ def test_the_suite_keeps_out_of_the_real_home_cache(tmp_path, private_home):
     index = json.loads((cache / bases.INDEX_NAME).read_text())
     assert [Path(p).resolve() for p in index] == [base.resolve()]
     assert _tree(real_cache) == before  # nothing added, changed or removed in the user's cache
+
+
+def test_a_base_of_a_sibling_presets_size_names_that_preset():
+    """--arch mam_bart_large on a base of bart_base's sizes: the line names both sizes and mam_bart_base
+    (the preset whose defaults build the base's sizes). The state dicts carry only what the size reader
+    looks at: the embedding width and the numbered layers."""
+    from argparse import Namespace
+
+    import torch
+
+    from unifairseq.fairseq import register
+    from unifairseq.fairseq.basefit import other_size
+
+    def state(dim, layers):
+        sd = {f"{s}.embed_tokens.weight": torch.zeros(4, dim) for s in ("encoder", "decoder")}
+        sd.update({f"{s}.layers.{i}.fc1.weight": torch.zeros(1) for s in ("encoder", "decoder") for i in range(layers)})
+        return sd
+
+    register()  # the presets' architectures
+    base, own = state(768, 6), state(1024, 12)
+    assert other_size(base, own, Namespace(arch="mam_bart_large"), "'bart.base/model.pt'") == (
+        "the base 'bart.base/model.pt' has embed_dim 768, layers 6; --arch mam_bart_large builds 1024, 12: "
+        "use --arch mam_bart_base, the preset of the base's size")
+    assert other_size(own, own, Namespace(arch="mam_bart_large"), "x") is None
+    # fairseq's --encoder-layers-to-keep prunes layers itself: only the width is compared then
+    assert other_size(state(1024, 6), own, Namespace(arch="mam_bart_large", encoder_layers_to_keep="0,1"), "x") is None
