@@ -243,22 +243,6 @@ def re_escape(name: str) -> str:
     return re.escape(name)
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("hf", help="Hugging Face transformers folder (base, merged delta) or peft adapter")
-    p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base checkpoint of a delta (default: the path recorded in CKPT)")
-    p.add_argument("--base-only", action="store_true", help="export the delta's base model only")
-    p.add_argument("--peft", action="store_true", help="LoRA/DoRA/(IA)³: OUT/base + OUT/adapter (peft) instead of merging")
-    p.add_argument("--adapters", action="store_true",
-                   help="pa_ffn / scaled_pa on BART: OUT/base + OUT/adapter in AdapterHub adapters' format (for a "
-                        "transformers 4.57 + adapters 1.3.0 environment)")
-    p.add_argument("--peft-base-name", help="adapter_config.json base_model_name_or_path (default: OUT/base)")
-    p.add_argument("--head", help="classification head to export (default: the only one)")
-    p.add_argument("--hf-vocab", help="HF folder the base was imported from: its vocabulary order and tokenizer files")
-    p.add_argument("--dict", dest="dict_path", help="the fairseq dictionary (default: dict.txt beside the base)")
-    p.add_argument("--bpe-dir", help="fairseq GPT-2 BPE files (encoder.json, vocab.bpe) -> vocab.json + merges.txt")
-
-
 def run(a) -> None:
     for k, v in export_hf(a.ckpt, a.out, a.base, a.base_only, a.peft, a.head, a.hf_vocab, a.dict_path, a.bpe_dir,
                           a.peft_base_name, a.force, a.adapters).items():

@@ -36,6 +36,7 @@ from fairseq.tasks.translation import load_langpair_dataset
 
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 from unifairseq.errors import UnifairseqError
+from unifairseq.tools.bank_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger(__name__)
 
@@ -312,33 +313,12 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
     return model.bank.names
 
 
-def main(argv=None) -> int:
-    import argparse
+def run(a) -> int:
+    """The commands of unifairseq-bank (tools/bank_cli.py parses them without importing this module)."""
     import sys
 
     import unifairseq.fairseq
 
-    ap = argparse.ArgumentParser(prog="unifairseq-bank",
-                                 description="build: a bank checkpoint from a base and delta files or folders, for "
-                                             "fairseq-generate/-interactive --task delta_bank --path OUT; "
-                                             "extract: one delta of a bank checkpoint as a single-delta checkpoint")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build")
-    b.add_argument("out", metavar="OUT.pt")
-    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA", help="a delta .pt file or a shared delta folder")
-    b.add_argument("--base", required=True, help="the plain base checkpoint the deltas were trained on")
-    b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
-    b.add_argument("--source-lang")
-    b.add_argument("--target-lang")
-    b.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    x = sub.add_parser("extract", help="one delta of a bank checkpoint as a single-delta checkpoint")
-    x.add_argument("bank", metavar="BANK.pt")
-    x.add_argument("name", metavar="NAME")
-    x.add_argument("out", metavar="OUT.pt")
-    x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
-    x.add_argument("--base", help="the bank's base checkpoint (default: the path the bank records)")
-    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    a = ap.parse_args(argv)
     unifairseq.fairseq.register()
     try:
         if a.cmd == "extract":
