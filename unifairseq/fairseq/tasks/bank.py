@@ -33,10 +33,9 @@ from fairseq.data.language_pair_dataset import LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
-from unifairseq.fairseq.tasks.bank_inputs import (TAG, BankTaskError, check_lengths, check_names,  # noqa: F401
-                                                   read_delta_file, split_tag)
+# BankTaskError and split_tag are imported from here too
+from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
-from unifairseq.errors import UnifairseqError
 from unifairseq.tools.bank_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger(__name__)
@@ -222,7 +221,7 @@ class DeltaBankTask(TranslationRougeTask):
 
         # the whole batch (fairseq-interactive's --buffer-size lines) is checked before any of it is decoded
         names, plain = zip(*(split_tag(l, where(i)) for i, l in enumerate(lines))) if lines else ((), ())
-        self.resolve([])  # no bank model yet: the one-line error
+        self.resolve([])  # raises its one line when no bank model was built (fairseq-interactive builds it first)
         self._check_names(list(names), where)
         self._line_names = list(names)
         tokens, lengths = super().get_interactive_tokens_and_lengths(list(plain), encode_fn)
