@@ -15,6 +15,8 @@ from unifairseq.data.tsv import default_data_root
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(default_data_root())
 BIN = Path(sys.executable).parent  # python, fairseq-train, fairseq-generate, unifairseq-* of this environment
+# the user's home as the run started; conftest.py's private_home fixture points HOME and the caches elsewhere
+REAL_HOME = Path(os.path.expanduser("~"))
 
 
 def tool_env(**extra) -> dict:

@@ -31,7 +31,8 @@ def make_task(default="mt", names=NAMES):
 def test_tags_and_task_specs():
     assert split_tag("<delta=sum>  w1 w2") == ("sum", "w1 w2")
     assert split_tag("w1 <delta=sum> w2") == (None, "w1 <delta=sum> w2")  # only a leading tag
-    assert split_tag("<delta=a b> w1") == (None, "<delta=a b> w1")
+    with pytest.raises(BankTaskError, match=r"^a line: malformed delta tag at '<delta=a b> w1'"):
+        split_tag("<delta=a b> w1")  # not text that would become <unk> (tests/test_bank_inputs.py)
     assert parse_bank_tasks("sum:/d/x, mt:/d/y") == [("sum", "/d/x"), ("mt", "/d/y")]
     with pytest.raises(BankTaskError, match=r"'sum' is not NAME:DATA"):
         parse_bank_tasks("sum")
@@ -240,7 +241,7 @@ def test_unknown_delta_and_misaligned_side_file_are_one_line_errors(bank):
                                           *BANK_TASK, "--path", bank.bank, "--default-delta", "mam", *GEN]],
                        input="w1 w2\n<delta=nope> w3\n", capture_output=True, text=True, env=tool_env())
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert p.stderr.strip().splitlines()[-1] == "unifairseq: error: unknown delta 'nope'; the bank has: lora, pfeiffer, mam"
+    assert p.stderr.strip().splitlines()[-1] == "unifairseq: error: input line 2: unknown delta 'nope'; the bank has: lora, pfeiffer, mam"
     side = bank.w / "short.delta"
     side.write_text("lora\nmam\n")
     p = subprocess.run([str(c) for c in [BIN / "fairseq-generate", bank.data, "--user-dir", REPO / "user_dir",

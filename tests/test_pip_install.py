@@ -56,9 +56,11 @@ def requirement_lines(path: Path):
 
 # ------------------------------------------------------------------ quick checks
 def test_requirements_txt_is_pyproject_name_for_name():
-    """requirements.txt (install.sh's list for a checkout) = dependencies + [test] + Cython, same specifiers."""
+    """requirements.txt (install.sh's list for a checkout) = dependencies + every extra + Cython, same specifiers."""
     meta = pyproject()
-    wanted = [*meta["project"]["dependencies"], *meta["project"]["optional-dependencies"]["test"]]
+    extras = meta["project"]["optional-dependencies"]
+    assert set(extras) == {"test", "hf"} and extras["hf"] == ["transformers"]  # `unifairseq-export hf` needs it
+    wanted = [*meta["project"]["dependencies"], *(r for reqs in extras.values() for r in reqs)]
     as_dict = lambda reqs: {canonicalize_name(Requirement(r).name): str(Requirement(r).specifier) for r in reqs}
     listed = as_dict(requirement_lines(REPO / "requirements.txt"))
     assert listed == as_dict(wanted)

@@ -53,25 +53,36 @@ def _split(values: Iterable[str]) -> List[str]:
     return [m for v in values for m in v.replace(",", " ").split()]
 
 
+def preset_names() -> List[str]:
+    """The presets' names. They are declared by the method modules, which import torch: a parser takes
+    this function (not its value) as `choices`, so that --help imports nothing heavy."""
+    from unifairseq.core.presets import PRESETS
+
+    return list(PRESETS)
+
+
 class _Methods(argparse.Action):
     def __call__(self, ap, namespace, values, option_string=None):
+        choices = self.choices_list() if callable(self.choices_list) else self.choices_list
         names = _split(values if isinstance(values, list) else [values])
         if not names:
-            ap.error(f"{option_string}: no method given; choose from {', '.join(self.choices_list)}")
-        if self.choices_list is not None:
-            unknown = [m for m in names if m not in self.choices_list]
+            ap.error(f"{option_string}: no method given; choose from {', '.join(choices or [])}")
+        if choices is not None:
+            unknown = [m for m in names if m not in choices]
             if unknown:
-                ap.error(f"{option_string}: unknown {', '.join(unknown)}; choose from {', '.join(self.choices_list)}")
+                ap.error(f"{option_string}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
         setattr(namespace, self.dest, names)
 
 
-def add_methods(ap: argparse.ArgumentParser, choices: Optional[Sequence[str]], default, what: str = "presets"):
-    """`--methods`: space- or comma-separated, checked against `choices` (None: any name)."""
+def add_methods(ap: argparse.ArgumentParser, choices, default, what: str = "presets"):
+    """`--methods`: space- or comma-separated, checked against `choices` (None: any name; a function:
+    called only when --methods is given, e.g. `preset_names`, whose list --help then does not print)."""
     shown = f" (default: {' '.join(default)})" if isinstance(default, (list, tuple)) and default else ""
+    listed = "" if not choices else (
+        "; `python -m unifairseq.core.presets` lists the presets" if callable(choices) else f"; from: {' '.join(choices)}")
     act = ap.add_argument("--methods", nargs="+", action=_Methods, default=default, metavar="METHOD",
-                          help=f"{what}, space- or comma-separated{shown}" +
-                               (f"; from: {' '.join(choices)}" if choices else ""))
-    act.choices_list = list(choices) if choices is not None else None
+                          help=f"{what}, space- or comma-separated{shown}{listed}")
+    act.choices_list = choices if callable(choices) or choices is None else list(choices)
     return act
 
 

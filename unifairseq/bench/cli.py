@@ -18,11 +18,9 @@ PROG = "unifairseq-bench"
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from ..core.presets import PRESETS
-
     ap = cli.parser(PROG, importlib.import_module(__package__).__doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    cli.add_methods(ap, [*PRESETS, *EXTRA], default=list(DEFAULT_METHODS),
+    cli.add_methods(ap, lambda: [*cli.preset_names(), *EXTRA], default=list(DEFAULT_METHODS),
                     what="presets to measure besides full/frozen ('none': only those)")
     ap.add_argument("--json", default="runs/bench.json", help="where to write the results")
     ap.add_argument("--rounds", type=int, default=3,

@@ -125,6 +125,16 @@ def hf_module(family: str, host: str) -> str:
     return hf_key(family, host + ".weight")[: -len(".weight")]
 
 
+def import_transformers():
+    """transformers, or one line naming the extra that brings it (it is not a dependency of unifairseq)."""
+    try:
+        import transformers
+    except ImportError:
+        raise HFExportError("unifairseq-export hf needs transformers, which a plain pip install of unifairseq does "
+                            "not bring; install it with: pip install 'unifairseq[hf]'") from None
+    return transformers
+
+
 @dataclass
 class HFModel:
     family: str
@@ -136,9 +146,7 @@ class HFModel:
 
     def build(self):
         """The transformers model with these weights, loaded strictly (tied tables included)."""
-        import transformers
-
-        model = getattr(transformers, self.class_name)(self.config)
+        model = getattr(import_transformers(), self.class_name)(self.config)
         missing, unexpected = model.load_state_dict(self.state, strict=False)
         tied = {k for k in missing if k.endswith(("embed_tokens.weight", "lm_head.weight", "lm_head.decoder.weight",
                                                   "lm_head.decoder.bias", "position_ids"))}
@@ -238,7 +246,7 @@ def _n_layers(sd, prefix: str) -> int:
 
 
 def _roberta(sd, a, d, act, common, state, rows, notes, head):
-    from transformers import RobertaConfig
+    RobertaConfig = import_transformers().RobertaConfig
 
     if getattr(a, "encoder_normalize_before", False) or not getattr(a, "layernorm_embedding", True):
         raise HFExportError("roberta: only post-LN RoBERTa with an embedding layer norm has a transformers class")
@@ -271,7 +279,8 @@ def _roberta(sd, a, d, act, common, state, rows, notes, head):
 
 
 def _bart(family, sd, a, d, act, common, state, rows, notes, head):
-    from transformers import BartConfig, MBartConfig
+    transformers = import_transformers()
+    BartConfig, MBartConfig = transformers.BartConfig, transformers.MBartConfig
 
     for side in ("encoder", "decoder"):
         if f"{side}.layernorm_embedding.weight" not in sd:

@@ -21,6 +21,7 @@ from typing import Dict, Tuple
 
 import torch
 from unifairseq.core.tmpfiles import sweep_stale
+from unifairseq.core.fileperm import as_umask
 from unifairseq.errors import UnifairseqError
 
 FORMAT = "unifairseq-delta"
@@ -84,6 +85,8 @@ def write_delta(folder: str, config: dict, tensors: Dict[str, torch.Tensor], ove
         with open(tmp_cfg, "w") as f:
             json.dump(config, f, indent=1, sort_keys=True)
             f.write("\n")
+        as_umask(tmp_st)  # safetensors creates its file 0600
+        as_umask(tmp_cfg)
         os.replace(tmp_st, st_path)
         os.replace(tmp_cfg, cfg_path)
     finally:

@@ -34,8 +34,10 @@ import torch
 
 from unifairseq.core import bases
 from unifairseq.core.accounting import as_plan
+from unifairseq.core.fileperm import as_umask
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.core.tmpfiles import sweep_stale, tmp_path
+from unifairseq.fairseq.basefit import other_size
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.errors import UnifairseqError
 
@@ -98,6 +100,7 @@ def atomic_save(obj, path: str, overwrite: bool = False) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        as_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -230,6 +233,7 @@ class DeltaCheckpointMixin:
         # before fairseq's upgrades touch the dict; a full checkpoint of a delta model (--delta-save-full)
         # records its base, whose content differs from its own where a plan trains in place (BitFit)
         content = info.get("base_content") or bases.content_fingerprint(state_dict)
+        self._refuse_other_size(state_dict, full, repr(getattr(self, "base_path_hint", None) or "checkpoint"))
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model, or the
         # --path of fairseq-generate under a delta folder) is the base
@@ -245,6 +249,11 @@ class DeltaCheckpointMixin:
         return result
 
     # -------------------------------------------------------------- base
+    def _refuse_other_size(self, sd, own, source: str) -> None:
+        problem = other_size(sd, own, getattr(self, "args", None), source)  # before torch's line per tensor
+        if problem:
+            raise DeltaCheckpointError(problem)
+
     def load_base(self, path: str) -> None:
         """Load the frozen base weights from a (full) fairseq checkpoint file."""
         state = load_checkpoint_file(path)
@@ -254,6 +263,7 @@ class DeltaCheckpointMixin:
                                        "--delta-base at the full pretrained checkpoint (e.g. bart.large/model.pt)")
         own = self.full_state_dict()
         content = bases.content_fingerprint(sd)
+        self._refuse_other_size(sd, own, repr(path))
         self.upgrade_state_dict(sd)  # fairseq's checkpoint upgrades (and our missing-delta fill)
         for k, v in sd.items():
             if k in own and tuple(own[k].shape) != tuple(v.shape):

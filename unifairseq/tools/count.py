@@ -14,21 +14,16 @@ import logging
 import sys
 from typing import Sequence
 
-import torch
-from fairseq import options
-from fairseq.data import Dictionary
-from fairseq.models import build_model
-from fairseq.tasks.translation import TranslationTask
-
-import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
 from unifairseq import cli
-from unifairseq.core.presets import PRESETS
-from unifairseq.core.methods.prefix import PrefixProvider
+
+# torch and fairseq are imported in the functions that build models: `unifairseq-count --help` needs neither
 
 BART_VOCAB = 50264  # len(bart.large/dict.txt) with fairseq's 4 special symbols
 
 
-def dummy_dictionary(size: int) -> Dictionary:
+def dummy_dictionary(size: int):
+    from fairseq.data import Dictionary  # deferred: fairseq (see the imports above)
+
     d = Dictionary()
     for i in range(size - d.nspecial):
         d.add_symbol(f"w{i}")
@@ -37,12 +32,19 @@ def dummy_dictionary(size: int) -> Dictionary:
 
 def parse_model_args(arch: str, flags: Sequence[str] = ()) -> argparse.Namespace:
     """fairseq's own training-argument parsing, as `fairseq-train` does it."""
+    from fairseq import options  # deferred: fairseq (see the imports above)
+
+    import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
+
     parser = options.get_training_parser()
     return options.parse_args_and_arch(parser, ["unused-data-dir", "--task", "translation", "--arch", arch,
                                                 *flags])
 
 
-def build_translation_model(arch: str, flags: Sequence[str] = (), dictionary: Dictionary = None):
+def build_translation_model(arch: str, flags: Sequence[str] = (), dictionary=None):
+    from fairseq.models import build_model  # deferred: fairseq (see the imports above)
+    from fairseq.tasks.translation import TranslationTask
+
     args = parse_model_args(arch, flags)
     d = dictionary if dictionary is not None else dummy_dictionary(BART_VOCAB)
     task = TranslationTask(args, d, d)
@@ -50,6 +52,8 @@ def build_translation_model(arch: str, flags: Sequence[str] = (), dictionary: Di
 
 
 def mlp_params(model) -> int:
+    from unifairseq.core.methods.prefix import PrefixProvider  # deferred: torch (see the imports above)
+
     return sum(p.numel() for m in model.modules() if isinstance(m, PrefixProvider) and m.mid_dim > 0
                for p in m.parameters()) - sum(m.num_layers * 2 * m.length * m.dim for m in model.modules()
                                               if isinstance(m, PrefixProvider) and m.mid_dim > 0)
@@ -58,12 +62,14 @@ def mlp_params(model) -> int:
 def main(argv=None) -> None:
     ap = cli.parser("unifairseq-count", __doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    cli.add_methods(ap, list(PRESETS), default=list(PRESETS), what="presets to count (default: all)")
+    cli.add_methods(ap, cli.preset_names, default=None, what="presets to count (default: all)")
     args = ap.parse_args(argv)
+    import torch  # deferred: --help needs no torch
+
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
     torch.set_grad_enabled(False)
     rows = []
-    for method in args.methods:
+    for method in args.methods or cli.preset_names():
         model, _, _ = build_translation_model(f"{method}_bart_{args.size}")
         rep = model.delta_report
         rows.append((method, rep["trainable"], rep["trainable"] - mlp_params(model), rep["formula"], rep["base"]))

@@ -1,14 +1,4 @@
-"""unifairseq-export: turn a training checkpoint into what inference needs.
-
-    unifairseq-export inference CKPT OUT   small delta for inference and sharing: no optimizer state, the
-                                           prefix reparametrization MLP folded into static vectors. OUT a
-                                           folder: delta_config.json + delta_model.safetensors (nothing
-                                           to unpickle; docs/sharing.md); OUT ending in .pt: a fairseq file
-    unifairseq-export merge CKPT OUT       LoRA, DoRA, (IA)³ (and BitFit) merged into the base weights: a
-                                           plain fairseq checkpoint that vanilla fairseq loads, no --user-dir;
-                                           a trained classification head travels with it
-    unifairseq-export unmerge MERGED CKPT OUT   the merge taken back out: the base again
-    unifairseq-export hf CKPT OUT [--peft]     Hugging Face transformers / peft folders (tools/export_hf.py)
+"""unifairseq-export: turn a training checkpoint into what inference needs (the commands: tools/export_cli.py).
 
 The math is the methods' own (core/methods/: `LinearDelta.merged` / `unmerged`, `PrefixProvider.fold`):
 each site's module is built from the checkpoint's plan and loaded with its trained values, on state
@@ -27,9 +17,7 @@ from typing import Dict, Optional
 
 import torch
 
-from unifairseq import cli
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.deltafile import DeltaFileError
 from unifairseq.core.methods import METHODS
 from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
@@ -37,6 +25,7 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
                                            DeltaCheckpointError, _tensor_to_str, atomic_save,
                                            load_checkpoint_file)
+from unifairseq.tools.export_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger("unifairseq.export")
 
@@ -277,45 +266,6 @@ def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = Fa
 def _refuse_same_file(src: str, out: str) -> None:
     if os.path.abspath(src) == os.path.abspath(out):
         raise DeltaCheckpointError(f"the output {out!r} is the input file; write the export to a new path")
-
-
-def main(argv=None) -> int:
-    logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    import unifairseq.fairseq
-
-    unifairseq.fairseq.register()  # architecture names, safe globals
-
-    ap = cli.parser("unifairseq-export", __doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("inference", help="small delta for inference: a shareable folder, or OUT.pt "
-                                         "(prefix MLP folded, no optimizer)")
-    p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base name or checkpoint, for a delta that records no base content fingerprint "
-                                  "(made before unifairseq recorded it)")
-    p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
-    p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base name or checkpoint (default: the delta's record, by the search order of "
-                                  "docs/sharing.md)")
-    p = sub.add_parser("unmerge", help="take a merged delta back out of a merged checkpoint")
-    p.add_argument("merged"), p.add_argument("ckpt"), p.add_argument("out")
-    from unifairseq.tools import export_hf  # imported here: it imports this module
-
-    export_hf.add_parser(sub)
-    for p in sub.choices.values():
-        p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    a = ap.parse_args(argv)
-    try:
-        if a.cmd == "inference":
-            export_inference(a.ckpt, a.out, a.force, a.base)
-        elif a.cmd == "merge":
-            export_merge(a.ckpt, a.out, a.base, a.force)
-        elif a.cmd == "hf":
-            export_hf.run(a)
-        else:
-            export_unmerge(a.merged, a.ckpt, a.out, a.force)
-    except (DeltaCheckpointError, DeltaFileError, export_hf.HFExportError) as e:
-        return cli.error("unifairseq-export", e)
-    return 0
 
 
 if __name__ == "__main__":

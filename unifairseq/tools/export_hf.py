@@ -30,7 +30,9 @@ import shutil
 import tempfile
 from typing import Optional
 
-from unifairseq.convert.fairseq_to_hf import HFExportError, hf_module, save, to_hf, upgrade_legacy
+from unifairseq.core.fileperm import as_umask
+from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
+                                              upgrade_legacy)
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
                                      refuse_unmergeable)
@@ -78,6 +80,7 @@ class _Folder:
         if exc_type is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
             return False
+        as_umask(self.stage)  # mkdtemp made it 0700 and safetensors its files 0600
         old = None
         if os.path.exists(self.out):
             old = self.stage + ".old"
@@ -105,6 +108,7 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
               adapters: bool = False) -> dict:
     if sum((base_only, peft, adapters)) > 1:
         raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
+    import_transformers()  # before any work: the one-line message when it is not installed
     from unifairseq.tools.share import read_input
 
     state = read_input(ckpt, base, with_base_args=True)  # a .pt, or a delta folder (never unpickled)
@@ -231,22 +235,6 @@ def re_escape(name: str) -> str:
     import re
 
     return re.escape(name)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("hf", help="Hugging Face transformers folder (base, merged delta) or peft adapter")
-    p.add_argument("ckpt"), p.add_argument("out")
-    p.add_argument("--base", help="base name or checkpoint of a delta (default: the delta's record)")
-    p.add_argument("--base-only", action="store_true", help="export the delta's base model only")
-    p.add_argument("--peft", action="store_true", help="LoRA/DoRA/(IA)³: OUT/base + OUT/adapter (peft) instead of merging")
-    p.add_argument("--adapters", action="store_true",
-                   help="pa_ffn / scaled_pa on BART: OUT/base + OUT/adapter in AdapterHub adapters' format (for a "
-                        "transformers 4.57 + adapters 1.3.0 environment)")
-    p.add_argument("--peft-base-name", help="adapter_config.json base_model_name_or_path (default: OUT/base)")
-    p.add_argument("--head", help="classification head to export (default: the only one)")
-    p.add_argument("--hf-vocab", help="HF folder the base was imported from: its vocabulary order and tokenizer files")
-    p.add_argument("--dict", dest="dict_path", help="the fairseq dictionary (default: dict.txt beside the base)")
-    p.add_argument("--bpe-dir", help="fairseq GPT-2 BPE files (encoder.json, vocab.bpe) -> vocab.json + merges.txt")
 
 
 def run(a) -> None:

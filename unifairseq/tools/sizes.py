@@ -14,19 +14,20 @@ import sys
 import os
 import tempfile
 
-import torch
-from fairseq.data import LanguagePairDataset
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.tasks.translation import TranslationTask
-from fairseq.trainer import Trainer
-
 from unifairseq import cli
 from unifairseq.tools.count import BART_VOCAB, dummy_dictionary, parse_model_args
-from unifairseq.core.presets import PRESETS
-from unifairseq.tools.export import export_inference
 
 
 def measure(method: str, size: str, workdir: str) -> dict:
+    # deferred: torch and fairseq, which `unifairseq-sizes --help` does not need
+    import torch
+    from fairseq.data import LanguagePairDataset
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.tasks.translation import TranslationTask
+    from fairseq.trainer import Trainer
+
+    from unifairseq.tools.export import export_inference
+
     d = dummy_dictionary(BART_VOCAB)
     args = parse_model_args(f"{method}_bart_{size}", ["--cpu", "--optimizer", "adam", "--lr", "1e-4",
                                                      "--max-tokens", "512"])
@@ -57,7 +58,7 @@ def measure(method: str, size: str, workdir: str) -> dict:
 def main(argv=None):
     ap = cli.parser("unifairseq-sizes", __doc__)
     ap.add_argument("--size", choices=("base", "large"), default="base")
-    cli.add_methods(ap, list(PRESETS), default=["mam", "lora_attn", "lora_ffn"])
+    cli.add_methods(ap, cli.preset_names, default=["mam", "lora_attn", "lora_ffn"])
     a = ap.parse_args(argv)
     logging.getLogger("fairseq").setLevel(logging.WARNING)
     logging.getLogger("unifairseq").setLevel(logging.WARNING)

@@ -217,8 +217,13 @@ def install_error_hook() -> None:
         return
 
     def hook(kind, value, tb):
-        if isinstance(value, UnifairseqError):
-            print(f"unifairseq: error: {value}", file=sys.stderr)
+        # fairseq's trainer re-raises any load_state_dict error as a bare Exception ("Cannot load model
+        # parameters from checkpoint"): the unifairseq error it hides is the one to print
+        hidden = value
+        while type(hidden) is Exception and isinstance(hidden.__context__, BaseException):
+            hidden = hidden.__context__
+        if isinstance(hidden, UnifairseqError):
+            print(f"unifairseq: error: {hidden}", file=sys.stderr)
             return
         previous(kind, value, tb)
 

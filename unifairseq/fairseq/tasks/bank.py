@@ -22,7 +22,6 @@ from the model the task built (fairseq-train loads the validation data before it
 
 import logging
 import os
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -34,23 +33,12 @@ from fairseq.data.language_pair_dataset import LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
+# BankTaskError and split_tag are imported from here too
+from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
-from unifairseq.errors import UnifairseqError
+from unifairseq.tools.bank_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger(__name__)
-
-TAG = re.compile(r"^<delta=([^<>\s]+)>\s*")
-
-
-class BankTaskError(UnifairseqError, ValueError):
-    pass
-
-
-def split_tag(line: str):
-    """(name or None, the line without its `<delta=NAME>` tag)."""
-    m = TAG.match(line)
-    return (m.group(1), line[m.end():]) if m else (None, line)
-
 
 def parse_bank_tasks(spec: str):
     """`NAME:DATA,NAME:DATA` -> [(name, data)], names unique."""
@@ -65,12 +53,6 @@ def parse_bank_tasks(spec: str):
     if not out:
         raise BankTaskError("--bank-tasks is empty; write e.g. --bank-tasks sum:data-sum,mt:data-mt")
     return out
-
-
-def read_delta_file(path: str) -> List[Optional[str]]:
-    """One name per line; an empty line is None (the default delta)."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() or None for line in f.read().splitlines()]
 
 
 class DeltaTaggedDataset(BaseWrapperDataset):
@@ -133,6 +115,9 @@ class DeltaBankTask(TranslationRougeTask):
         self.tasks = parse_bank_tasks(cfg.bank_tasks) if cfg.bank_tasks else None
         self._line_names: Optional[List[Optional[str]]] = None
         self._pending = deque()  # inference batches whose delta ids fairseq-interactive drops
+        self._unchecked = []  # (names, where) read before the bank model existed: checked when it is built
+        self._lines_read = 0  # fairseq-interactive's input lines so far, to name a bad one
+        self._max_source: Optional[int] = None
 
     # --------------------------------------------------------------- names -> indices
     def build_model(self, cfg, from_checkpoint=False):
@@ -144,7 +129,20 @@ class DeltaBankTask(TranslationRougeTask):
         self.bank_names = list(bank.names)
         self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
         self.resolve([n for n, _ in self.tasks or ()] + [self.cfg.default_delta] * bool(self.cfg.default_delta))
+        model_max = model.max_positions()
+        limits = [self.cfg.max_source_positions, model_max[0] if isinstance(model_max, tuple) else model_max]
+        self._max_source = min((int(x) for x in limits if isinstance(x, (int, float))), default=None)
+        for names, where in self._unchecked:
+            self._check_names(names, where)
+        self._unchecked = []
         return model
+
+    def _check_names(self, names, where) -> None:
+        """Every name of a side file or of tagged lines, before any batch is made (bank_inputs.check_names)."""
+        if self.bank_names is None:
+            self._unchecked.append((names, where))
+            return
+        check_names(names, self.bank_names, self.cfg.default_delta or self.bank_default, where)
 
     def resolve(self, names: Sequence[Optional[str]]) -> List[int]:
         if self.bank_names is None:
@@ -206,19 +204,29 @@ class DeltaBankTask(TranslationRougeTask):
             path = guess if os.path.isfile(guess) else None
         if path is None:
             return [None] * n
-        names = read_delta_file(path)
+        names = read_delta_file(path, "--delta-per-line" if self.cfg.delta_per_line else f"the {split} delta file")
         if len(names) != n:
             raise BankTaskError(f"{path} has {len(names)} lines but split {split!r} has {n} examples; "
                                 f"write one delta name (or an empty line) per example")
+        self._check_names(names, lambda i: f"{path} line {i + 1}")
         logger.info(f"delta_bank: per-line deltas of {split} from {path}")
         return names
 
     # --------------------------------------------------------------- fairseq-interactive
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
-        names, plain = zip(*(split_tag(l) for l in lines)) if lines else ((), ())
-        self.resolve(list(names))  # an unknown name fails here, before any decoding
+        first, self._lines_read = self._lines_read, self._lines_read + len(lines)
+
+        def where(i):
+            return f"input line {first + i + 1}"
+
+        # the whole batch (fairseq-interactive's --buffer-size lines) is checked before any of it is decoded
+        names, plain = zip(*(split_tag(l, where(i)) for i, l in enumerate(lines))) if lines else ((), ())
+        self.resolve([])  # raises its one line when no bank model was built (fairseq-interactive builds it first)
+        self._check_names(list(names), where)
         self._line_names = list(names)
-        return super().get_interactive_tokens_and_lengths(list(plain), encode_fn)
+        tokens, lengths = super().get_interactive_tokens_and_lengths(list(plain), encode_fn)
+        check_lengths(lengths, self._max_source, where)
+        return tokens, lengths
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None, delta_names=None):
         """`delta_names`: one per sentence (None: the default). fairseq-interactive passes none: the names
@@ -324,33 +332,12 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
     return model.bank.names
 
 
-def main(argv=None) -> int:
-    import argparse
+def run(a) -> int:
+    """The commands of unifairseq-bank (tools/bank_cli.py parses them without importing this module)."""
     import sys
 
     import unifairseq.fairseq
 
-    ap = argparse.ArgumentParser(prog="unifairseq-bank",
-                                 description="build: a bank checkpoint from a base and delta files or folders, for "
-                                             "fairseq-generate/-interactive --task delta_bank --path OUT; "
-                                             "extract: one delta of a bank checkpoint as a single-delta checkpoint")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build")
-    b.add_argument("out", metavar="OUT.pt")
-    b.add_argument("deltas", nargs="+", metavar="NAME=DELTA", help="a delta .pt file or a shared delta folder")
-    b.add_argument("--base", required=True, help="the plain base the deltas were trained on: a name or a checkpoint")
-    b.add_argument("--data", required=True, help="fairseq-preprocess output with the base's dictionaries")
-    b.add_argument("--source-lang")
-    b.add_argument("--target-lang")
-    b.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    x = sub.add_parser("extract", help="one delta of a bank checkpoint as a single-delta checkpoint")
-    x.add_argument("bank", metavar="BANK.pt")
-    x.add_argument("name", metavar="NAME")
-    x.add_argument("out", metavar="OUT.pt")
-    x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
-    x.add_argument("--base", help="the bank's base, a name or a checkpoint (default: the path the bank records)")
-    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    a = ap.parse_args(argv)
     unifairseq.fairseq.register()
     try:
         if a.cmd == "extract":
