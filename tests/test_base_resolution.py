@@ -1,7 +1,7 @@
 """One base lookup for every tool (unifairseq.fairseq.checkpoint.find_base over core/bases.resolve):
 names validated, errors that say what was tried, damaged cache entries skipped, a read-only cache,
 an atomic `unifairseq-base add`, and the same answer from export merge/hf, bank build, the hub and
-fairseq's own loading of a delta folder given as --path."""
+fairseq's own loading of a delta folder's entry file (--path DIR/model.pt)."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +17,7 @@ from fairseq.tasks.translation import TranslationTask
 import unifairseq.fairseq
 from tiny import tiny_args, tiny_dict, tiny_model
 from unifairseq.core import bases
-from unifairseq.fairseq.checkpoint import find_base
+from unifairseq.fairseq.checkpoint import DeltaCheckpointError, find_base
 from unifairseq.tools import base as base_tool
 from unifairseq.tools.export import export_inference, export_merge
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -162,25 +162,125 @@ def test_bank_build_and_extract_take_a_base_name(tmp_path, delta, monkeypatch):
         load_bank_checkpoint(bank, str(data))  # nothing given: the model's own lookup says what it tried
 
 
-def test_delta_folder_as_path_finds_its_moved_base(tmp_path, delta, monkeypatch):
-    """fairseq's own loading (what --path feeds) of the delta folder: no command substitution."""
+def _entry_and_folder_models(folder, task, **overrides):
+    """fairseq's own loading of what --path feeds: DIR/model.pt, and the base with the folder as overrides."""
+    from unifairseq.core.deltafile import read_config
+
+    (m,), _ = checkpoint_utils.load_model_ensemble([os.path.join(folder, "model.pt")], task=task,
+                                                    arg_overrides=overrides or None)
+    arch = read_config(folder)["arch"]
+    base = find_base(None, "tiny.bart", read_config(folder)["base"]["fingerprint"]).path
+    (f,), _ = checkpoint_utils.load_model_ensemble(
+        [base], task=task, arg_overrides=dict(arch=arch, _name=arch, delta_file=folder))
+    return m, f
+
+
+def test_entry_file_as_path_finds_its_moved_base(tmp_path, delta, monkeypatch):
+    """--path DIR/model.pt (no command substitution): the .pt delta in the folder, its base found inside
+    the model after the base folder moved; the same weights as the folder put on the base by overrides."""
     base, pt, folder, d, task = delta
     moved = move_base(tmp_path, base)
     monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
-    (m,), _ = checkpoint_utils.load_model_ensemble([folder], task=task)
+    m, f = _entry_and_folder_models(folder, task)
+    assert m.base_path == moved and m.base_name == "tiny.bart"
+    assert f.delta_file == os.path.abspath(folder)
     ref, _, _ = tiny_model(ARCH, (), d)
     ref.load_state_dict(torch.load(pt, weights_only=True)["model"])  # the .pt delta on its (moved) base
-    assert m.delta_file == os.path.abspath(folder) and m.base_name == "tiny.bart"
     for k, v in ref.full_state_dict().items():
         assert torch.equal(m.full_state_dict()[k], v), k
-    assert ref.base_path == moved
+        assert torch.equal(f.full_state_dict()[k], v), k
 
 
-def test_delta_folder_as_path_without_its_base_is_one_line(tmp_path, delta):
+def test_entry_file_is_the_pt_export(tmp_path, delta):
+    """DIR/model.pt holds what `export inference CKPT X.pt` writes; the JSON records its sha256 and size."""
+    import hashlib
+    import json
+
+    base, pt, folder, d, task = delta
+    export_inference(pt, str(tmp_path / "x.pt"))
+    want = torch.load(str(tmp_path / "x.pt"), weights_only=True)
+    entry = os.path.join(folder, "model.pt")
+    got = torch.load(entry, weights_only=True)
+    assert sorted(got) == sorted(want) and sorted(got["model"]) == sorted(want["model"])
+    for k, v in want["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    cfg = json.load(open(os.path.join(folder, "delta_config.json")))
+    assert cfg["entry"] == {"file": "model.pt", "sha256": hashlib.sha256(open(entry, "rb").read()).hexdigest(),
+                            "bytes": os.path.getsize(entry)}
+
+
+def test_entry_file_other_base_by_override(tmp_path, delta):
+    """--model-overrides "{'delta_base': PATH}" names the base for the entry file as for any .pt delta."""
+    base, pt, folder, d, task = delta
+    other = str(tmp_path / "elsewhere" / "model.pt")
+    os.makedirs(os.path.dirname(other))
+    os.rename(base, other)
+    (m,), _ = checkpoint_utils.load_model_ensemble([os.path.join(folder, "model.pt")], task=task,
+                                                    arg_overrides={"delta_base": other})
+    assert m.base_path == other
+
+
+def test_entry_file_without_its_base_is_one_line(tmp_path, delta):
     base, pt, folder, d, task = delta
     os.remove(base)
-    with pytest.raises(bases.BaseNotFound, match="base 'tiny.bart' not found; tried name 'tiny.bart'"):
-        checkpoint_utils.load_model_ensemble([folder], task=task)
+    with pytest.raises(DeltaCheckpointError, match="base 'tiny.bart' not found; tried name 'tiny.bart'"):
+        checkpoint_utils.load_model_ensemble([os.path.join(folder, "model.pt")], task=task)
+
+
+def test_an_altered_entry_file_is_refused_by_the_folder_reader(tmp_path, delta):
+    from unifairseq.core.deltafile import DeltaFileError, read_config, read_delta
+
+    base, pt, folder, d, task = delta
+    entry = os.path.join(folder, "model.pt")
+    with open(entry, "ab") as f:
+        f.write(b"\0")
+    for reader in (read_config, read_delta):
+        with pytest.raises(DeltaFileError) as e:
+            reader(folder)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"{entry}: checksum mismatch (sha256 ")
+        assert msg.endswith("not the entry file exported with this delta; re-copy the folder")
+    os.remove(entry)
+    with pytest.raises(DeltaFileError, match="model.pt: missing: delta_config.json records it"):
+        read_config(folder)
+
+
+def test_an_entry_whose_tensors_differ_is_refused_by_find(tmp_path, delta, capsys):
+    """A folder made by hand: model.pt with other tensors, its sha256 recorded in the JSON. The sha256
+    binds the two files as written, so the pickle-free folder reader cannot see it (it accepts the folder
+    and serves the safetensors); `unifairseq-base find DIR` reads model.pt weights-only and refuses."""
+    import hashlib
+    import json
+
+    from unifairseq.core.deltafile import read_delta
+
+    base, pt, folder, d, task = delta
+    entry = os.path.join(folder, "model.pt")
+    state = torch.load(entry, weights_only=True)
+    name = next(k for k in state["model"] if "lora" in k)
+    state["model"][name] = state["model"][name] + 1
+    torch.save(state, entry)
+    cfg_path = os.path.join(folder, "delta_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(), bytes=os.path.getsize(entry))
+    json.dump(cfg, open(cfg_path, "w"))
+    read_delta(folder)  # consistent digests: accepted
+    assert base_tool.main(["find", folder]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip() == (
+        f"unifairseq-base: error: {entry}: tensor {name} differs from the one in delta_model.safetensors; the "
+        "folder's two files disagree: re-export it, or load it without the entry (the hub, or --model-overrides "
+        "with delta_file)")
+
+
+def test_export_refuses_a_folder_holding_another_model_pt(tmp_path, delta):
+    from unifairseq.core.deltafile import DeltaFileError
+
+    base, pt, folder, d, task = delta
+    before = open(base, "rb").read()
+    with pytest.raises(DeltaFileError, match="holds a model.pt that is not a delta folder's entry"):
+        export_inference(pt, os.path.dirname(base), force=True)  # a base folder: never overwritten
+    assert open(base, "rb").read() == before
 
 
 def test_hub_and_share_reader_use_the_same_lookup(tmp_path, delta, monkeypatch):

@@ -31,6 +31,11 @@ TENSORS_NAME = "delta_model.safetensors"
 # top-level JSON fields: all required, no others (a file from a newer format version says so instead)
 REQUIRED = ("format", "format_version", "unifairseq_version", "family", "arch", "parent_arch", "delta",
             "model", "base", "dictionary", "heads", "tensors")
+# optional: "entry", the folder's fairseq checkpoint (ENTRY_NAME, the `.pt` delta of the same tensors, for
+# `fairseq-generate --path DIR/model.pt`), bound to this JSON by its sha256; folders without it still load
+OPTIONAL = ("entry",)
+ENTRY_NAME = "model.pt"
+ENTRY_FIELDS = ("file", "sha256", "bytes")
 TENSOR_FIELDS = ("count", "parameters", "sha256", "names")
 BASE_FIELDS = ("name", "fingerprint", "plan_fingerprint", "path_hint")
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header length
@@ -124,7 +129,7 @@ def read_config(folder: str) -> dict:
         _fail(path, f"format version {version!r} is not the version {FORMAT_VERSION} this unifairseq reads; "
                     "use the unifairseq version named in the file's unifairseq_version")
     missing = [k for k in REQUIRED if k not in config]
-    unknown = sorted(set(config) - set(REQUIRED))
+    unknown = sorted(set(config) - set(REQUIRED) - set(OPTIONAL))
     if missing:
         _fail(path, f"missing field(s) {', '.join(missing)}")
     if unknown:
@@ -144,7 +149,27 @@ def read_config(folder: str) -> dict:
         _fail(path, "field 'tensors': 'names' must be a list of distinct names, 'count' its length")
     if not isinstance(t["sha256"], str) or len(t["sha256"]) != 64:
         _fail(path, "field 'tensors': 'sha256' must be a 64-digit hex digest")
+    if "entry" in config:
+        check_entry_digest(folder, config)
     return config
+
+
+def check_entry_digest(folder: str, config: dict) -> None:
+    """The entry file is the one this JSON was written with (its bytes' sha256; nothing is unpickled).
+    It cannot say that a hand-made folder's model.pt holds the safetensors' tensors: that needs the
+    entry read, weights-only (tools/share.py check_entry, behind `unifairseq-base find DIR`)."""
+    path = os.path.join(folder, CONFIG_NAME)
+    e = config["entry"]
+    if not (isinstance(e, dict) and set(e) == set(ENTRY_FIELDS) and e["file"] == ENTRY_NAME
+            and isinstance(e["sha256"], str) and len(e["sha256"]) == 64 and isinstance(e["bytes"], int)):
+        _fail(path, f"field 'entry' must be {{'file': '{ENTRY_NAME}', 'sha256': 64 hex digits, 'bytes': N}}")
+    entry = os.path.join(folder, ENTRY_NAME)
+    if not os.path.isfile(entry):
+        _fail(entry, f"missing: {CONFIG_NAME} records it as the folder's fairseq entry file; re-copy the folder")
+    digest = _sha256(entry)
+    if digest != e["sha256"]:
+        _fail(entry, f"checksum mismatch (sha256 {digest[:16]}…, {CONFIG_NAME} records {e['sha256'][:16]}…): "
+                     "not the entry file exported with this delta; re-copy the folder")
 
 
 def read_header(path: str) -> Dict[str, dict]:

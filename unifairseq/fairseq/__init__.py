@@ -7,7 +7,6 @@
   optim.py         --optimizer torch_adam
   checkpoint.py    delta checkpoints: trained tensors + base fingerprint, base loading
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
-  loading.py       fairseq's checkpoint loader under --user-dir: weights-only always, a delta folder as --path
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and
 the optimizer with fairseq, and prints unifairseq's own user errors as one line (sys.excepthook).
@@ -55,9 +54,6 @@ def register() -> None:
     from . import safe_globals
 
     safe_globals.register_safe_globals()
-    from . import loading
-
-    loading.install()  # fairseq's own --path/--restore-file loading: weights-only, and delta folders
     from . import models, optim, tasks  # noqa: F401  (the register_* decorators run on import)
 
     # fairseq's command lines catch nothing: unifairseq's user errors (a damaged delta folder, a base

@@ -86,6 +86,11 @@ def load_checkpoint_file(path: str) -> dict:
     return state
 
 
+def weights_only_default_off() -> bool:
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set as torch reads it: a bare torch.load (fairseq's own) unpickles."""
+    return os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true")
+
+
 def atomic_save(obj, path: str, overwrite: bool = False) -> None:
     """Write to a temporary file beside `path`, then rename: an interruption never leaves a
     half-written checkpoint, and an existing file is only replaced when asked."""
@@ -179,12 +184,16 @@ class DeltaCheckpointMixin:
         base name (core/bases.py's search order); `delta=DIR` puts a shared delta folder on that base."""
         from unifairseq.fairseq.models.sharing import hub_arguments
 
-        from unifairseq.fairseq import loading
-
         register_safe_globals()
-        loading.install()  # fairseq's loader reads the base weights-only, whatever the environment
         model_name_or_path, checkpoint_file, data_name_or_path, kwargs = hub_arguments(
             model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs)
+        if weights_only_default_off():
+            # fairseq's hub reads the file with a bare torch.load, which this variable turns into a full
+            # unpickle; fairseq is not patched, so the file is read here first with weights_only=True
+            # (refused in one line if it would run code), and fairseq's second read then finds only
+            # the allow-listed plain objects this one accepted
+            for name in checkpoint_file.split(os.pathsep):
+                load_checkpoint_file(os.path.join(model_name_or_path, name))
         return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     def info(self) -> dict:

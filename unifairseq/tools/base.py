@@ -5,8 +5,9 @@
     unifairseq-base list                             the search path, the bases there, their fingerprints
     unifairseq-base add PATH --name NAME [--copy]    link (or copy) a base folder or file into the cache
 
-On failure `find` prints nothing on stdout and exits non-zero. fairseq-generate needs no `find`: give it
-the delta folder itself as --path (docs/sharing.md).
+On failure `find` prints nothing on stdout and exits non-zero. fairseq-generate needs no `find`: its
+--path is the folder's model.pt, whose base the model finds (docs/sharing.md). `find DIR` also checks a
+stranger's folder: its model.pt read weights-only and compared with the safetensors (tools/share.py).
 """
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def find(target: str) -> int:
     # what checkpoint.find_base does, with its weights-only fingerprint (_fp) imported only when a file
     # is read: a JSON error or a lookup by name needs no fairseq
     if is_delta_folder(target):
-        rec = read_config(target)["base"]
+        config = read_config(target)
+        if "entry" in config:  # before anything is said about its base: the entry is what --path reads
+            from unifairseq.tools.share import check_entry
+
+            check_entry(target, config)
+        rec = config["base"]
         found = bases.resolve(None, rec["name"], rec["fingerprint"], rec["path_hint"], _fp)
     else:
         found = bases.resolve(target, fingerprint_file=_fp, option="unifairseq-base find PATH")

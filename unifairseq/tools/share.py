@@ -10,6 +10,8 @@ import os
 import shlex
 from argparse import Namespace
 
+import torch
+
 from unifairseq import __version__
 from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig
@@ -65,25 +67,84 @@ def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool =
                   delta=DeltaConfig.from_args(args).to_dict(),
                   model={k: getattr(args, k) for k in SHAPE_ARGS if getattr(args, k, None) is not None},
                   base=base, dictionary=info.get("dictionary") or {}, heads=heads_of(sd))
+    config["entry"] = write_entry(state, out, force)
     config = write_delta(out, config, {k: v for k, v in sd.items() if k not in META_KEYS}, overwrite=force)
+    check_entry(out, config)  # what was just written: the entry's tensors are the safetensors' own
     print(usage(out, config))
     return config
 
 
+def write_entry(state: dict, out: str, force: bool) -> dict:
+    """DIR/model.pt: the `.pt` delta itself (what `export inference CKPT X.pt` writes), so that
+    `fairseq-generate --path DIR/model.pt` loads it as any `.pt` delta (its base found inside the model).
+    Written before the JSON, which records its sha256 (a crash in between leaves a folder whose JSON and
+    entry disagree: refused by the reader, never half-trusted)."""
+    from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, DeltaFileError, _sha256, is_delta_folder
+    from unifairseq.fairseq.checkpoint import atomic_save
+
+    entry = os.path.join(out, ENTRY_NAME)
+    if is_delta_folder(out) and not force:
+        raise DeltaFileError(f"{out}: holds a delta already; refusing to overwrite it (pass --force)")
+    if os.path.lexists(entry) and not is_delta_folder(out):  # e.g. a base folder: its model.pt is not ours
+        raise DeltaFileError(f"{out}: holds a {ENTRY_NAME} that is not a delta folder's entry (no {CONFIG_NAME}); "
+                             "export the delta to a new folder")
+    atomic_save(state, entry, overwrite=True)
+    return dict(file=ENTRY_NAME, sha256=_sha256(entry), bytes=os.path.getsize(entry))
+
+
+def check_entry(folder: str, config: dict = None) -> None:
+    """The folder's model.pt read weights-only (explicitly: refused in one line if it would run code,
+    whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) and compared with the safetensors, bitwise: the
+    same names, dtypes and values, the same architecture. What the sha256 in the JSON cannot show for a
+    folder someone made by hand; a folder without an entry has nothing to check."""
+    from unifairseq.core.deltafile import ENTRY_NAME, DeltaFileError, read_config, read_delta
+    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+
+    config = config or read_config(folder)
+    if "entry" not in config:
+        return
+    config, tensors = read_delta(folder)  # its sha256 checked, and the entry's
+    entry = os.path.join(folder, ENTRY_NAME)
+    state = load_checkpoint_file(entry)
+    sd = {k: v for k, v in state["model"].items() if k not in META_KEYS}
+    if FINGERPRINT_KEY not in state["model"]:
+        raise DeltaFileError(f"{entry}: not a delta checkpoint (no base fingerprint); re-export the folder")
+    arch = getattr(_args(state), "arch", None)
+    if arch != config["arch"]:
+        raise DeltaFileError(f"{entry}: architecture {arch!r}, the folder's JSON says {config['arch']!r}")
+    if set(sd) != set(tensors):
+        extra, gone = sorted(set(sd) - set(tensors)), sorted(set(tensors) - set(sd))
+        raise DeltaFileError(f"{entry}: its tensors are not the folder's: "
+                             + "; ".join(p for p in (f"only here: {', '.join(extra[:3])}" if extra else "",
+                                                     f"missing here: {', '.join(gone[:3])}" if gone else "") if p))
+    for k in sorted(sd):
+        a, b = sd[k], tensors[k]
+        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+            raise DeltaFileError(f"{entry}: tensor {k} differs from the one in delta_model.safetensors; the "
+                                 "folder's two files disagree: re-export it, or load it without the entry "
+                                 "(the hub, or --model-overrides with delta_file)")
+
+
 def usage(out: str, config: dict) -> str:
+    from unifairseq.plugin import user_dir
+
     folder = os.path.abspath(out)
-    # the folder itself is the --path: under --user-dir its base is found by the one lookup (the
-    # delta's recorded name, path, fingerprint) and the delta put on it (unifairseq/fairseq/loading.py)
+    # DIR/model.pt is a `.pt` delta: fairseq loads it, and the model finds its base by the one lookup
+    # (the recorded name, path, fingerprint). The plugin's path is spelled out, not "$(unifairseq-user-dir)":
+    # a substitution that prints nothing (the command not on PATH) leaves fairseq an empty --user-dir,
+    # which it accepts silently and then fails on something else
+    model = "DeltaRobertaModel" if config["family"] == "roberta" else "DeltaBARTModel"
     return "\n".join([
         f"delta written to {folder} (base {config['base']['name']!r}, "
         f"fingerprint {config['base']['fingerprint'][:12]})",
         "decode it with (add your task's flags: --task, languages, beam, ...):",
-        f'  fairseq-generate DATA-BIN --user-dir "$(unifairseq-user-dir)" --path {shlex.quote(folder)}',
-        "  (fairseq-interactive takes the same --path; another base: --model-overrides "
-        "\"{'delta_base': 'NAME_OR_PATH'}\")",
+        f"  fairseq-generate DATA-BIN --user-dir {shlex.quote(user_dir())} --path "
+        f"{shlex.quote(os.path.join(folder, config['entry']['file']))} \\",
+        "      --required-batch-size-multiple 1",
+        "  (on another machine --user-dir is the path `unifairseq-user-dir` prints there; fairseq-interactive "
+        "takes the same --path; another base: --model-overrides \"{'delta_base': 'NAME_OR_PATH'}\")",
         "or in Python:",
-        f"  {'DeltaRobertaModel' if config['family'] == 'roberta' else 'DeltaBARTModel'}.from_pretrained("
-        f"{config['base']['name']!r}, delta={folder!r}, data_name_or_path=DATA-BIN)"])
+        f"  {model}.from_pretrained({config['base']['name']!r}, delta={folder!r}, data_name_or_path=DATA-BIN)"])
 
 
 def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
