@@ -1,7 +1,8 @@
 """No code runs on load, whatever the environment: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (which turns
 torch.load's weights-only default off), a checkpoint whose pickle would run code (it touches a marker
 file) is refused in one line by every unifairseq entry point that loads one, and the marker never
-appears. fairseq's own loader, without --user-dir, does run it (documented in docs/sharing.md)."""
+appears. fairseq's own loader (its --path, --restore-file reads; unifairseq does not patch it, with or
+without --user-dir) does run it: documented in docs/sharing.md, shown here."""
 from __future__ import annotations
 
 import os
@@ -95,9 +96,10 @@ def test_the_payload_is_real(tmp_path, marker):
     torch.load(payload(tmp_path / "p.pt", other), weights_only=False)
     assert other.exists()
     other.unlink()
-    from unifairseq.fairseq import loading
-
-    loading._ORIGINAL(payload(tmp_path / "q.pt", other))  # fairseq's own loader, as plain fairseq calls it
+    # fairseq's own loader, unpatched (registering unifairseq changes nothing in fairseq): what
+    # fairseq-generate --path does with the file under this variable, --user-dir or not
+    assert checkpoint_utils.load_checkpoint_to_cpu.__module__ == "fairseq.checkpoint_utils"
+    checkpoint_utils.load_checkpoint_to_cpu(payload(tmp_path / "q.pt", other))
     assert other.exists(), "plain fairseq --path loading unpickles under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"
 
 
@@ -175,18 +177,16 @@ def test_delta_pt_whose_recorded_base_is_a_payload(tmp_path, delta, marker):
         checkpoint_utils.load_model_ensemble([pt], task=task)
 
 
-def test_fairseq_loading_under_user_dir_and_the_hub(tmp_path, delta, marker):
-    """Registered, fairseq's own loader (--path, --restore-file, the hub) is weights-only; a delta folder
-    as --path or the hub's delta= whose base (by name) is a payload is refused too."""
+def test_the_hub_and_the_entry_file(tmp_path, delta, marker):
+    """The hub reads its base weights-only first when the variable is set (fairseq is not patched); the
+    entry file DIR/model.pt and the hub's delta= whose base (by name) is a payload are refused too."""
     from unifairseq.fairseq.models.bart import DeltaBARTModel
 
     base, pt, folder, task = delta
-    with pytest.raises(DeltaCheckpointError, match=REFUSED):
-        checkpoint_utils.load_checkpoint_to_cpu(payload(tmp_path / "p.pt", marker))
     os.remove(base)
     payload(base, marker)
     with pytest.raises(DeltaCheckpointError, match=REFUSED):
-        checkpoint_utils.load_model_ensemble([folder], task=task)
+        checkpoint_utils.load_model_ensemble([os.path.join(folder, "model.pt")], task=task)
     with pytest.raises(DeltaCheckpointError, match=REFUSED):
         DeltaBARTModel.from_pretrained(os.path.dirname(base), "model.pt", data_name_or_path=str(tmp_path))
     with pytest.raises(DeltaCheckpointError, match=REFUSED):
@@ -194,9 +194,33 @@ def test_fairseq_loading_under_user_dir_and_the_hub(tmp_path, delta, marker):
     assert bases.cache_dir() == str(tmp_path / "cache")
 
 
+def test_a_strangers_entry_file_is_refused_by_find(tmp_path, delta, marker, capsys):
+    """A stranger's folder whose model.pt would run code (its sha256 duly recorded): `unifairseq-base find
+    DIR` reads it weights-only and refuses it in one line; the hub never opens it."""
+    import hashlib
+    import json
+
+    from unifairseq.tools import base as tool
+
+    base, pt, folder, task = delta
+    entry = os.path.join(folder, "model.pt")
+    payload(entry, marker)
+    cfg_path = os.path.join(folder, "delta_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(), bytes=os.path.getsize(entry))
+    json.dump(cfg, open(cfg_path, "w"))
+    assert tool.main(["find", folder]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and REFUSED in one_line(out.err) and entry in out.err
+    from unifairseq.fairseq.models.sharing import hub_arguments
+
+    assert hub_arguments(None, "model.pt", ".", folder, {})[0] == os.path.dirname(base)  # the base, not model.pt
+
+
 def test_fairseq_generate_with_user_dir(tmp_path, delta, marker):
-    """The command line: `fairseq-generate --user-dir` on a payload --path, and on a delta folder whose
-    base is a payload, ends in one unifairseq line and nothing runs."""
+    """The command line: `fairseq-generate --user-dir ... --path DIR/model.pt` whose base is a payload ends
+    in one unifairseq line and nothing runs. A payload given as --path itself is fairseq's own read,
+    unpatched: under the variable it runs (the honest limit, docs/sharing.md "Nothing runs on load")."""
     base, pt, folder, task = delta
     data = tmp_path / "data-bin"
     data.mkdir()
@@ -206,11 +230,17 @@ def test_fairseq_generate_with_user_dir(tmp_path, delta, marker):
     payload(base, marker)
     env = tool_env(PYTHONPATH=str(REPO), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
                    UNIFAIRSEQ_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
-    for path in (payload(tmp_path / "p.pt", marker), folder):
-        p = subprocess.run([sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(REPO / "user_dir"),
-                            "--task", "translation", "--source-lang", "en", "--target-lang", "ro", "--path", path,
-                            "--cpu", "--batch-size", "1"], capture_output=True, text=True, cwd=tmp_path, env=env,
-                           timeout=300)
-        err = [ln for ln in p.stderr.splitlines() if ln.startswith("unifairseq: error:")]
-        assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
-        assert len(err) == 1 and REFUSED in err[0], p.stderr[-2000:]
+    other = tmp_path / "fairseqs_own_read"
+
+    def generate(path):
+        return subprocess.run([sys.executable, "-m", "fairseq_cli.generate", str(data), "--user-dir",
+                               str(REPO / "user_dir"), "--task", "translation", "--source-lang", "en", "--target-lang",
+                               "ro", "--path", path, "--cpu", "--batch-size", "1"], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=300)
+
+    p = generate(os.path.join(folder, "model.pt"))
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("unifairseq: error:")]
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(err) == 1 and REFUSED in err[0], p.stderr[-2000:]
+    p = generate(payload(tmp_path / "p.pt", other))
+    assert p.returncode != 0 and other.exists(), "fairseq's own --path read unpickles under the variable"
