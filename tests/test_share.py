@@ -21,7 +21,7 @@ from test_methods import full_logits
 from test_training import TRAIN_FLAGS, make_trainer, toy_sample
 from tiny import TINY, random_batch, tiny_args, tiny_dict
 from unifairseq.core import bases
-from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, read_delta
+from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, TENSORS_NAME, read_delta
 from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
 from unifairseq.fairseq.models.common import ARCH_PARENT
 from unifairseq.tools.export import export_inference
@@ -238,7 +238,7 @@ def test_start_checkpoint_resolved_as_fairseq_does(tmp_path, monkeypatch):
 
 def test_tensor_file_is_safetensors_and_json_is_plain(tmp_path):
     model, base, out, d = trained_delta(tmp_path, "lora_attn_bart_base", ["--attn-bn", "4"])
-    assert sorted(os.listdir(out)) == [CONFIG_NAME, TENSORS_NAME]
+    assert sorted(os.listdir(out)) == sorted([CONFIG_NAME, TENSORS_NAME, ENTRY_NAME])  # model.pt: the .pt delta, for --path
     raw = (out / TENSORS_NAME).read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
