@@ -113,7 +113,7 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
     pt, shared, printed = out[arch]
     cfg = json.loads((shared / "delta_config.json").read_text())
     assert cfg["base"]["name"] == "other" and cfg["base"]["path_hint"] == str(base), "the base was recognised"
-    assert "fairseq-generate" in printed and f"--path {shared}" in printed and "unifairseq-base find" not in printed
+    assert "fairseq-generate" in printed and f"--path {shared / 'model.pt'}" in printed and "$(" not in printed
     ref = run([PY, "-m", "fairseq_cli.generate", a / "data-bin", "--user-dir", REPO / "user_dir", "--path", pt,
                *GEN]).stdout
     # B: a copy of the delta and of the data, the base under another folder name, nothing at A's paths
@@ -127,19 +127,22 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
     hub_ref(a, pt, [src[i] for i in ids])  # A's hub on its .pt delta, while the base is at its path
     os.rename(base, str(base) + ".away")  # the recorded path is gone
     try:
-        p, _ = watched(b, b / "delta", "unifairseq.tools.base", "find", b / "delta")
+        p, loads = watched(b, b / "delta", "unifairseq.tools.base", "find", b / "delta")
         found = p.stdout.strip()
         assert found == str(b / "bases" / "renamed" / "model.pt") and "by fingerprint" in p.stderr
+        assert loads[0] == str(b / "delta" / "model.pt"), "find checked the entry file (weights-only) first"
         over = str({"arch": arch, "_name": arch, "delta_file": str(b / "delta")})
         p, loads = watched(b, b / "delta", "fairseq_cli.generate", b / "data-bin", "--user-dir", REPO / "user_dir",
                            "--path", found, "--model-overrides", over, *GEN)
         assert loads == [found], "fairseq unpickled the base only"
         got, want = hyps(p.stdout), hyps(ref)
         assert len(want) == 8 and got == want, "the same hypotheses and scores as A's .pt delta"
-        # the printed command: the folder itself as --path, its base found inside (no command substitution)
-        p, loads = watched(b, b / "delta", "fairseq_cli.generate", b / "data-bin", "--user-dir", REPO / "user_dir",
-                           "--path", b / "delta", *GEN)
-        assert loads == [found] and hyps(p.stdout) == want, "--path DELTA_DIR: the same, the base unpickled only"
+        # the printed command: the folder's entry file as --path, its base found inside the model (no
+        # command substitution); fairseq reads model.pt itself (a .pt delta), the model reads the base
+        entry = str(b / "delta" / "model.pt")
+        p, loads = watched(b, b / "elsewhere", "fairseq_cli.generate", b / "data-bin", "--user-dir",
+                           REPO / "user_dir", "--path", entry, *GEN)
+        assert loads == [entry, found] and hyps(p.stdout) == want, "--path DIR/model.pt: the same hypotheses"
         p, loads = watched(b, b / "delta", "fairseq_cli.interactive", b / "data-bin", "--user-dir", REPO / "user_dir",
                            "--path", found, "--model-overrides", over, "--source-lang", "en", "--target-lang", "ro",
                            "--beam", "3", "--max-len-b", "8", "--batch-size", "1", "--buffer-size", "1", "--cpu",
@@ -153,6 +156,18 @@ def test_second_environment_decodes_the_shared_delta(env_a, arch, tmp_path):
         p, loads = watched(b, b / "delta", str(b / "hub.py"))
         assert loads == [found], "the hub unpickled the base only"
         assert json.loads(p.stdout.strip().splitlines()[-1]) == hub_ref(a, pt, [src[i] for i in ids])
+        # the base moved again and named once with `unifairseq-base add` (the cache in B's home): the
+        # entry file finds it by the recorded name, with the same hypotheses as the folder by overrides
+        os.rename(b / "bases" / "renamed", b / "moved")
+        watched(b, b / "delta", "unifairseq.tools.base", "add", b / "moved", "--name", "other")
+        named = str(b / "home" / ".cache" / "unifairseq" / "bases" / "other" / "model.pt")
+        p, loads = watched(b, b / "elsewhere", "fairseq_cli.generate", b / "data-bin", "--user-dir",
+                           REPO / "user_dir", "--path", entry, *GEN)
+        assert hyps(p.stdout) == want and loads[0] == entry
+        assert os.path.realpath(loads[1]) == str(b / "moved" / "model.pt"), loads
+        p, _ = watched(b, b / "delta", "fairseq_cli.generate", b / "data-bin", "--user-dir", REPO / "user_dir",
+                       "--path", named, "--model-overrides", over, *GEN)
+        assert hyps(p.stdout) == want, "the folder by --model-overrides on the named base: the same"
     finally:
         os.rename(str(base) + ".away", base)
 
