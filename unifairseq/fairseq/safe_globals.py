@@ -1,8 +1,8 @@
 """Loading fairseq checkpoints under torch >= 2.6, whose torch.load defaults to weights_only=True.
 
 fairseq's `load_checkpoint_to_cpu` calls `torch.load(f)` with no flags (so torch's default, which
-TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns off; once registered, loading.py replaces it by one that
-passes weights_only=True, as checkpoint.load_checkpoint_file always does). Official checkpoints
+TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns off; fairseq is not patched, so that read stays fairseq's, while
+checkpoint.load_checkpoint_file always passes weights_only=True). Official checkpoints
 (bart.large, mbart.cc25, roberta.base) and the ones fairseq-train writes hold a few
 plain Python objects besides tensors: `argparse.Namespace` (the training args) and
 fairseq's logging meters (in `extra_state`); distributed training sends the loaded checkpoint from

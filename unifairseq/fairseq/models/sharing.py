@@ -2,8 +2,8 @@
 
 fairseq-generate and fairseq-interactive torch.load their --path, so what fairseq loads is the base, and
 the delta folder comes through the model overrides, which reach the model args for old (`args`) and new
-(`cfg`) checkpoints alike. `--path DELTA_DIR` under --user-dir does both (fairseq/loading.py finds the
-folder's base and sets the overrides); spelled out:
+(`cfg`) checkpoints alike (the folder's model.pt, a `.pt` delta, is the other way in: `--path DIR/model.pt`,
+its base found inside the model); spelled out:
 
     --path BASE/model.pt --model-overrides "{'arch': 'mam_bart_large', '_name': 'mam_bart_large',
                                               'delta_file': 'DELTA_DIR'}"
