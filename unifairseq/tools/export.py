@@ -151,7 +151,7 @@ def parent_arch(arch: str) -> str:
 
 
 # ----------------------------------------------------------------- commands
-def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None) -> dict:
+def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None, dicts=None) -> dict:
     state = load_checkpoint_file(path)
     plan = delta_plan(state)
     sd = OrderedDict(state["model"])
@@ -175,7 +175,7 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
     if not out.endswith(".pt"):  # the shareable folder
         from unifairseq.tools.share import write_shared
 
-        config = write_shared(new, path, out, base, force)
+        config = write_shared(new, path, out, base, force, dicts)
         logger.info(f"wrote {out}/: {params:,} parameters in {config['tensors']['count']} tensors; dropped "
                     f"{dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
         return dict(params=params, dropped=dropped, config=config,
@@ -281,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base name or checkpoint, for a delta that records no base content fingerprint "
                                   "(made before unifairseq recorded it)")
+    p.add_argument("--source-dict", help="the task's source dict.txt, for a delta that records no dictionary")
+    p.add_argument("--target-dict", help="the task's target dict.txt (default: the source one)")
     p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base checkpoint (default: the path recorded in CKPT)")
@@ -294,7 +296,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "inference":
-            export_inference(a.ckpt, a.out, a.force, a.base)
+            dicts = {k: v for k, v in (("source", a.source_dict), ("target", a.target_dict)) if v}
+            export_inference(a.ckpt, a.out, a.force, a.base, dicts)
         elif a.cmd == "merge":
             export_merge(a.ckpt, a.out, a.base, a.force)
         elif a.cmd == "hf":
