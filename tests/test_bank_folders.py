@@ -65,10 +65,14 @@ def test_folder_bank_equals_pt_bank_and_unpickles_nothing(deltas, monkeypatch):
 def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_path):
     import shutil
 
+    from unifairseq.core.deltaschema import config_digest
+
     bad = tmp_path / "lora"
     shutil.copytree(deltas / "lora_attn", bad)
     cfg = json.loads((bad / "delta_config.json").read_text())
     cfg["base"]["plan_fingerprint"] = "ab" * 32  # the JSON's base record (the tensor checksum is unaffected)
+    raw = (bad / "delta_model.safetensors").read_bytes()  # with the digest recomputed, as an editor would
+    cfg["digest"] = config_digest(cfg, raw[8:8 + int.from_bytes(raw[:8], "little")])
     (bad / "delta_config.json").write_text(json.dumps(cfg))
     bank, _ = make_bank([])
     with pytest.raises(BankError, match=r"trained on another base: it records base fingerprint abababab.*"
@@ -81,7 +85,7 @@ def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_pa
         bank.bank.load_pending()
     bank.bank.remove("lora")
     (bad / "delta_model.safetensors").write_bytes(b"\0" * 12)
-    with pytest.raises(BankError, match="delta_model.safetensors: corrupt header"):
+    with pytest.raises(BankError, match="delta_model.safetensors: truncated or not this delta's: 12 bytes"):
         bank.bank.add("lora", str(bad))
 
 

@@ -21,7 +21,8 @@ def config():
     """A LoRA delta's record, as unifairseq-export writes it (every field real: the schema checks them)."""
     return dict(unifairseq_version="0.1.0", family="bart", arch="lora_attn_bart_base", parent_arch="bart_base",
                 delta=DeltaConfig(attn_mode="lora", attn_bn=4).validate().to_dict(),
-                model={"encoder_embed_dim": 8, "encoder_layers": 1},
+                model=dict(encoder_embed_dim=8, encoder_ffn_embed_dim=16, encoder_layers=1, encoder_attention_heads=2,
+                           decoder_embed_dim=8, decoder_ffn_embed_dim=16, decoder_layers=1, decoder_attention_heads=2),
                 base=dict(name="bart.base", fingerprint="v2:" + "a" * 64, plan_fingerprint="b" * 64, path_hint=None),
                 dictionary={"source": "c" * 64, "target": "d" * 64}, heads={})
 

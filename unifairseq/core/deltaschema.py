@@ -223,7 +223,9 @@ def validate(config, path: str, versions, tensor_bytes: Optional[int] = None, te
         fail(tensor_path, f"truncated or not this delta's: {tensor_bytes:,} bytes cannot hold the {params:,} "
                           "parameters its tensors.parameters records")
     model = config["model"]
-    _exact(path, "'model'", model, [k for k in SHAPE_ARGS if k in model or k.startswith("encoder_embed")])
+    # the encoder's shape always, the decoder's for the encoder-decoder families (RoBERTa may record it too)
+    _exact(path, "'model'", model, [k for k in SHAPE_ARGS if k in model or k.startswith("encoder")
+                                    or family != "roberta"])
     for k, v in model.items():
         if not (_is_int(v) and 0 < v <= MAX_DIM):
             fail(path, f"field model.{k} is {v!r}, not a positive dimension")
