@@ -81,7 +81,11 @@ def resign(folder, change) -> None:
 
 
 # ---------------------------------------------------------------- the fingerprint
-def test_fingerprint_changes_with_any_single_value():
+@pytest.mark.parametrize("chunk", [None, 100])
+def test_fingerprint_changes_with_any_single_value(chunk, monkeypatch):
+    """Any value of any tensor (first, middle, last; with 100-byte chunks: in every chunk of the hash tree)."""
+    if chunk:
+        monkeypatch.setattr(bases, "CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
     state = {"embed_tokens.weight": torch.randn(50, 512, generator=g), "layer.bias": torch.randn(7, generator=g),
              "ln.weight": torch.randn(3, generator=g).half(), "emb.bf16": torch.randn(9, generator=g).bfloat16()}
