@@ -118,7 +118,7 @@ def test_what_the_sampled_v1_fingerprint_missed():
     assert bases.content_fingerprint(changed) != bases.content_fingerprint(state)
 
 
-def test_folder_with_a_v1_fingerprint_still_applies_and_is_found_by_content(trained, tmp_path):
+def test_folder_with_a_v1_fingerprint_still_applies_and_is_found_by_content(trained, tmp_path, capsys):
     model, base, _, folder, d = trained
     v1 = bases.content_fingerprint(load_checkpoint_file(str(base))["model"], "v1")
     resign(folder, lambda c: (c.pop("digest"), c.update(format_version=1), c["base"].update(fingerprint=v1)))
@@ -128,6 +128,11 @@ def test_folder_with_a_v1_fingerprint_still_applies_and_is_found_by_content(trai
     from unifairseq.fairseq.checkpoint import file_content_fingerprint
 
     os.rename(base.parent, base.parent.parent / "renamed")
+    from unifairseq.tools.base import find
+
+    assert find(str(folder)) == 0  # unifairseq-base find DIR: by the v1 fingerprint
+    assert capsys.readouterr().out.strip().endswith("renamed/model.pt")
+    os.remove(tmp_path / "cache" / bases.INDEX_NAME)
     found = bases.resolve(None, "tiny.bart", v1, None, file_content_fingerprint)
     assert found.path.endswith("renamed/model.pt") and "fingerprint" in found.how
     index = json.loads((tmp_path / "cache" / bases.INDEX_NAME).read_text())
