@@ -28,7 +28,7 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)  # 1: no digest (written before 2026-12); read with every other check
 CONFIG_NAME = "delta_config.json"
 TENSORS_NAME = "delta_model.safetensors"
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header length
+MAX_HEADER = 16 * 1024 * 1024  # a delta's header lists its tensors: kilobytes (safetensors allows 100 MB)
 MAX_CONFIG = 4 * 1024 * 1024  # a config lists tensor names: kilobytes; anything this big is not one
 # safetensors dtype -> (torch dtype, bytes per element)
 DTYPES = {"F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),

@@ -51,6 +51,7 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # every tensor a plan trains is a 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DIGEST_PREFIX = "sha256:"
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class DeltaFileError(UnifairseqError, ValueError):
@@ -82,12 +83,12 @@ def _no_constant(path):
 def parse_json(raw: bytes, path: str, what: str = "JSON"):
     """json.loads with the nesting depth bounded before parsing (so deep input is one line, not a
     RecursionError), duplicate keys and NaN/Infinity refused."""
-    flat = _STRINGS.sub(b'""', raw)  # brackets inside strings do not nest
-    depth = deepest = 0
-    for c in flat.translate(None, delete=bytes(b for b in range(256) if b not in b"[]{}")):
-        depth += 1 if c in b"[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
+    import numpy as np
+
+    brackets = np.frombuffer(_STRINGS.sub(b'""', raw).translate(None, delete=_NOT_BRACKETS), dtype=np.uint8)
+    if len(brackets):  # brackets inside strings (removed above) do not nest
+        depth = np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32))
+        if int(depth.max()) > MAX_DEPTH:
             fail(path, f"{what} nests deeper than {MAX_DEPTH} levels: not a unifairseq delta")
     try:
         text = raw.decode("utf-8")
