@@ -266,7 +266,10 @@ def _names(path, cfg: DeltaConfig, names, heads) -> None:
     """Exactly what the plan trains: a base tensor under a plan that does not train it is refused."""
     from unifairseq.core.plan import DeltaPlan
 
-    plan = DeltaPlan(cfg)
+    try:
+        plan = DeltaPlan(cfg)
+    except DeltaConfigError as e:  # e.g. two methods on one site
+        fail(path, f"field 'delta': {e}")
     for n in names:
         if n.startswith("classification_heads."):
             if n.split(".")[1] not in heads:
