@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +15,14 @@ import torch
 from env import REPO
 from tiny import random_batch, tiny_dict, tiny_model
 from unifairseq.core import bases
-from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, read_delta
+from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, DeltaFileError, read_delta
 from unifairseq.core.deltaschema import config_digest
 from unifairseq.fairseq.checkpoint import INFO_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import export_inference, export_merge
 from unifairseq.tools.tiny_base import checkpoint_state
 
 ARCH, FLAGS = "lora_attn_bart_base", ["--attn-bn", "4"]
+V1 = Path(__file__).resolve().parent / "fixtures" / "v1_folder"  # written by older code (make_v1_folder.py)
 
 
 @pytest.fixture(autouse=True)
@@ -137,6 +139,27 @@ def test_folder_with_a_v1_fingerprint_still_applies_and_is_found_by_content(trai
     assert found.path.endswith("renamed/model.pt") and "fingerprint" in found.how
     index = json.loads((tmp_path / "cache" / bases.INDEX_NAME).read_text())
     assert index[os.path.realpath(found.path)]["fingerprints"] == {"v1": v1}
+
+
+def test_v1_folder_written_by_older_code_keeps_loading(tmp_path):
+    """The committed folder of format version 1 (no digest, a v1 base fingerprint) loads onto its base with
+    today's code and gives the logits it gave then, bitwise; a tampered copy is still refused."""
+    import shutil
+
+    cfg, _ = read_delta(str(V1 / "mam"))
+    assert cfg["format_version"] == 1 and "digest" not in cfg
+    assert bases.fingerprint_version(cfg["base"]["fingerprint"]) == "v1"
+    d = tiny_dict()
+    flags = ["--attn-bn", "4", "--ffn-bn", "8", "--mid-dim", "16", "--attn-mode", "prefix_nomlp",
+             "--delta-base", str(V1 / "base" / "model.pt")]
+    model, _, _ = tiny_model("mam_bart_base", flags, dictionary=d, seed=3)
+    model.apply_delta_file(str(V1 / "mam"))
+    assert torch.equal(logits(model, d), torch.load(V1 / "logits.pt", weights_only=True))
+    bad = tmp_path / "mam"
+    shutil.copytree(V1 / "mam", bad)
+    resign(bad, lambda c: c["delta"].update(ffn_adapter_scalar=0.0))  # no digest in v1: the schema catches it
+    with pytest.raises(DeltaFileError, match="field delta.ffn_adapter_scalar: 0 switches the FFN adapter off"):
+        read_delta(str(bad))
 
 
 # ---------------------------------------------------------------- .pt and folders: the same checks

@@ -96,6 +96,8 @@ def parse_json(raw: bytes, path: str, what: str = "JSON"):
         fail(path, f"not UTF-8 text ({e.reason} at byte {e.start}); re-copy the file")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates(path), parse_constant=_no_constant(path))
+    except DeltaFileError:  # from the hooks: already the one line
+        raise
     except json.JSONDecodeError as e:
         fail(path, f"not valid {what} ({e.msg} at line {e.lineno} column {e.colno}); re-copy the file")
     except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4,300 digits
