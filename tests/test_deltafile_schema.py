@@ -23,8 +23,9 @@ D = 8  # model width
 def lora_config():
     return dict(unifairseq_version="0.1.0", family="bart", arch="lora_attn_bart_base", parent_arch="bart_base",
                 delta=DeltaConfig(attn_mode="lora", attn_bn=4).validate().to_dict(),
-                model=dict(encoder_embed_dim=D, encoder_ffn_embed_dim=2 * D, encoder_layers=1, encoder_attention_heads=2,
-                           decoder_embed_dim=D, decoder_ffn_embed_dim=2 * D, decoder_layers=1, decoder_attention_heads=2),
+                model=dict(encoder_embed_dim=D, encoder_ffn_embed_dim=2 * D, encoder_layers=1,
+                           encoder_attention_heads=2, decoder_embed_dim=D, decoder_ffn_embed_dim=2 * D,
+                           decoder_layers=1, decoder_attention_heads=2),
                 base=dict(name="bart.base", fingerprint="v2:" + "a" * 64, plan_fingerprint="b" * 64, path_hint=None),
                 dictionary={"source": "c" * 64, "target": "d" * 64}, heads={})
 

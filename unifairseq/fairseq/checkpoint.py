@@ -13,9 +13,10 @@ Loading such a dict (resume, fairseq-generate, hub `from_pretrained`) first load
 base from `--delta-base` if given, else from the stored path, checks it as a delta folder is
 checked (fairseq/deltacheck.py: base content fingerprint, else the plan fingerprint of older files;
 the task's dictionaries; the tensors' names, shapes and dtypes; a base mismatch is refused with both
-fingerprints unless `--delta-allow-base-mismatch`), then puts the delta tensors on top. Loading a full checkpoint (an official
-`bart.large/model.pt` through `--restore-file` or `--finetune-from-model`) records it as
-the base, whatever its file name: base or delta is decided by the content.
+fingerprints unless `--delta-allow-base-mismatch`), then puts the delta tensors on top. Loading a
+full checkpoint (an official `bart.large/model.pt` through `--restore-file` or
+`--finetune-from-model`) records it as the base, whatever its file name: base or delta is decided
+by the content.
 
 A shared delta folder (core/deltafile.py) comes in through `delta_file` (model overrides or the
 hub's `delta=`): fairseq loads the base as a full checkpoint, then `apply_delta_file` puts the
