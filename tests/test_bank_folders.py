@@ -65,11 +65,12 @@ def test_folder_bank_equals_pt_bank_and_unpickles_nothing(deltas, monkeypatch):
 def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_path):
     import shutil
 
+    from deltahelp import resign
+
     bad = tmp_path / "lora"
     shutil.copytree(deltas / "lora_attn", bad)
-    cfg = json.loads((bad / "delta_config.json").read_text())
-    cfg["base"]["plan_fingerprint"] = "ab" * 32  # the JSON's base record (the tensor checksum is unaffected)
-    (bad / "delta_config.json").write_text(json.dumps(cfg))
+    # the JSON's base record (the tensor checksum is unaffected), with the digest recomputed as an editor would
+    resign(bad, lambda cfg: cfg["base"].update(plan_fingerprint="ab" * 32))
     bank, _ = make_bank([])
     with pytest.raises(BankError, match=r"trained on another base: it records base fingerprint abababab.*"
                                          r"this bank's base has [0-9a-f]{16}"):
@@ -81,7 +82,7 @@ def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_pa
         bank.bank.load_pending()
     bank.bank.remove("lora")
     (bad / "delta_model.safetensors").write_bytes(b"\0" * 12)
-    with pytest.raises(BankError, match="delta_model.safetensors: corrupt header"):
+    with pytest.raises(BankError, match="delta_model.safetensors: truncated or not this delta's: 12 bytes"):
         bank.bank.add("lora", str(bad))
 
 

@@ -250,7 +250,6 @@ def test_an_entry_whose_tensors_differ_is_refused_by_find(tmp_path, delta, capsy
     binds the two files as written, so the pickle-free folder reader cannot see it (it accepts the folder
     and serves the safetensors); `unifairseq-base find DIR` reads model.pt weights-only and refuses."""
     import hashlib
-    import json
 
     from unifairseq.core.deltafile import read_delta
 
@@ -260,10 +259,10 @@ def test_an_entry_whose_tensors_differ_is_refused_by_find(tmp_path, delta, capsy
     name = next(k for k in state["model"] if "lora" in k)
     state["model"][name] = state["model"][name] + 1
     torch.save(state, entry)
-    cfg_path = os.path.join(folder, "delta_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(), bytes=os.path.getsize(entry))
-    json.dump(cfg, open(cfg_path, "w"))
+    from deltahelp import resign
+
+    resign(folder, lambda cfg: cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(),
+                                                   bytes=os.path.getsize(entry)))
     read_delta(folder)  # consistent digests: accepted
     assert base_tool.main(["find", folder]) == 2
     out = capsys.readouterr()

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from unifairseq.core.config import DeltaConfig
 from unifairseq.core.deltafile import (CONFIG_NAME, FORMAT_VERSION, TENSORS_NAME, DeltaFileError, read_delta,
                                        write_delta)
 
@@ -17,18 +18,25 @@ from env import REPO
 
 
 def config():
+    """A LoRA delta's record, as unifairseq-export writes it (every field real: the schema checks them)."""
     return dict(unifairseq_version="0.1.0", family="bart", arch="lora_attn_bart_base", parent_arch="bart_base",
-                delta={"attn_mode": "lora"}, model={"encoder_layers": 2},
-                base=dict(name="bart.base", fingerprint="a" * 64, plan_fingerprint="b" * 64, path_hint=None),
-                dictionary={"source": "c" * 64}, heads={})
+                delta=DeltaConfig(attn_mode="lora", attn_bn=4).validate().to_dict(),
+                model=dict(encoder_embed_dim=8, encoder_ffn_embed_dim=16, encoder_layers=1, encoder_attention_heads=2,
+                           decoder_embed_dim=8, decoder_ffn_embed_dim=16, decoder_layers=1, decoder_attention_heads=2),
+                base=dict(name="bart.base", fingerprint="v2:" + "a" * 64, plan_fingerprint="b" * 64, path_hint=None),
+                dictionary={"source": "c" * 64, "target": "d" * 64}, heads={})
+
+
+LORA = "encoder.layers.0.self_attn.{}_proj.delta_lora.W_{}.weight"
 
 
 def tensors():
+    """Every floating dtype a plan may be saved in."""
     g = torch.Generator().manual_seed(0)
-    return {"encoder.layers.0.self_attn.q_proj.delta_lora.lora_A": torch.randn(4, 8, generator=g),
-            "encoder.layers.0.self_attn.q_proj.delta_lora.lora_B": torch.randn(8, 4, generator=g).half(),
-            "decoder.layers.1.fc1.bias": torch.randn(16, generator=g).bfloat16(),
-            "counts": torch.arange(5), "flags": torch.tensor([True, False])}
+    return {LORA.format("q", "down"): torch.randn(4, 8, generator=g),
+            LORA.format("q", "up"): torch.randn(8, 4, generator=g).half(),
+            LORA.format("v", "down"): torch.randn(4, 8, generator=g).bfloat16(),
+            LORA.format("v", "up"): torch.randn(8, 4, generator=g).double()}
 
 
 @pytest.fixture
@@ -52,15 +60,15 @@ def test_round_trip_exact(folder):
     assert sorted(got) == sorted(want) == cfg["tensors"]["names"]
     for k, v in want.items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
-    assert cfg["tensors"]["parameters"] == sum(v.numel() for v in want.values()) == 4 * 8 + 8 * 4 + 16 + 5 + 2
+    assert cfg["tensors"]["parameters"] == sum(v.numel() for v in want.values()) == 4 * 4 * 8
     assert cfg["format_version"] == FORMAT_VERSION and cfg["base"]["name"] == "bart.base"
 
 
 def test_refuses_to_overwrite(folder):
     with pytest.raises(DeltaFileError, match="refusing to overwrite"):
         write_delta(str(folder), config(), tensors())
-    write_delta(str(folder), config(), {"x": torch.ones(2)}, overwrite=True)
-    assert list(read_delta(str(folder))[1]) == ["x"]
+    write_delta(str(folder), config(), {LORA.format("q", "up"): torch.ones(8, 4)}, overwrite=True)
+    assert list(read_delta(str(folder))[1]) == [LORA.format("q", "up")]
 
 
 def header_len(folder) -> int:
@@ -110,18 +118,18 @@ def test_flipped_data_byte_fails_the_checksum(folder):
 
 def test_tensor_names_must_match_the_json(folder):
     cfg = json.loads((folder / CONFIG_NAME).read_text())
-    cfg["tensors"]["names"][0] = "something.else"
+    cfg["tensors"]["names"][0] = "encoder.layers.0.self_attn.k_proj.delta_lora.W_up.weight"
     (folder / CONFIG_NAME).write_text(json.dumps(cfg))
     assert "tensor names differ" in one_line_error(folder, [TENSORS_NAME])
 
 
 @pytest.mark.parametrize("damage,expect", [
     (lambda s: s[: len(s) // 2], "not valid JSON"),
-    (lambda s: s.replace('"format_version": 1', '"format_version": 2'), "format version 2"),
+    (lambda s: s.replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 3'), "format version 3"),
     (lambda s: s.replace('"unifairseq-delta"', '"something"'), "not a unifairseq delta"),
     (lambda s: "[1, 2]", "expected a JSON object"),
     (lambda s: s.replace('"heads"', '"hedas"'), "missing field(s) heads"),
-    (lambda s: s.replace('"count"', '"cuont"'), "lacks count"),
+    (lambda s: s.replace('"count"', '"cuont"'), "field 'tensors' lacks count"),
     (lambda s: s[:-2] + ', "extra": 1}', "unknown field(s) extra"),
     (lambda s: s.replace('"parameters": ', '"parameters": 1'), "parameters"),
 ])

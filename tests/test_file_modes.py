@@ -6,6 +6,8 @@ import stat
 import pytest
 import torch
 
+from deltahelp import lora_config, lora_tensors
+
 from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, write_delta
 from unifairseq.fairseq.checkpoint import atomic_save
 from unifairseq.tools.export_hf import _Folder
@@ -24,7 +26,7 @@ def mode(path) -> int:
 
 def test_atomic_save_and_write_delta_follow_the_umask(tmp_path, umask):
     atomic_save({"model": {"w": torch.zeros(2)}}, str(tmp_path / "ckpt.pt"))
-    write_delta(str(tmp_path / "delta"), {}, {"w": torch.ones(3)})
+    write_delta(str(tmp_path / "delta"), lora_config(), lora_tensors())
     want = 0o666 & ~umask
     assert want == {0o022: 0o644, 0o077: 0o600}[umask]
     assert mode(tmp_path / "ckpt.pt") == want

@@ -192,7 +192,9 @@ def test_base_moved_and_renamed_is_found_by_fingerprint(tmp_path, monkeypatch):
     again = bases.resolve(None, rec["name"], rec["fingerprint"], rec["path_hint"], counted)
     assert again.path == found.path and len(calls) == 2, "unchanged files are not reread (index)"
     index = json.loads((tmp_path / "cache" / bases.INDEX_NAME).read_text())
-    assert index[os.path.realpath(found.path)]["fingerprint"] == rec["fingerprint"]
+    entry = index[os.path.realpath(found.path)]
+    assert entry["fingerprints"] == {"v2": rec["fingerprint"]} and rec["fingerprint"].startswith("v2:")
+    assert entry["inode"] == os.stat(found.path).st_ino
     with pytest.raises(bases.BaseNotFound, match="unifairseq-base add"):
         bases.resolve("bart.large")
 
@@ -306,16 +308,21 @@ def test_old_pt_delta_without_info_exports_with_the_base_read(tmp_path, monkeypa
     del state["model"][INFO_KEY]
     old = tmp_path / "old.pt"
     torch_persistent_save(state, str(old))
-    export_inference(str(old), str(tmp_path / "from_old"))
+    # not recorded then: a folder must name its dictionary, so the export asks for the task's dict.txt
+    with pytest.raises(DeltaCheckpointError, match=r"records no dictionary fingerprints .* --source-dict"):
+        export_inference(str(old), str(tmp_path / "from_old"))
+    d.save(str(tmp_path / "dict.txt"))
+    dicts = {"source": str(tmp_path / "dict.txt")}
+    export_inference(str(old), str(tmp_path / "from_old"), dicts=dicts)
     rec = read_delta(str(tmp_path / "from_old"))[0]
     assert rec["base"]["fingerprint"] == model.base_content and rec["base"]["name"] == "tiny.bart"
-    assert rec["dictionary"] == {}  # not recorded then: the dictionary check is skipped for it
+    assert rec["dictionary"] == model.dictionary_fingerprints  # source, and the same file as target
     moved = tmp_path / "moved" / "tiny.bart"
     shutil.move(str(base.parent), str(moved))
     with pytest.raises(DeltaCheckpointError, match="records no base content fingerprint .* pass --base NAME_OR_PATH"):
-        export_inference(str(old), str(tmp_path / "again"))
+        export_inference(str(old), str(tmp_path / "again"), dicts=dicts)
     monkeypatch.setenv("UNIFAIRSEQ_BASES", str(moved.parent))
-    export_inference(str(old), str(tmp_path / "again"), base="tiny.bart")
+    export_inference(str(old), str(tmp_path / "again"), base="tiny.bart", dicts=dicts)
     assert read_delta(str(tmp_path / "again"))[0]["base"]["fingerprint"] == model.base_content
 
 

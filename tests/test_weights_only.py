@@ -198,17 +198,16 @@ def test_a_strangers_entry_file_is_refused_by_find(tmp_path, delta, marker, caps
     """A stranger's folder whose model.pt would run code (its sha256 duly recorded): `unifairseq-base find
     DIR` reads it weights-only and refuses it in one line; the hub never opens it."""
     import hashlib
-    import json
 
     from unifairseq.tools import base as tool
 
     base, pt, folder, task = delta
     entry = os.path.join(folder, "model.pt")
     payload(entry, marker)
-    cfg_path = os.path.join(folder, "delta_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(), bytes=os.path.getsize(entry))
-    json.dump(cfg, open(cfg_path, "w"))
+    from deltahelp import resign
+
+    resign(folder, lambda cfg: cfg["entry"].update(sha256=hashlib.sha256(open(entry, "rb").read()).hexdigest(),
+                                                   bytes=os.path.getsize(entry)))
     assert tool.main(["find", folder]) == 2
     out = capsys.readouterr()
     assert out.out == "" and REFUSED in one_line(out.err) and entry in out.err

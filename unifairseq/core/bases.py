@@ -15,7 +15,8 @@ fingerprint of the base's tensors. A base is looked up in this order:
 
 The official fairseq bases keep their release names: bart.base, bart.large, mbart.large.cc25,
 roberta.base, roberta.large. Nothing is ever downloaded. The content fingerprint is the sha256 of the
-base's own tensors (names, shapes, dtypes, sampled values) as stored in the file: it does not depend on
+base's own tensors (names, shapes, dtypes, every byte of the values: "v2:<hex>"; older deltas recorded a
+sampled "v1" digest, still verified with that function) as stored in the file: it does not depend on
 the method a delta trains (BitFit's plan fingerprint skips the biases it trains; this one does not).
 torch only; reading a file's tensors is the caller's (`fingerprint_file`), so this module never loads
 a checkpoint itself: every tool calls the one lookup, unifairseq.fairseq.checkpoint.find_base, which
@@ -76,8 +77,9 @@ class Found:
 
 def sampled_digest(state: Dict[str, torch.Tensor], skip) -> str:
     """sha256 over the tensors of `state` whose names `skip` does not exclude, in name order: names,
-    shapes, dtypes and up to 4,096 values of each, spread over the tensor (fast on a 400M-parameter
-    model, and any real difference shows). Both base fingerprints are this digest."""
+    shapes, dtypes and up to 4,096 values of each, spread over the tensor. The plan fingerprint of `.pt`
+    deltas and the version-1 content fingerprint: kept to verify what older deltas recorded (it misses
+    changes between the sampled values, so new content fingerprints are `full_digest`)."""
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name]
@@ -91,11 +93,86 @@ def sampled_digest(state: Dict[str, torch.Tensor], skip) -> str:
     return h.hexdigest()
 
 
-def content_fingerprint(state: Dict[str, torch.Tensor]) -> str:
+def _raw_bytes(t: torch.Tensor):
+    """The tensor's bytes as a buffer (no copy for a contiguous CPU tensor; bf16 and bool included)."""
+    flat = t.detach().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    return flat.contiguous().view(torch.uint8).numpy()
+
+
+CHUNK = 1 << 24  # 16 MiB: the unit hashed on its own, so the cores share the work
+
+
+def full_digest(state: Dict[str, torch.Tensor], skip) -> str:
+    """sha256 over every byte of the tensors `skip` does not exclude (names, shapes, dtypes, values), in
+    name order: any change of a value changes it. Each 16 MiB chunk is hashed on its own, in threads
+    (hashlib releases the GIL), and the result is the sha256 of the names, shapes, dtypes and the chunk
+    digests in order -- a hash tree, as collision-resistant as sha256 (cost: docs/benchmarks.md)."""
+    items = [(name, state[name]) for name in sorted(state) if torch.is_tensor(state[name]) and not skip(name)]
+    bufs = [_raw_bytes(t) for _, t in items]
+    jobs = [(i, off) for i, b in enumerate(bufs) for off in range(0, max(len(b), 1), CHUNK)]
+
+    def work(job):
+        i, off = job
+        return hashlib.sha256(bufs[i][off:off + CHUNK]).digest()
+
+    workers = min(8, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            digests = list(pool.map(work, jobs))
+    else:
+        digests = [work(j) for j in jobs]
+    h = hashlib.sha256()
+    k = 0
+    for i, (name, t) in enumerate(items):
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{len(bufs[i])}\n".encode())
+        n = max(1, -(-len(bufs[i]) // CHUNK))
+        h.update(b"".join(digests[k:k + n]))
+        k += n
+    return h.hexdigest()
+
+
+def _not_base(name: str) -> bool:
+    """Not the base checkpoint's own tensors: deltas, task heads, version and unifairseq entries."""
+    return (is_delta_name(name) or name.startswith("classification_heads.") or name.endswith("version")
+            or name.startswith("unifairseq_meta."))
+
+
+CONTENT_VERSION = "v2"  # content fingerprints are "v2:<sha256 of every byte>"; v1 (bare hex) was sampled
+_HEX = set("0123456789abcdef")
+
+
+def fingerprint_version(fp: str) -> str:
+    return CONTENT_VERSION if fp.startswith(CONTENT_VERSION + ":") else "v1"
+
+
+def is_content_fingerprint(fp: str) -> bool:
+    body = fp[len(CONTENT_VERSION) + 1:] if fingerprint_version(fp) == CONTENT_VERSION else fp
+    return len(body) == 64 and set(body) <= _HEX
+
+
+def content_fingerprint(state: Dict[str, torch.Tensor], version: str = CONTENT_VERSION) -> str:
     """The base checkpoint's own tensors (not deltas, task heads, version or unifairseq entries), so the
-    same whatever method a delta trains."""
-    return sampled_digest(state, lambda name: (is_delta_name(name) or name.startswith("classification_heads.")
-                                               or name.endswith("version") or name.startswith("unifairseq_meta.")))
+    same whatever method a delta trains. `version="v1"`: the sampled digest older deltas recorded."""
+    if version == "v1":
+        return sampled_digest(state, _not_base)
+    assert version == CONTENT_VERSION, version
+    return f"{CONTENT_VERSION}:{full_digest(state, _not_base)}"
+
+
+def content_fingerprints(state: Dict[str, torch.Tensor]) -> Dict[str, str]:
+    """Both versions of a loaded base (v1 costs 4,096 values a tensor): a delta of either kind is checked."""
+    return {CONTENT_VERSION: content_fingerprint(state), "v1": content_fingerprint(state, "v1")}
+
+
+def same_content(recorded: str, have: Dict[str, str]) -> bool:
+    """Does the fingerprint a delta recorded name this base (`have`: content_fingerprints)? Compared in the
+    recorded version; a version the base was not fingerprinted in does not match."""
+    got = (have or {}).get(fingerprint_version(recorded))
+    return got is not None and got == recorded
 
 
 # ---------------------------------------------------------------- search path
@@ -153,9 +230,10 @@ def candidates() -> Iterator[Tuple[str, str, str]]:
 
 # ---------------------------------------------------------------- the index
 class FingerprintIndex:
-    """Content fingerprints of base files, cached per (path, size, mtime) in a small JSON file. The
-    index only saves work: an unreadable index is rebuilt, an unwritable one (a read-only cache) is not
-    written, and a lookup answers either way."""
+    """Content fingerprints of base files, cached per (path, size, mtime, inode) and fingerprint version in
+    a small JSON file. `fingerprint_file(path)` gives the current version, `fingerprint_file(path, version)`
+    another one (what an older delta recorded). The index only saves work: an unreadable index is rebuilt,
+    an unwritable one (a read-only cache) is not written, and a lookup answers either way."""
 
     def __init__(self, fingerprint_file: Callable[[str], str], path: Optional[str] = None):
         self.fingerprint_file = fingerprint_file
@@ -170,25 +248,30 @@ class FingerprintIndex:
         self.dirty = False
         self.failed: Dict[str, str] = {}  # real path -> why it could not be read (this lookup only)
 
-    def get(self, base_file: str) -> str:
+    def get(self, base_file: str, version: str = CONTENT_VERSION) -> str:
         real = os.path.realpath(base_file)
         st = os.stat(real)
+        key = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
         e = self.entries.get(real)
-        if isinstance(e, dict) and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns:
-            return e["fingerprint"]
-        fp = self.fingerprint_file(real)
-        self.entries[real] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, fingerprint=fp)
-        self.dirty = True
-        return fp
+        # an entry of another layout (before fingerprint versions) or of a changed file is recomputed
+        if not (isinstance(e, dict) and all(e.get(k) == v for k, v in key.items())
+                and isinstance(e.get("fingerprints"), dict)):
+            e = self.entries[real] = dict(key, fingerprints={})
+        fps = e["fingerprints"]
+        if not isinstance(fps.get(version), str):
+            fps[version] = (self.fingerprint_file(real) if version == CONTENT_VERSION
+                            else self.fingerprint_file(real, version))
+            self.dirty = True
+        return fps[version]
 
-    def get_or_warn(self, base_file: str) -> Optional[str]:
+    def get_or_warn(self, base_file: str, version: str = CONTENT_VERSION) -> Optional[str]:
         """The fingerprint, or None with a one-line warning for a file that cannot be read (a damaged
         cache entry must not fail lookups of other bases)."""
         real = os.path.realpath(base_file)
         if real in self.failed:  # warned once per lookup
             return None
         try:
-            return self.get(base_file)
+            return self.get(base_file, version)
         except (UnifairseqError, OSError) as e:
             self.failed[real] = (str(e).strip().splitlines() or [type(e).__name__])[0]
             logger.warning(f"unifairseq: warning: skipping base {base_file}: {self.failed[real]}")
@@ -233,7 +316,7 @@ def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint:
 
     def accept(found: Found) -> Optional[Found]:
         if index is not None and verify:
-            got = index.get_or_warn(found.path)
+            got = index.get_or_warn(found.path, fingerprint_version(fingerprint))
             if got != fingerprint:
                 why = index.failed.get(os.path.realpath(found.path))
                 tried.append(f"{found.path} ({'another fingerprint' if got is not None else 'unreadable: ' + why})")
@@ -274,7 +357,7 @@ def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint:
             scanned = 0
             for cand_name, path, where in candidates():
                 scanned += 1
-                if index.get_or_warn(path) == fingerprint:
+                if index.get_or_warn(path, fingerprint_version(fingerprint)) == fingerprint:
                     return Found(path, f"by fingerprint {fingerprint[:12]} as {cand_name!r} in {where}")
             tried.append(f"fingerprint {fingerprint[:12]} against {scanned} base file(s) under "
                          + ", ".join(f for f, _ in search_folders()))

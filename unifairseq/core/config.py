@@ -20,6 +20,7 @@ and what each method checks of its own flags, comes from the method registry
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
@@ -143,6 +144,9 @@ class DeltaConfig:
             s = float(value)
         except (TypeError, ValueError):
             raise DeltaConfigError(f"--ffn-adapter-scalar: {value!r} is neither a number nor 'learnable_scalar'")
+        if not math.isfinite(s):
+            raise DeltaConfigError(f"--ffn-adapter-scalar: {value!r} is not a finite number; use a positive s "
+                                   "(the paper's scaled PA uses 4) or learnable_scalar")
         if s == 0:
             raise DeltaConfigError("--ffn-adapter-scalar: 0 switches the FFN adapter off; use a positive s "
                                    "(the paper's scaled PA uses 4) or learnable_scalar")

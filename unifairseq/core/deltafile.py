@@ -4,11 +4,12 @@
     read_delta(folder) -> (config, tensors)  strict validation first; never unpickles anything
 
 Reading someone else's file must not run code, and a damaged file must give one line naming the file and
-the problem. So the reader checks everything itself before safetensors sees a byte: the JSON (parse,
-required and unknown fields, format name and version), the safetensors header (its length against the file
-size, JSON, dtypes, shapes, offsets that tile the data exactly), the tensor names against the JSON's list,
-and the sha256 of the tensor file recorded in the JSON (a tampered data byte shows there). Every failure
-is a `DeltaFileError`. torch and the standard library only (safetensors' torch reader for the data).
+the problem. So the reader checks everything itself before safetensors sees a byte: the JSON (bounded
+parse, then every field against the schema of core/deltaschema.py), the safetensors header (its length
+against the file size, JSON, dtypes, shapes, offsets that tile the data exactly), the tensor names against
+the JSON's list, the digest binding the JSON to the header (format version 2), and the sha256 of the
+tensor file recorded in the JSON (a tampered data byte shows there). Every failure is a `DeltaFileError`.
+torch and the standard library only (safetensors' torch reader for the data).
 """
 from __future__ import annotations
 
@@ -20,34 +21,24 @@ import struct
 from typing import Dict, Tuple
 
 import torch
-from unifairseq.core.tmpfiles import sweep_stale
 from unifairseq.core.fileperm import as_umask
-from unifairseq.errors import UnifairseqError
+from unifairseq.core.tmpfiles import sweep_stale
+from unifairseq.core.deltaschema import (FORMAT, REQUIRED, DeltaFileError, check_header, config_digest,  # noqa: F401
+                                         parse_json, validate)
 
-FORMAT = "unifairseq-delta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: no digest (written before 2026-12); read with every other check
 CONFIG_NAME = "delta_config.json"
 TENSORS_NAME = "delta_model.safetensors"
-# top-level JSON fields: all required, no others (a file from a newer format version says so instead)
-REQUIRED = ("format", "format_version", "unifairseq_version", "family", "arch", "parent_arch", "delta",
-            "model", "base", "dictionary", "heads", "tensors")
-# optional: "entry", the folder's fairseq checkpoint (ENTRY_NAME, the `.pt` delta of the same tensors, for
-# `fairseq-generate --path DIR/model.pt`), bound to this JSON by its sha256; folders without it still load
-OPTIONAL = ("entry",)
+# the folder's fairseq entry file (the `.pt` delta of the same tensors, for `fairseq-generate --path
+# DIR/model.pt`), bound to the JSON by the optional field "entry" (deltaschema.OPTIONAL); folders without it load
 ENTRY_NAME = "model.pt"
-ENTRY_FIELDS = ("file", "sha256", "bytes")
-TENSOR_FIELDS = ("count", "parameters", "sha256", "names")
-BASE_FIELDS = ("name", "fingerprint", "plan_fingerprint", "path_hint")
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header length
-MAX_CONFIG = 16 * 1024 * 1024  # a config lists tensor names: kilobytes; anything this big is not one
+MAX_HEADER = 16 * 1024 * 1024  # a delta's header lists its tensors: kilobytes (safetensors allows 100 MB)
+MAX_CONFIG = 4 * 1024 * 1024  # a config lists tensor names: kilobytes; anything this big is not one
 # safetensors dtype -> (torch dtype, bytes per element)
 DTYPES = {"F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
           "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2),
           "I8": (torch.int8, 1), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1)}
-
-
-class DeltaFileError(UnifairseqError, ValueError):
-    """A delta folder that cannot be read: one line naming the file and the problem."""
 
 
 def _fail(path: str, problem: str):
@@ -68,8 +59,9 @@ def is_delta_folder(path) -> bool:
 
 # -------------------------------------------------------------------- write
 def write_delta(folder: str, config: dict, tensors: Dict[str, torch.Tensor], overwrite: bool = False) -> dict:
-    """Write the folder; `config` gets format fields and the tensor record (count, parameters, sha256,
-    names) filled in. Files are written under temporary names and renamed, the JSON last: a reader never
+    """Write the folder; `config` gets format fields, the tensor record (count, parameters, sha256,
+    names) and the digest filled in, and is validated as a reader will (a folder this writes always
+    reads back). Files are written under temporary names and renamed, the JSON last: a reader never
     sees a JSON that describes a tensor file it does not match. Returns the config as written."""
     from safetensors.torch import save_file
 
@@ -85,10 +77,15 @@ def write_delta(folder: str, config: dict, tensors: Dict[str, torch.Tensor], ove
     try:
         save_file(flat, tmp_st)
         config = dict(config, format=FORMAT, format_version=FORMAT_VERSION)
+        config.pop("digest", None)
         config["tensors"] = dict(count=len(flat), parameters=sum(v.numel() for v in flat.values()),
                                  sha256=_sha256(tmp_st), names=list(flat))
+        header, raw = _read_header(tmp_st)
+        config["digest"] = config_digest(config, raw)
+        validate(config, cfg_path, (FORMAT_VERSION,), os.path.getsize(tmp_st), tmp_st)
+        check_header(tmp_st, header)
         with open(tmp_cfg, "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
+            json.dump(config, f, indent=1, sort_keys=True, allow_nan=False)
             f.write("\n")
         as_umask(tmp_st)  # safetensors creates its file 0600
         as_umask(tmp_cfg)
@@ -103,7 +100,8 @@ def write_delta(folder: str, config: dict, tensors: Dict[str, torch.Tensor], ove
 
 # --------------------------------------------------------------------- read
 def read_config(folder: str) -> dict:
-    """The JSON, checked field by field (no tensor is read)."""
+    """The JSON, checked field by field against the schema (core/deltaschema.py); no tensor is read, but
+    the tensor file's size bounds the sizes the JSON may ask for."""
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isdir(folder):
         _fail(folder, "no such delta folder (a delta is a folder holding delta_config.json and "
@@ -112,57 +110,27 @@ def read_config(folder: str) -> dict:
         _fail(path, "missing: this folder is not a unifairseq delta")
     if os.path.getsize(path) > MAX_CONFIG:
         _fail(path, f"{os.path.getsize(path):,} bytes: far larger than a delta's config; not a unifairseq delta")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        config = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        _fail(path, f"not UTF-8 text ({e.reason} at byte {e.start}); re-copy the file")
-    except json.JSONDecodeError as e:
-        _fail(path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); re-copy the file")
-    if not isinstance(config, dict):
-        _fail(path, f"expected a JSON object, found {type(config).__name__}")
-    if config.get("format") != FORMAT:
-        _fail(path, f"format is {config.get('format')!r}, not {FORMAT!r}: not a unifairseq delta")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        _fail(path, f"format version {version!r} is not the version {FORMAT_VERSION} this unifairseq reads; "
-                    "use the unifairseq version named in the file's unifairseq_version")
-    missing = [k for k in REQUIRED if k not in config]
-    unknown = sorted(set(config) - set(REQUIRED) - set(OPTIONAL))
-    if missing:
-        _fail(path, f"missing field(s) {', '.join(missing)}")
-    if unknown:
-        _fail(path, f"unknown field(s) {', '.join(unknown)} for format version {FORMAT_VERSION}")
-    for key, kind in (("delta", dict), ("model", dict), ("base", dict), ("dictionary", dict), ("heads", dict),
-                      ("tensors", dict), ("arch", str), ("parent_arch", str), ("family", str)):
-        if not isinstance(config[key], kind):
-            _fail(path, f"field {key!r} must be a JSON {'object' if kind is dict else 'string'}")
-    for key, fields in (("tensors", TENSOR_FIELDS), ("base", BASE_FIELDS)):
-        gone = [f for f in fields if f not in config[key]]
-        if gone:
-            _fail(path, f"field {key!r} lacks {', '.join(gone)}")
-    t = config["tensors"]
-    if not (isinstance(t["names"], list) and all(isinstance(n, str) for n in t["names"])
-            and isinstance(t["count"], int) and t["count"] == len(t["names"])
-            and len(set(t["names"])) == len(t["names"])):
-        _fail(path, "field 'tensors': 'names' must be a list of distinct names, 'count' its length")
-    if not isinstance(t["sha256"], str) or len(t["sha256"]) != 64:
-        _fail(path, "field 'tensors': 'sha256' must be a 64-digit hex digest")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG + 1)  # the size may have changed since the stat
+    if len(raw) > MAX_CONFIG:
+        _fail(path, "far larger than a delta's config; not a unifairseq delta")
+    config = parse_json(raw, path)
+    st_path = os.path.join(folder, TENSORS_NAME)
+    size = os.path.getsize(st_path) if os.path.isfile(st_path) else None
+    validate(config, path, READ_VERSIONS, size, st_path)
+    if size is None:
+        _fail(st_path, "missing: the delta folder has no tensor file")
     if "entry" in config:
         check_entry_digest(folder, config)
     return config
 
 
 def check_entry_digest(folder: str, config: dict) -> None:
-    """The entry file is the one this JSON was written with (its bytes' sha256; nothing is unpickled).
-    It cannot say that a hand-made folder's model.pt holds the safetensors' tensors: that needs the
-    entry read, weights-only (tools/share.py check_entry, behind `unifairseq-base find DIR`)."""
-    path = os.path.join(folder, CONFIG_NAME)
+    """The entry file is the one this JSON was written with (its bytes' sha256, the field's shape checked
+    by the schema; nothing is unpickled). It cannot say that a hand-made folder's model.pt holds the
+    safetensors' tensors: that needs the entry read, weights-only (tools/share.py check_entry, behind
+    `unifairseq-base find DIR`)."""
     e = config["entry"]
-    if not (isinstance(e, dict) and set(e) == set(ENTRY_FIELDS) and e["file"] == ENTRY_NAME
-            and isinstance(e["sha256"], str) and len(e["sha256"]) == 64 and isinstance(e["bytes"], int)):
-        _fail(path, f"field 'entry' must be {{'file': '{ENTRY_NAME}', 'sha256': 64 hex digits, 'bytes': N}}")
     entry = os.path.join(folder, ENTRY_NAME)
     if not os.path.isfile(entry):
         _fail(entry, f"missing: {CONFIG_NAME} records it as the folder's fairseq entry file; re-copy the folder")
@@ -172,9 +140,7 @@ def check_entry_digest(folder: str, config: dict) -> None:
                      "not the entry file exported with this delta; re-copy the folder")
 
 
-def read_header(path: str) -> Dict[str, dict]:
-    """The safetensors header, validated against the file size: dtypes, shapes and offsets that tile the
-    data area exactly, as safetensors requires (checked here so the error names the file and the fault)."""
+def _read_header(path: str) -> Tuple[Dict[str, dict], bytes]:
     if not os.path.isfile(path):
         _fail(path, "missing: the delta folder has no tensor file")
     size = os.path.getsize(path)
@@ -186,10 +152,7 @@ def read_header(path: str) -> Dict[str, dict]:
             _fail(path, f"truncated or corrupt: the header claims {n:,} bytes, the file has {size - 8:,} after the "
                         "length field")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        _fail(path, f"corrupt header (not JSON: {getattr(e, 'msg', None) or getattr(e, 'reason', e)})")
+    header = parse_json(raw, path, "header JSON")
     if not isinstance(header, dict):
         _fail(path, "corrupt header (not a JSON object)")
     header.pop("__metadata__", None)
@@ -203,7 +166,8 @@ def read_header(path: str) -> Dict[str, dict]:
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                 for d in shape)):
             _fail(path, f"tensor {name!r} has a malformed shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
             _fail(path, f"tensor {name!r} has malformed data offsets {offsets!r}")
         if offsets[1] - offsets[0] != math.prod(shape) * DTYPES[dtype][1]:
@@ -218,22 +182,32 @@ def read_header(path: str) -> Dict[str, dict]:
     if 8 + n + end != size:
         _fail(path, f"truncated or corrupt: the header describes {end:,} data bytes, the file holds "
                     f"{size - 8 - n:,}")
-    return header
+    return header, raw
+
+
+def read_header(path: str) -> Dict[str, dict]:
+    """The safetensors header, validated against the file size: dtypes, shapes and offsets that tile the
+    data area exactly, as safetensors requires (checked here so the error names the file and the fault)."""
+    return _read_header(path)[0]
 
 
 def read_delta(folder: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """(config, tensors) of a delta folder. Validates the JSON, the header, the names and the checksum
-    before loading the tensors with safetensors (no pickle anywhere)."""
+    """(config, tensors) of a delta folder. Validates the JSON, the header, the names, the digest and the
+    checksum before loading the tensors with safetensors (no pickle anywhere)."""
     folder = os.fspath(folder)
     config = read_config(folder)
-    st_path = os.path.join(folder, TENSORS_NAME)
-    header = read_header(st_path)
+    cfg_path, st_path = os.path.join(folder, CONFIG_NAME), os.path.join(folder, TENSORS_NAME)
+    header, raw = _read_header(st_path)
     names = config["tensors"]["names"]
     if set(header) != set(names):
         extra, gone = sorted(set(header) - set(names)), sorted(set(names) - set(header))
         _fail(st_path, f"tensor names differ from {CONFIG_NAME}: "
                        + "; ".join(p for p in (f"not listed there: {', '.join(extra[:3])}" if extra else "",
                                                f"missing here: {', '.join(gone[:3])}" if gone else "") if p))
+    if "digest" in config and config_digest(config, raw) != config["digest"]:
+        _fail(cfg_path, f"digest mismatch: this JSON or the header of {st_path} was edited or damaged after the "
+                        "delta was written (the digest binds the two); re-copy or re-export the delta")
+    check_header(st_path, header)
     digest = _sha256(st_path)
     if digest != config["tensors"]["sha256"]:
         _fail(st_path, f"checksum mismatch (sha256 {digest[:16]}…, {CONFIG_NAME} records "

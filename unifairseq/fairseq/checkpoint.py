@@ -4,17 +4,19 @@ A delta model's `state_dict()` -- which is what fairseq's trainer writes into
 `checkpoint_last.pt`, `checkpoint_best.pt`, epoch/update checkpoints -- holds only the
 trained tensors plus two small entries:
 
-  unifairseq_meta.fingerprint  sha256 of the frozen base (names, shapes, dtypes, sampled values)
+  unifairseq_meta.fingerprint  sha256 of the frozen base under the plan (names, shapes, dtypes, sampled values)
   unifairseq_meta.base_path    where the base checkpoint was loaded from
-  unifairseq_meta.info         JSON: the base's name and content fingerprint (core/bases.py, independent
-                               of the method plan) and the fingerprints of the task's dictionaries
+  unifairseq_meta.info         JSON: the base's name and content fingerprint (core/bases.py, every byte,
+                               independent of the method plan) and the fingerprints of the task's dictionaries
 
 Loading such a dict (resume, fairseq-generate, hub `from_pretrained`) first loads the
-base from `--delta-base` if given, else from the stored path, checks its fingerprint
-(refused with both fingerprints on a mismatch unless `--delta-allow-base-mismatch`),
-then puts the delta tensors on top. Loading a full checkpoint (an official
-`bart.large/model.pt` through `--restore-file` or `--finetune-from-model`) records it as
-the base, whatever its file name: base or delta is decided by the content.
+base from `--delta-base` if given, else from the stored path, checks it as a delta folder is
+checked (fairseq/deltacheck.py: base content fingerprint, else the plan fingerprint of older files;
+the task's dictionaries; the tensors' names, shapes and dtypes; a base mismatch is refused with both
+fingerprints unless `--delta-allow-base-mismatch`), then puts the delta tensors on top. Loading a
+full checkpoint (an official `bart.large/model.pt` through `--restore-file` or
+`--finetune-from-model`) records it as the base, whatever its file name: base or delta is decided
+by the content.
 
 A shared delta folder (core/deltafile.py) comes in through `delta_file` (model overrides or the
 hub's `delta=`): fairseq loads the base as a full checkpoint, then `apply_delta_file` puts the
@@ -121,9 +123,10 @@ def _tensor_to_str(t: torch.Tensor) -> str:
     return bytes(t.tolist()).decode("utf-8")
 
 
-def file_content_fingerprint(path: str) -> str:
-    """The plan-independent content fingerprint (core/bases.py) of a base checkpoint file."""
-    return bases.content_fingerprint(load_checkpoint_file(path)["model"])
+def file_content_fingerprint(path: str, version: str = bases.CONTENT_VERSION) -> str:
+    """The plan-independent content fingerprint (core/bases.py) of a base checkpoint file; `version`:
+    "v1" for the sampled one older deltas recorded."""
+    return bases.content_fingerprint(load_checkpoint_file(path)["model"], version)
 
 
 def find_base(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
@@ -174,6 +177,7 @@ class DeltaCheckpointMixin:
     base_path: Optional[str] = None  # where the current base weights came from
     base_fingerprint: Optional[str] = None  # plan-dependent (the old .pt deltas' check)
     base_content: Optional[str] = None  # plan-independent, of the base file's tensors (core/bases.py)
+    base_contents: Optional[dict] = None  # version -> content fingerprint (v1 verifies older deltas)
     base_name: Optional[str] = None
     dictionary_fingerprints: Optional[dict] = None  # set by the builder from the task's dictionaries
 
@@ -228,7 +232,7 @@ class DeltaCheckpointMixin:
         full = self.full_state_dict()
         if is_delta_only(state_dict, full, self.delta_plan):
             self._ensure_base(stored_path, info)
-            self._check_fingerprint(stored_fp, stored_path)
+            self._check_delta(state_dict, stored_fp, stored_path, info)
             merged = OrderedDict((k, v) for k, v in self.full_state_dict().items())
             merged.update(state_dict)
             result = super().load_state_dict(merged, strict=strict, model_cfg=model_cfg, args=args)
@@ -241,7 +245,9 @@ class DeltaCheckpointMixin:
             return result
         # before fairseq's upgrades touch the dict; a full checkpoint of a delta model (--delta-save-full)
         # records its base, whose content differs from its own where a plan trains in place (BitFit)
-        content = info.get("base_content") or bases.content_fingerprint(state_dict)
+        recorded = info.get("base_content")
+        contents = ({bases.fingerprint_version(recorded): recorded} if recorded
+                    else bases.content_fingerprints(state_dict))
         self._refuse_other_size(state_dict, full, repr(getattr(self, "base_path_hint", None) or "checkpoint"))
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         # a full checkpoint (the pretrained model through --restore-file / --finetune-from-model, or the
@@ -249,7 +255,7 @@ class DeltaCheckpointMixin:
         self.base_path = getattr(self, "base_path_hint", None) or self.base_path
         self.base_name = (info.get("base_name") or base_name_of(self.base_path, getattr(self, "delta_base", None))
                           or self.base_name)
-        self.base_content = content
+        self.base_content, self.base_contents = recorded or contents[bases.CONTENT_VERSION], contents
         self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         if getattr(self, "delta_file", None):
             self.apply_delta_file(self.delta_file)
@@ -271,7 +277,7 @@ class DeltaCheckpointMixin:
             raise DeltaCheckpointError(f"{path!r} is itself a delta checkpoint, not a base model; point "
                                        "--delta-base at the full pretrained checkpoint (e.g. bart.large/model.pt)")
         own = self.full_state_dict()
-        content = bases.content_fingerprint(sd)
+        contents = bases.content_fingerprints(sd)
         self._refuse_other_size(sd, own, repr(path))
         self.upgrade_state_dict(sd)  # fairseq's checkpoint upgrades (and our missing-delta fill)
         for k, v in sd.items():
@@ -287,7 +293,7 @@ class DeltaCheckpointMixin:
         sd.update(keep)
         torch.nn.Module.load_state_dict(self, sd, strict=True)
         self.base_path = os.path.abspath(path)
-        self.base_content = content
+        self.base_content, self.base_contents = contents[bases.CONTENT_VERSION], contents
         self.base_name = base_name_of(path, getattr(self, "delta_base", None))
         self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         logger.info(f"unifairseq: base model loaded from {path} (fingerprint {self.base_fingerprint[:12]})")
@@ -319,14 +325,14 @@ class DeltaCheckpointMixin:
 
         apply_delta(self, folder)
 
-    def _check_fingerprint(self, stored_fp: Optional[str], stored_path: Optional[str]) -> None:
-        if stored_fp is None or stored_fp == self.base_fingerprint:
-            return
-        msg = (f"this delta was trained on a different base model: the delta records base fingerprint "
-               f"{stored_fp[:16]}… ({stored_path or 'unknown path'}), the loaded base {self.base_path!r} has "
-               f"{self.base_fingerprint[:16]}…")
-        if getattr(self, "delta_allow_base_mismatch", False):
-            logger.warning("unifairseq: " + msg + " (loading anyway: --delta-allow-base-mismatch)")
-            return
-        raise DeltaCheckpointError(msg + "; load it onto its own base, or pass --delta-allow-base-mismatch "
-                                   "(or --model-overrides \"{'delta_allow_base_mismatch': True}\") to force it")
+    def _check_delta(self, tensors, stored_fp: Optional[str], stored_path: Optional[str], info: dict) -> None:
+        """A .pt delta gets a folder's checks (fairseq/deltacheck.py): the base by the content fingerprint
+        it records (else, older files, the plan fingerprint), the dictionaries it records (older files
+        without a record: a warning), the tensors' names, shapes and dtypes."""
+        from unifairseq.fairseq.deltacheck import check_base, check_dictionary, check_tensors
+
+        where = f"the delta checkpoint (base {stored_path or 'unknown path'})"
+        check_base(self, where, info.get("base_content"), info.get("base_name"), stored_fp)
+        # files from before the record have no "dictionary" at all; an empty record is refused like a folder's
+        check_dictionary(self, where, info.get("dictionary"), legacy_ok="dictionary" not in info)
+        check_tensors(self, where, tensors, complete=False)

@@ -18,10 +18,10 @@ import sys
 from unifairseq import cli
 
 
-def _fp(path: str) -> str:
+def _fp(path: str, *version: str) -> str:
     from unifairseq.fairseq.checkpoint import file_content_fingerprint
 
-    return file_content_fingerprint(path)
+    return file_content_fingerprint(path, *version)  # a version: what an older delta recorded (v1)
 
 
 def find(target: str) -> int:

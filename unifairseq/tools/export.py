@@ -151,7 +151,7 @@ def parent_arch(arch: str) -> str:
 
 
 # ----------------------------------------------------------------- commands
-def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None) -> dict:
+def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None, dicts=None) -> dict:
     state = load_checkpoint_file(path)
     plan = delta_plan(state)
     sd = OrderedDict(state["model"])
@@ -175,7 +175,7 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
     if not out.endswith(".pt"):  # the shareable folder
         from unifairseq.tools.share import write_shared
 
-        config = write_shared(new, path, out, base, force)
+        config = write_shared(new, path, out, base, force, dicts)
         logger.info(f"wrote {out}/: {params:,} parameters in {config['tensors']['count']} tensors; dropped "
                     f"{dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
         return dict(params=params, dropped=dropped, config=config,

@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base name or checkpoint, for a delta that records no base content fingerprint "
                                   "(made before unifairseq recorded it)")
+    p.add_argument("--source-dict", help="the task's source dict.txt, for a delta that records no dictionary")
+    p.add_argument("--target-dict", help="the task's target dict.txt (default: the source one)")
     p = sub.add_parser("merge", help="merge LoRA/DoRA/(IA)³/BitFit into the base: a plain fairseq checkpoint")
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base name or checkpoint (default: the delta's record, by the search order of "
@@ -66,7 +68,8 @@ def main(argv=None) -> int:
     unifairseq.fairseq.register()  # architecture names, safe globals
     try:
         if a.cmd == "inference":
-            export.export_inference(a.ckpt, a.out, a.force, a.base)
+            dicts = {k: v for k, v in (("source", a.source_dict), ("target", a.target_dict)) if v}
+            export.export_inference(a.ckpt, a.out, a.force, a.base, dicts)
         elif a.cmd == "merge":
             export.export_merge(a.ckpt, a.out, a.base, a.force)
         elif a.cmd == "hf":

@@ -56,7 +56,30 @@ def base_record(sd, ckpt: str, flag):
                 plan_fingerprint=_tensor_to_str(sd[FINGERPRINT_KEY]), path_hint=path or None), info
 
 
-def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool = False) -> dict:
+def dictionaries_of(family: str, ckpt: str, info: dict, dicts=None) -> dict:
+    """What the delta records of its task's dictionaries, else the fingerprints of the dict files given
+    (`dicts`: side -> dict.txt, a .pt delta from before they were recorded): a folder always has them."""
+    from unifairseq.fairseq.models.sharing import dictionary_fingerprint
+
+    if dicts:
+        from fairseq.data import Dictionary
+
+        for side, p in dicts.items():
+            if not os.path.isfile(p):
+                raise DeltaCheckpointError(f"--{side}-dict: {p!r} does not exist")
+        out = {side: dictionary_fingerprint(Dictionary.load(p)) for side, p in dicts.items()}
+        if "target" not in out and family != "roberta":
+            out["target"] = out["source"]  # BART reads one dictionary on both sides unless told
+        return out
+    if not info.get("dictionary"):
+        raise DeltaCheckpointError(
+            f"{ckpt!r} records no dictionary fingerprints (made before unifairseq recorded them), and a shared "
+            "delta must name the dictionary it was trained with: pass the task's dictionary with --source-dict "
+            "DATA-BIN/dict.SRC.txt (and --target-dict DATA-BIN/dict.TGT.txt for another target dictionary)")
+    return info["dictionary"]
+
+
+def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool = False, dicts=None) -> dict:
     from unifairseq.tools.export import parent_arch
 
     args = _args(state)
@@ -66,7 +89,7 @@ def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool =
     config = dict(unifairseq_version=__version__, family=parent.split("_")[0], arch=args.arch, parent_arch=parent,
                   delta=DeltaConfig.from_args(args).to_dict(),
                   model={k: getattr(args, k) for k in SHAPE_ARGS if getattr(args, k, None) is not None},
-                  base=base, dictionary=info.get("dictionary") or {}, heads=heads_of(sd))
+                  base=base, dictionary=dictionaries_of(parent.split("_")[0], ckpt, info, dicts), heads=heads_of(sd))
     config["entry"] = write_entry(state, out, force)
     config = write_delta(out, config, {k: v for k, v in sd.items() if k not in META_KEYS}, overwrite=force)
     check_entry(out, config)  # what was just written: the entry's tensors are the safetensors' own
@@ -158,7 +181,10 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
 
     if not is_delta_folder(path):
         return load_checkpoint_file(path)
+    from unifairseq.fairseq.deltacheck import check_arch
+
     config, tensors = read_delta(path)
+    check_arch(path, config)
     rec = config["base"]
     own = dict(arch=config["arch"], **config["delta"])
     state = {"model": dict(tensors), "args": Namespace(**config["model"], **own), "cfg": None}
@@ -168,12 +194,22 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
         except bases.BaseNotFound as e:
             raise DeltaCheckpointError(f"{path}: {e}") from None
         base = load_checkpoint_file(found.path)
-        got = bases.content_fingerprint(base["model"])
-        if got != rec["fingerprint"]:
+        have = bases.content_fingerprints(base["model"])
+        if not bases.same_content(rec["fingerprint"], have):
+            got = have[bases.fingerprint_version(rec["fingerprint"])]
             raise DeltaCheckpointError(
                 f"{path}: this delta was trained on a different base model: the delta records base {rec['name']!r} "
                 f"with fingerprint {rec['fingerprint'][:16]}…, {found.path} has {got[:16]}…; pass its own base "
                 "with --base NAME_OR_PATH")
+        from unifairseq.fairseq.deltacheck import family_of
+        from unifairseq.tools.export import model_args
+
+        base_args = model_args(base) if (base.get("args") is not None or base.get("cfg") is not None) else None
+        base_arch = base_args.get("arch") if isinstance(base_args, dict) else getattr(base_args, "arch", None)
+        if family_of(base_arch) not in (None, config["family"]):
+            raise DeltaCheckpointError(f"{path}: a {config['family']} delta ({config['arch']}) cannot be merged into "
+                                       f"the {family_of(base_arch)} base {found.path} ({base_arch}); pass a "
+                                       f"{config['family']} base with --base NAME_OR_PATH")
         if base.get("args") is not None or base.get("cfg") is not None:  # else: the folder's own flags and shape
             state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
             for k, v in {**own, "_name": config["arch"]}.items():

@@ -57,6 +57,10 @@ def check_alpha(cfg, bad) -> None:
     if cfg.lora_alpha == 0:
         bad("lora_alpha", "0 makes the LoRA scale s = alpha/r zero, which silently switches LoRA off; "
             "set a positive alpha (e.g. 2*r)")
+    # NaN/Infinity would train or merge non-finite weights; a negative alpha flips the delta's sign
+    if not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
+        bad("lora_alpha", f"{cfg.lora_alpha} is not a positive finite number; the LoRA scale is s = alpha/r "
+            "(e.g. alpha = 2*r)")
 
 
 def projection_specs(method: str, cfg, attn_modes, ffn_modes):

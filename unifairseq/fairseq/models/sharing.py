@@ -20,21 +20,18 @@ import hashlib
 import logging
 import os
 from argparse import Namespace
-from dataclasses import fields
 
 import torch
 
 from unifairseq.core import deltafile
 from unifairseq.core.config import DeltaConfig
+from unifairseq.core.deltaschema import DELTA_FIELDS, SHAPE_ARGS  # noqa: F401 (SHAPE_ARGS: share.py's import)
 from unifairseq.core.modules import is_delta_name
 from unifairseq.errors import UnifairseqError
+from unifairseq.fairseq.deltacheck import (check_arch, check_base, check_dictionary, check_shape, check_tensors,
+                                           family_of, refuse)
 
 logger = logging.getLogger("unifairseq.fairseq.models")
-
-# model args that fix the tensors' shapes: a delta is refused on a base built with other values
-SHAPE_ARGS = ("encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "encoder_attention_heads",
-              "decoder_embed_dim", "decoder_ffn_embed_dim", "decoder_layers", "decoder_attention_heads")
-DELTA_FIELDS = tuple(f.name for f in fields(DeltaConfig))
 
 
 def dictionary_fingerprint(d) -> str:
@@ -70,8 +67,9 @@ def adopt_delta_args(args):
     if not folder:
         return None
     config = deltafile.read_config(folder)
+    check_arch(os.path.join(folder, deltafile.CONFIG_NAME), config)
     for key in DELTA_FIELDS:
-        _set(args, key, config["delta"].get(key))
+        _set(args, key, config["delta"][key])
     return config
 
 
@@ -81,49 +79,21 @@ def register_heads(model, config) -> None:
         model.register_classification_head(name, num_classes=h["num_classes"], inner_dim=h["inner_dim"])
 
 
-def refuse(model, msg: str, allow: bool = False) -> None:
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError
-
-    if allow:
-        logger.warning("unifairseq: " + msg + " (loading anyway: --delta-allow-base-mismatch)")
-        return
-    raise DeltaCheckpointError(msg)
-
-
 def apply_delta(model, folder: str) -> None:
     """The folder's tensors on the base now in `model`, after checking it is the delta's base."""
     folder = os.path.abspath(folder)
     config, tensors = deltafile.read_delta(folder)
     base = config["base"]
-    allow = bool(getattr(model, "delta_allow_base_mismatch", False))
-    if base["fingerprint"] and model.base_content and base["fingerprint"] != model.base_content:
-        refuse(model, f"{folder}: this delta was trained on a different base model: the delta records base "
-                      f"{base['name']!r} with fingerprint {base['fingerprint'][:16]}…, the loaded base "
-                      f"{model.base_path or '(--path)'} has {model.base_content[:16]}…; load it onto its own base "
-                      "(unifairseq-base find DELTA_DIR), or pass --delta-allow-base-mismatch "
-                      "(--model-overrides \"{'delta_allow_base_mismatch': True}\") to force it", allow)
-    have = model.dictionary_fingerprints or {}
-    for side, fp in config["dictionary"].items():
-        if side in have and have[side] != fp:
-            refuse(model, f"{folder}: the task's {side} dictionary (sha256 {have[side][:16]}…) is not the one the "
-                          f"delta was trained with ({fp[:16]}…): use the data-bin (dict.*.txt) it was trained on")
-    args = getattr(model, "args", None)
-    for key, want in config["model"].items():
-        got = getattr(args, key, None) if args is not None else None
-        if key in SHAPE_ARGS and got is not None and got != want:
-            refuse(model, f"{folder}: the delta was trained with {key}={want}, the loaded base has {got} "
-                          "(another architecture)")
+    check_arch(folder, config)
+    arch = getattr(getattr(model, "args", None), "arch", None)
+    if family_of(arch) not in (None, config["family"]):
+        refuse(model, f"{folder}: a {config['family']} delta ({config['arch']}) cannot go on this {family_of(arch)} "
+                      f"model ({arch}); load it onto a {config['family']} base")
+    check_base(model, folder, base["fingerprint"], base["name"])
+    check_dictionary(model, folder, config["dictionary"])
+    check_shape(model, folder, config["model"])
+    check_tensors(model, folder, tensors)
     own = model.full_state_dict()
-    unknown = sorted(k for k in tensors if k not in own)
-    lacking = sorted(k for k in own if model.delta_plan.is_trainable(k) and k not in tensors)
-    if unknown or lacking:
-        refuse(model, f"{folder}: its tensors do not fit this model's plan ({model.delta_plan.describe()}): "
-                      + (f"{len(unknown)} unknown here, e.g. {unknown[0]}" if unknown else "")
-                      + ("; " if unknown and lacking else "")
-                      + (f"{len(lacking)} missing, e.g. {lacking[0]}" if lacking else ""))
-    for k, v in tensors.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            refuse(model, f"{folder}: {k} has shape {tuple(v.shape)} there and {tuple(own[k].shape)} here")
     saved = model.__dict__.setdefault("_base_in_place", {})
     with torch.no_grad():
         for k, v in tensors.items():
@@ -185,6 +155,7 @@ def load_delta(hub, folder: str):
         for k in base_keys:
             dst[k].copy_(src[k])
     new.base_path, new.base_name, new.base_content = old.base_path, old.base_name, old.base_content
+    new.base_contents = old.base_contents
     new.apply_delta_file(folder)
     if getattr(old, "_is_generation_fast", False):  # the hub prepared its model (beamable cross-attention)
         new.prepare_for_inference_(hub.cfg)
