@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 from env import BIN, REPO, tool_env
-from tiny import tiny_dict
+from tiny import base_dims, dims, tiny_dict
 
-DIMS = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
-        "--decoder-attention-heads", "4"]
+# one layer per stack: the bank tests train several deltas through fairseq-train
+DIMS = dims(layers=1)
 # three methods at three sites: LoRA on W_q/W_v, a sequential FFN adapter, MAM (prefix + scaled PA)
 METHODS = {"lora": ["--arch", "lora_attn_bart_large", "--attn-bn", "4"],
            "pfeiffer": ["--arch", "pfeiffer_bart_large", "--ffn-bn", "8"],
@@ -57,7 +56,7 @@ def make_dict(path: Path) -> Path:
 
 def make_base(data: Path, out: Path) -> Path:
     run([sys.executable, "-m", "unifairseq.tools.tiny_base", "bart", data, out, "--source-lang", "src",
-         "--target-lang", "tgt", "--layers", "1", "--dim", "32", "--ffn-dim", "64", "--heads", "4"])
+         "--target-lang", "tgt", *base_dims(layers=1)])
     return out
 
 

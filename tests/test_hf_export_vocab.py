@@ -16,7 +16,7 @@ from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from test_hf_export import HEAD, TOL, hf_diff, perturb_all  # noqa: E402
-from tiny import tiny_roberta  # noqa: E402
+from tiny import DIM, FFN_DIM, HEADS, LAYERS, tiny_roberta  # noqa: E402
 from unifairseq.tools.export import main as export_main  # noqa: E402
 
 
@@ -25,9 +25,9 @@ def _hf_bart(src):
     from test_hf_import import byte_bpe, perturb
 
     vocab = byte_bpe(src, specials=("<unk>", "<pad>", "<s>", "</s>", "<mask>"))
-    cfg = transformers.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
-                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                  decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
+    cfg = transformers.BartConfig(vocab_size=vocab, d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                                  encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM,
+                                  decoder_ffn_dim=FFN_DIM, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
                                   eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=3)
     torch.manual_seed(4)
     hf = perturb(transformers.BartForConditionalGeneration(cfg)).eval()
@@ -209,9 +209,9 @@ def test_hf_vocab_mbart_language_codes(tmp_path):
     tok.add_special_tokens(["en_XX", "ro_RO", "<mask>"])
     save_fast_tokenizer(tok._tokenizer, src, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                         unk_token="<unk>", mask_token="<mask>")
-    cfg = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=1, decoder_layers=1,
-                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                   decoder_ffn_dim=64, max_position_embeddings=64, scale_embedding=True)
+    cfg = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), d_model=DIM, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM,
+                                   decoder_ffn_dim=FFN_DIM, max_position_embeddings=64, scale_embedding=True)
     torch.manual_seed(5)
     hf = perturb(transformers.MBartForConditionalGeneration(cfg)).eval()
     hf.save_pretrained(str(src))

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
+from tiny import DIM, FFN_DIM, HEADS, LAYERS  # noqa: E402
 from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
 from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
 from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
@@ -275,8 +276,8 @@ def test_roberta_parity_with_lm_head(tmp_path):
 
     src = tmp_path / "hf"
     n = byte_bpe(src)
-    cfg = RobertaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=66, layer_norm_eps=1e-5,
+    cfg = RobertaConfig(vocab_size=n, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN_DIM, max_position_embeddings=66, layer_norm_eps=1e-5,
                         pad_token_id=1, bos_token_id=0, eos_token_id=2)
     torch.manual_seed(0)
     hf = perturb(RobertaForMaskedLM(cfg)).eval()
@@ -313,8 +314,8 @@ def test_bert_vocab_txt_token_types_and_mlm_head(tmp_path):
     vocab += [w for w in words if w not in vocab] + ["##s"]
     (src / "vocab.txt").write_text("".join(v + "\n" for v in vocab))
     (src / "tokenizer_config.json").write_text('{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}')
-    cfg = BertConfig(vocab_size=len(vocab) + 3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
+    cfg = BertConfig(vocab_size=len(vocab) + 3, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     intermediate_size=FFN_DIM, max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
     torch.manual_seed(1)
     hf = perturb(BertForMaskedLM(cfg), std=0.5).eval()
     hf.save_pretrained(str(src))
@@ -351,8 +352,8 @@ def _bart_parity(tmp_path, model_type, make_tokenizer):
     n = make_tokenizer(src)
     Config, Model = ((MBartConfig, MBartForConditionalGeneration) if model_type == "mbart"
                      else (BartConfig, BartForConditionalGeneration))
-    cfg = Config(vocab_size=n, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_position_embeddings=64,
+    cfg = Config(vocab_size=n, d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
+                 decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM, decoder_ffn_dim=48, max_position_embeddings=64,
                  pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
                  scale_embedding=model_type == "mbart")
     torch.manual_seed(2)
