@@ -1,6 +1,7 @@
 """What the delta-bank end-to-end tests share: tiny synthetic parallel data binarized by
-fairseq-preprocess, a tiny plain BART base (unifairseq.tools.tiny_base) and single deltas of
-different methods trained on it by fairseq-train for a few updates (delta-only checkpoints)."""
+fairseq-preprocess, a tiny plain BART base (unifairseq.tools.tiny_base), single deltas of
+different methods trained on it by fairseq-train for a few updates (delta-only checkpoints), and
+fairseq-generate's output read back per example."""
 from __future__ import annotations
 
 import random
@@ -78,3 +79,20 @@ def build_bank_checkpoint(data: Path, base: Path, deltas: dict, out: Path) -> Pa
     run([sys.executable, "-m", "unifairseq.fairseq.tasks.bank", "build", out, *[f"{n}={p}" for n, p in deltas.items()],
          "--base", base, "--data", data])
     return out
+
+
+# fairseq-generate on a bank or a single delta: each line's hypothesis and source, by example id
+GEN = ["--beam", "3", "--max-len-b", "10", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
+
+
+def generate(data, path, *extra, task=()):
+    out = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", path, "--gen-subset", "test",
+               *task, *GEN, *extra]).stdout
+    return fields("H-", out), fields("S-", out)
+
+
+def fields(prefix, text):
+    return {int(l.split("\t")[0][len(prefix):]): l.split("\t")[1:] for l in text.splitlines() if l.startswith(prefix)}
+
+
+BANK_TASK = ["--task", "delta_bank", "--source-lang", "src", "--target-lang", "tgt"]

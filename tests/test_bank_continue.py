@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, train_delta, write_raw
-from test_bank_cli import BANK_TASK, generate
+from bankdata import BANK_TASK, BIN, DIMS, REPO, binarize, generate, make_base, make_dict, run, train_delta, write_raw
 from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
 
 TRAIN = ["--criterion", "cross_entropy", "--optimizer", "adam", "--dropout", "0", "--batch-size", "8",

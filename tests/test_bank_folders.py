@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from test_bank import make_bank, mixed_batch, plain_base, single, spec
-from test_bank_api import save_delta_file
+from bankhelp import make_bank, mixed_batch, plain_base, single, spec
+from ckpthelp import save_delta_file
 from tiny import tiny_model
 from unifairseq.core.bank import BankError
 

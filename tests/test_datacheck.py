@@ -9,23 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fairseq.data import Dictionary
-from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
+
+from datahelp import write_split
 
 from unifairseq import datacheck
 from unifairseq.datacheck import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_split(prefix: Path, lengths, vocab: int = 20) -> None:
-    """A binarized split as fairseq-preprocess writes it (dataset-impl mmap, uint16 tokens)."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    b = MMapIndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
-    for n in lengths:
-        b.add_item(torch.randint(4, vocab, (n,)))
-    b.finalize(str(prefix) + ".idx")
 
 
 def make_translation(data: Path, src_lens=(5, 7, 3), tgt_lens=(4, 6, 2), splits=("train", "valid")):

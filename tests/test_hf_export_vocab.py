@@ -15,15 +15,13 @@ peft = pytest.importorskip("peft")
 from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from test_hf_export import HEAD, TOL, hf_diff, perturb_all  # noqa: E402
-from tiny import DIM, FFN_DIM, HEADS, LAYERS, tiny_roberta  # noqa: E402
+from hfhelp import CORPUS, SENTENCES, TOL, byte_bpe, hf_diff, perturb, perturb_all, save_fast_tokenizer  # noqa: E402
+from tiny import DIM, FFN_DIM, HEAD, HEADS, LAYERS, tiny_roberta  # noqa: E402
 from unifairseq.tools.export import main as export_main  # noqa: E402
 
 
 def _hf_bart(src):
     """A tiny random HF BART whose specials are not fairseq's 0..3 (so the vocabulary is really permuted)."""
-    from test_hf_import import byte_bpe, perturb
-
     vocab = byte_bpe(src, specials=("<unk>", "<pad>", "<s>", "</s>", "<mask>"))
     cfg = transformers.BartConfig(vocab_size=vocab, d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS,
                                   encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM,
@@ -46,7 +44,6 @@ def test_round_trip_hf_import_train_lora_export_peft(tmp_path):
     from peft import PeftModel
 
     from env import BIN, REPO, tool_env
-    from test_hf_import import CORPUS
     from unifairseq.convert.hf_tokenize import HFTokenizer
 
     src, imp, data = tmp_path / "hf", tmp_path / "imported", tmp_path / "data"
@@ -129,8 +126,6 @@ def test_gpt2_bpe_tokenizer_files(tmp_path):
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
     from tokenizers import ByteLevelBPETokenizer
 
-    from test_hf_import import CORPUS, SENTENCES
-
     bpe_dir = tmp_path / "gpt2"
     bpe_dir.mkdir()
     tok = ByteLevelBPETokenizer()
@@ -199,7 +194,6 @@ def test_hf_vocab_mbart_language_codes(tmp_path):
     those rows back at the HF ids of xx_YY, so the exported folder is the original one."""
     from tokenizers import SentencePieceUnigramTokenizer
 
-    from test_hf_import import CORPUS, perturb, save_fast_tokenizer
     from unifairseq.convert import hf_import
 
     src, imp = tmp_path / "hf", tmp_path / "imported"

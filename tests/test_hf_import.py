@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
+from hfhelp import CORPUS, SENTENCES, byte_bpe, perturb, save_fast_tokenizer  # noqa: E402
 from tiny import DIM, FFN_DIM, HEADS, LAYERS  # noqa: E402
 from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
 from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
@@ -25,17 +26,6 @@ from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
 register_safe_globals()  # the checkpoints hold argparse.Namespace; torch.load is weights-only
 
 TOL = 1e-4
-SENTENCES = [
-    "The cat sits outside on the warm stone wall.",
-    "A man is playing the guitar while his friends sing along.",
-    "Parameter-efficient transfer learning keeps most pretrained weights frozen.",
-    "Hello!",
-]
-CORPUS = SENTENCES + [
-    "the quick brown fox jumps over the lazy dog",
-    "a small model is enough for a unit test",
-    "translation from english to romanian",
-]
 
 
 # ------------------------------------------------------------------ helpers
@@ -79,36 +69,6 @@ def pad_right(seqs, pad):
 
 def max_diff(a, b, mask):
     return (a - b)[mask].abs().max().item()
-
-
-def perturb(model, seed=0, std=0.05):
-    """Move every parameter (LayerNorms, biases included) off its initialisation."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
-
-
-def save_fast_tokenizer(tok, path, **special):
-    from transformers import PreTrainedTokenizerFast
-
-    PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(str(path))
-
-
-def byte_bpe(path, specials=("<s>", "<pad>", "</s>", "<unk>", "<mask>")):
-    """A byte-level BPE tokenizer trained on CORPUS, its special tokens at the ids their order gives; saved
-    at `path`. Returns the vocabulary size."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=list(specials))
-    tok.post_processor = RobertaProcessing(("</s>", specials.index("</s>")), ("<s>", specials.index("<s>")))
-    save_fast_tokenizer(tok._tokenizer, path, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    return tok.get_vocab_size()
 
 
 # ------------------------------------------------------------------ (a) real all-MiniLM-L6-v2

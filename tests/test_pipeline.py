@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_datacheck import write_split
 
+from datahelp import write_split
 from env import DATA, REPO, tool_env
 
 SCRIPTS = REPO / "scripts"

@@ -1,4 +1,5 @@
-"""Tiny BART models built through fairseq's own argument parsing, for the tests."""
+"""Tiny BART and RoBERTa models built through fairseq's own argument parsing, their inputs, and the
+sizes every tiny model of the tests has."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +30,7 @@ def base_dims(layers: int = LAYERS) -> list:
 
 
 TINY = [*dims(), "--max-source-positions", "128", "--max-target-positions", "128"]
+HEAD = "sentence_classification_head"  # the classification head every tiny RoBERTa has
 
 
 def tiny_dict(n_words: int = 40) -> Dictionary:
@@ -81,5 +83,31 @@ def tiny_roberta(arch: str, flags=(), dictionary: Dictionary = None, seed: int =
         *roberta_dims(), "--max-positions", "64", *flags])
     task = SentencePredictionTask(args, d, labels)
     model = build_model(args, task)
-    model.register_classification_head("sentence_classification_head", num_classes=num_classes)
+    model.register_classification_head(HEAD, num_classes=num_classes)
     return model, task, args
+
+
+def perturb_deltas(model, seed=0, std=0.05):
+    """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def full_logits(model, src, lens, prev):
+    out, _ = model(src, lens, prev)
+    return out
+
+
+def roberta_logits(model, tokens):
+    return model(tokens, features_only=True, classification_head_name=HEAD)[0]
+
+
+def roberta_tokens(d, bsz=3, T=9):
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(d.nspecial, len(d) - 1, (bsz, T), generator=g)
+    t[:, 0], t[:, -1] = d.bos(), d.eos()
+    t[1, -3:] = d.pad()  # right padding as sentence_prediction pads
+    return t
