@@ -1,4 +1,4 @@
-"""Bad data gets one clear message (unifairseq.datacheck): missing, malformed, empty, misaligned and
+"""Bad data gets one clear message (unifairseq.data.check): missing, malformed, empty, misaligned and
 too-long splits, through the Python API, the CLI the scripts call, and fairseq-train with our task."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from fairseq.data import Dictionary
 
 from datahelp import write_split
 
-from unifairseq import datacheck
-from unifairseq.datacheck import DataError
+from unifairseq.data import check as datacheck
+from unifairseq.data.check import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_sentence_prediction_layout(tmp_path):
 
 def test_cli_exit_status_and_message(tmp_path):
     make_translation(tmp_path, src_lens=(), tgt_lens=())
-    cmd = [sys.executable, "-m", "unifairseq.datacheck", str(tmp_path), "--layout", "translation",
+    cmd = [sys.executable, "-m", "unifairseq.data.check", str(tmp_path), "--layout", "translation",
            "--langs", "source", "target", "--splits", "train"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "empty dataset" in proc.stderr and "Traceback" not in proc.stderr

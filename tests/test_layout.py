@@ -27,6 +27,23 @@ def test_import_has_no_side_effects_and_the_core_needs_no_fairseq():
     assert registered == "False"  # register() is where the allow-list grows
 
 
+DATA_PROBE = """
+import sys
+import unifairseq.data
+print(sorted(m for m in ("numpy", "torch", "fairseq") if m in sys.modules))
+import unifairseq.data.bpe, unifairseq.data.check, unifairseq.data.prepare, unifairseq.pipeline, unifairseq.metrics.scoring
+print(sorted(m for m in ("torch", "fairseq", "sentencepiece") if m in sys.modules))
+"""
+
+
+def test_data_and_scoring_import_neither_torch_nor_fairseq():
+    out = subprocess.run([sys.executable, "-c", DATA_PROBE], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    package, modules = out.split("\n")[:2]
+    assert package == "[]"  # unifairseq.data itself: the standard library
+    assert modules == "[]"  # the scripts' steps load fairseq / sentencepiece only when they run
+
+
 def test_every_preset_comes_from_a_method_module():
     from unifairseq.core.methods import METHODS
     from unifairseq.core.presets import PRESETS
