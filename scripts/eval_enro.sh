@@ -14,7 +14,7 @@ Step 3 of 3 for WMT16 en-ro (after scripts/preprocess_enro.sh and scripts/train_
   fairseq-generate --task translation_mbart (beam 5, --max-len-b 200, length penalty 1.0: the
   reference code's settings; --required-batch-size-multiple 1 so no sentence is dropped)
   -> hypotheses in data set order, [ro_RO] tags removed -> sentencepiece decoding -> BLEU against
-  the untokenized references DIR/raw/test.ro, twice (python -m unifairseq.scoring bleu):
+  the untokenized references DIR/raw/test.ro, twice (unifairseq/metrics/scoring.py bleu):
     bleu           standard sacreBLEU on detokenized text (13a tokenization)
     bleu_wmt16_ro  the paper's number: both sides through the WMT16 Romanian pipeline (Moses
                    punctuation normalization, normalise-romanian, remove-diacritics, Moses
@@ -102,6 +102,6 @@ echo "== BLEU against $REFS"
 META=$("$PY" -c 'import json, sys; print(json.dumps({"task": "enro", "checkpoint": sys.argv[1], "subset": sys.argv[2],
     "decoding": {"beam": int(sys.argv[3]), "max_len_b": int(sys.argv[4]), "lenpen": float(sys.argv[5])},
     "spm_model": sys.argv[6]}))' "$CKPT" "$SUBSET" "$BEAM" "$MAX_LEN_B" "$LENPEN" "$SPM")
-pyrun scoring bleu --generate "$GEN_OUT" --refs "$REFS" --spm-model "$SPM" --strip "[ro_RO]" "[en_XX]" \
+pyrun metrics/scoring bleu --generate "$GEN_OUT" --refs "$REFS" --spm-model "$SPM" --strip "[ro_RO]" "[en_XX]" \
     --hyps-out "$OUT/$SUBSET.hyp" --json "$OUT/scores.json" --meta "$META" \
     || die "scoring failed"

@@ -100,6 +100,6 @@ META=$("$PY" -c 'import json, sys; print(json.dumps({"task": "xsum", "checkpoint
     "decoding": {"beam": int(sys.argv[3]), "min_len": int(sys.argv[4]), "max_len_b": int(sys.argv[5]),
                  "no_repeat_ngram_size": int(sys.argv[6]), "lenpen": float(sys.argv[7])}}))' \
     "$CKPT" "$SUBSET" "$BEAM" "$MIN_LEN" "$MAX_LEN_B" "$NO_REPEAT" "$LENPEN")
-pyrun scoring rouge --generate "$GEN_OUT" --refs "$REFS" --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" \
+pyrun metrics/scoring rouge --generate "$GEN_OUT" --refs "$REFS" --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" \
     --hyps-out "$OUT/$SUBSET.hyp" --json "$OUT/scores.json" --meta "$META" \
     || die "scoring failed"

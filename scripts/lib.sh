@@ -58,7 +58,7 @@ preset_list() {
     py=$( (find_tool python) 2>/dev/null) && (cd "$REPO" && "$py" -m unifairseq.core.presets 2>/dev/null | sed 's/ /, /g') \
         || echo "the names printed by: python -m unifairseq.core.presets"
 }
-# Run a unifairseq module file without importing the package's fairseq glue.
+# Run a unifairseq module file (path under unifairseq/, no .py) without importing the package's fairseq glue.
 pyrun() { local mod=$1; shift
     "$PY" -c 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \
         "$REPO/unifairseq/$mod.py" "$@"; }
@@ -88,7 +88,7 @@ check_dict_choice() {
     fi
     [ -z "$DICT" ] || [ -f "$DICT" ] || die "dictionary '$DICT' does not exist (expected $1)"
 }
-# binarize ARG...: fairseq-preprocess job(s) through unifairseq.pipeline, logged to OUT/preprocess.log.
+# binarize ARG...: fairseq-preprocess job(s) through unifairseq-pipeline binarize, logged to OUT/preprocess.log.
 binarize() {
     pyrun pipeline binarize "$@" > "$OUT/preprocess.log" 2>&1 \
         || { tail -20 "$OUT/preprocess.log" >&2; die "fairseq-preprocess failed (log: $OUT/preprocess.log)"; }
@@ -118,10 +118,10 @@ need_data_files() {
     done
 }
 # check_data PREPROCESS_SCRIPT DATACHECK_ARGS...: the binarized splits under DATA_BIN are well formed,
-# non-empty, aligned and fit the model's positions (python -m unifairseq.datacheck), else its message.
+# non-empty, aligned and fit the model's positions (unifairseq/data/check.py), else its message.
 check_data() {
     local script=$1 msg; shift
-    msg=$(pyrun datacheck "$DATA_BIN" --fix "run scripts/$script.sh again" "$@" 2>&1 >/dev/null) || die "${msg#error: }"
+    msg=$(pyrun data/check "$DATA_BIN" --fix "run scripts/$script.sh again" "$@" 2>&1 >/dev/null) || die "${msg#error: }"
 }
 # check_base BASE_NAME: --base given and existing (made absolute) unless --tiny, which forbids it.
 check_base() {

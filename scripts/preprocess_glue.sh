@@ -14,7 +14,7 @@ Step 1 of 3 for GLUE (then scripts/train_glue.sh, scripts/eval_glue.sh). TASK: M
   GLUE/TASK/train.tsv + dev TSV -> OUT/raw/{train,valid}.{input0,input1,label}
     (columns found by their header names: MNLI sentence1, sentence2, gold_label (or label);
      SST-2 sentence, label; rows without a label, e.g. MNLI's '-', are skipped)
-  -> OUT/bpe/  GPT-2 BPE ids (python -m unifairseq.bpe, fairseq's GPT-2 encoder)
+  -> OUT/bpe/  GPT-2 BPE ids (unifairseq/data/bpe.py, fairseq's GPT-2 encoder)
   -> OUT/bin/{input0,input1,label}/  fairseq-preprocess --only-source (sentences with the RoBERTa
      dictionary --srcdict DICT, labels with their own dictionary), the layout of fairseq's
      examples/roberta/preprocess_GLUE_tasks.sh, read by --task sentence_prediction.
@@ -98,7 +98,7 @@ ins=() outs=()
 for inp in "${INPUTS[@]}"; do for s in train valid; do
     ins+=("$OUT/raw/$s.$inp"); outs+=("$OUT/bpe/$s.$inp")
 done; done
-pyrun bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" --inputs "${ins[@]}" --outputs "${outs[@]}"
+pyrun data/bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" --inputs "${ins[@]}" --outputs "${outs[@]}"
 
 echo "== [3/3] fairseq-preprocess -> $OUT/bin/{$(IFS=,; echo "${INPUTS[*]}"),label}"
 JOBS=()

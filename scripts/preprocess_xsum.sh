@@ -12,7 +12,7 @@ Usage: scripts/preprocess_xsum.sh --raw DIR --out DIR (--dict bart.large/dict.tx
 Step 1 of 3 for XSum (then scripts/train_xsum.sh, scripts/eval_xsum.sh).
 
   raw XSum  ->  OUT/raw/{train,valid,valid_select,test}.{source,target}   one example per line
-            ->  OUT/bpe/...   GPT-2 BPE ids (python -m unifairseq.bpe, fairseq's GPT-2 encoder)
+            ->  OUT/bpe/...   GPT-2 BPE ids (unifairseq/data/bpe.py, fairseq's GPT-2 encoder)
             ->  OUT/bin/      fairseq-preprocess --source-lang source --target-lang target
                               --srcdict DICT --tgtdict DICT (BART's dictionary)
 
@@ -96,9 +96,9 @@ for s in "${SPLITS[@]}"; do
     ins_s+=("$OUT/raw/$s.source"); outs_s+=("$OUT/bpe/$s.source")
     ins_t+=("$OUT/raw/$s.target"); outs_t+=("$OUT/bpe/$s.target")
 done
-pyrun bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" \
+pyrun data/bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" \
     --max-tokens $((MAX_SRC - 1)) --inputs "${ins_s[@]}" --outputs "${outs_s[@]}"
-pyrun bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" \
+pyrun data/bpe --encoder-json "$ENC_JSON" --vocab-bpe "$VOCAB_BPE" --workers "$WORKERS" \
     --max-tokens $((MAX_TGT - 1)) --inputs "${ins_t[@]}" --outputs "${outs_t[@]}"
 
 echo "== [3/3] fairseq-preprocess -> $OUT/bin"

@@ -1,6 +1,7 @@
 """What the delta-bank end-to-end tests share: tiny synthetic parallel data binarized by
-fairseq-preprocess, a tiny plain BART base (unifairseq.tools.tiny_base) and single deltas of
-different methods trained on it by fairseq-train for a few updates (delta-only checkpoints)."""
+fairseq-preprocess, a tiny plain BART base (unifairseq.tools.tiny_base), single deltas of
+different methods trained on it by fairseq-train for a few updates (delta-only checkpoints), and
+fairseq-generate's output read back per example."""
 from __future__ import annotations
 
 import random
@@ -9,11 +10,10 @@ import sys
 from pathlib import Path
 
 from env import BIN, REPO, tool_env
-from tiny import tiny_dict
+from tiny import base_dims, dims, tiny_dict
 
-DIMS = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
-        "--decoder-attention-heads", "4"]
+# one layer per stack: the bank tests train several deltas through fairseq-train
+DIMS = dims(layers=1)
 # three methods at three sites: LoRA on W_q/W_v, a sequential FFN adapter, MAM (prefix + scaled PA)
 METHODS = {"lora": ["--arch", "lora_attn_bart_large", "--attn-bn", "4"],
            "pfeiffer": ["--arch", "pfeiffer_bart_large", "--ffn-bn", "8"],
@@ -57,7 +57,7 @@ def make_dict(path: Path) -> Path:
 
 def make_base(data: Path, out: Path) -> Path:
     run([sys.executable, "-m", "unifairseq.tools.tiny_base", "bart", data, out, "--source-lang", "src",
-         "--target-lang", "tgt", "--layers", "1", "--dim", "32", "--ffn-dim", "64", "--heads", "4"])
+         "--target-lang", "tgt", *base_dims(layers=1)])
     return out
 
 
@@ -75,7 +75,24 @@ def train_delta(data: Path, base: Path, method: str, save: Path, updates: int = 
 
 
 def build_bank_checkpoint(data: Path, base: Path, deltas: dict, out: Path) -> Path:
-    """The bank of the delta files {name: file} over `base`: `python -m unifairseq.fairseq.tasks.bank build`."""
-    run([sys.executable, "-m", "unifairseq.fairseq.tasks.bank", "build", out, *[f"{n}={p}" for n, p in deltas.items()],
+    """The bank of the delta files {name: file} over `base`: `python -m unifairseq.tools.bank_cli build`."""
+    run([sys.executable, "-m", "unifairseq.tools.bank_cli", "build", out, *[f"{n}={p}" for n, p in deltas.items()],
          "--base", base, "--data", data])
     return out
+
+
+# fairseq-generate on a bank or a single delta: each line's hypothesis and source, by example id
+GEN = ["--beam", "3", "--max-len-b", "10", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
+
+
+def generate(data, path, *extra, task=()):
+    out = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", path, "--gen-subset", "test",
+               *task, *GEN, *extra]).stdout
+    return fields("H-", out), fields("S-", out)
+
+
+def fields(prefix, text):
+    return {int(l.split("\t")[0][len(prefix):]): l.split("\t")[1:] for l in text.splitlines() if l.startswith(prefix)}
+
+
+BANK_TASK = ["--task", "delta_bank", "--source-lang", "src", "--target-lang", "tgt"]

@@ -3,9 +3,9 @@ translate(sentences, deltas=...), files, add/remove, refusals, memory."""
 import pytest
 import torch
 
-from test_bank import make_bank, plain_base, single
-from test_methods import perturb_deltas
-from tiny import tiny_model, tiny_roberta
+from bankhelp import make_bank, mixed_batch, plain_base, single, spec
+from ckpthelp import save_delta_file
+from tiny import perturb_deltas, tiny_model, tiny_roberta
 from unifairseq.core.bank import BankError
 
 ROBERTA_ROWS = {
@@ -103,14 +103,6 @@ def test_add_remove_and_files(tmp_path):
 
 
 
-def save_delta_file(model, args, path):
-    """What fairseq-train writes for a delta model: its state_dict (trained tensors + base record)."""
-    from fairseq.checkpoint_utils import torch_persistent_save
-
-    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [],
-                           "extra_state": {}, "last_optimizer_state": None}, str(path))
-
-
 def test_delta_files_load_refusals_and_memory(tmp_path):
     """Delta .pt files (base fingerprint recorded) load into the bank and decode as their own model;
     a delta of another base or another model family is refused with the fix; bytes add up per delta."""
@@ -119,13 +111,12 @@ def test_delta_files_load_refusals_and_memory(tmp_path):
     files = {}
     for i, n in enumerate(["lora_attn", "mam", "bitfit"]):
         m, _ = single(n, seed=30 + i)
-        _, _, args = tiny_model(*__import__("test_bank").spec(n))
+        _, _, args = tiny_model(*spec(n))
         save_delta_file(m, args, tmp_path / f"{n}.pt")
         files[n] = m
     for n in files:
         bank.bank.add(n, str(tmp_path / f"{n}.pt"))
     bank.eval()
-    from test_bank import mixed_batch
     d, src, lens, prev, _, _ = mixed_batch(3)
     ids = torch.tensor([2, 0, 1])
     with torch.no_grad():
@@ -170,7 +161,6 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
     and the base's path, and a model built from the same --bank-deltas loads it back (base first)."""
     from fairseq.checkpoint_utils import torch_persistent_save
 
-    from test_bank import mixed_batch
     from unifairseq.fairseq.bank import load_bank
     from unifairseq.tools.tiny_base import checkpoint_state
 
@@ -181,7 +171,7 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
     files = {}
     for i, n in enumerate(["lora_attn", "mam"]):
         m, _ = single(n, seed=40 + i)
-        _, _, args = tiny_model(*__import__("test_bank").spec(n))
+        _, _, args = tiny_model(*spec(n))
         save_delta_file(m, args, tmp_path / f"{n}.pt")
         files[n] = m
     bank = load_bank(str(tmp_path / "base.pt"), {n: str(tmp_path / f"{n}.pt") for n in files}, task=task,
@@ -207,8 +197,6 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
 
 
 def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
-    from test_bank import mixed_batch
-
     bank, _ = make_bank(["lora_attn", "dora_attn", "pfeiffer", "houlsby"])
     d, src, lens, prev, _, _ = mixed_batch()
     ids = torch.tensor([0, 1, 2, 3, 1])
@@ -223,7 +211,6 @@ def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
 
 def test_mbart_bank_equals_single_delta_models():
     """Pre-LN mBART (parallel adapters read the residual stream): a mixed batch = each delta alone."""
-    from test_bank import mixed_batch
     from unifairseq.core.modules import is_delta_name
 
     rows = {"mam": "mam", "scaled_pa": "scaled_pa", "lora_attn": "lora_attn", "pfeiffer": "pfeiffer"}

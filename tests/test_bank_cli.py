@@ -16,6 +16,8 @@ unifairseq.fairseq.register()
 from unifairseq.fairseq.tasks.bank import (BankTaskError, DeltaBankConfig, DeltaBankTask, DeltaTaggedDataset,
                                            parse_bank_tasks, split_tag)
 
+from bankdata import (BANK_TASK, GEN, binarize, build_bank_checkpoint, fields, generate, make_base, make_dict,
+                      train_delta, write_raw)
 from tiny import tiny_dict
 
 NAMES = ["sum", "mt", "para"]
@@ -150,7 +152,6 @@ def test_side_file_names_each_example(tmp_path):
 
 
 # ------------------------------------------------------------------ end to end: fairseq's command lines
-GEN = ["--beam", "3", "--max-len-b", "10", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0"]
 DELTAS = ("lora", "pfeiffer", "mam")
 
 
@@ -158,8 +159,6 @@ DELTAS = ("lora", "pfeiffer", "mam")
 def bank(tmp_path_factory):
     """Tiny data, a tiny base, three single deltas trained by fairseq-train (LoRA, Pfeiffer, MAM) and the
     bank checkpoint over the base that holds all three; each delta's own fairseq-generate output."""
-    from bankdata import binarize, build_bank_checkpoint, make_base, make_dict, train_delta, write_raw
-
     w = tmp_path_factory.mktemp("bank_cli")
     write_raw(w / "raw", 0, {"train": 64, "valid": 8, "test": 12})
     data = binarize(w / "raw", w / "bin", make_dict(w / "dict.txt"))
@@ -168,21 +167,6 @@ def bank(tmp_path_factory):
     bank_pt = build_bank_checkpoint(data, base, files, w / "bank.pt")
     alone = {m: generate(data, files[m], "--batch-size", "4") for m in DELTAS}
     return SimpleNamespace(w=w, data=data, base=base, files=files, bank=bank_pt, alone=alone)
-
-
-def generate(data, path, *extra, task=()):
-    from bankdata import BIN, REPO, run
-
-    out = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", path, "--gen-subset", "test",
-               *task, *GEN, *extra]).stdout
-    return fields("H-", out), fields("S-", out)
-
-
-def fields(prefix, text):
-    return {int(l.split("\t")[0][len(prefix):]): l.split("\t")[1:] for l in text.splitlines() if l.startswith(prefix)}
-
-
-BANK_TASK = ["--task", "delta_bank", "--source-lang", "src", "--target-lang", "tgt"]
 
 
 def assert_each_line_as_alone(got, names, alone, key=lambda i: i):

@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, train_delta, write_raw
-from test_bank_cli import BANK_TASK, generate
+from bankdata import BANK_TASK, BIN, DIMS, REPO, binarize, generate, make_base, make_dict, run, train_delta, write_raw
 from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
 
 TRAIN = ["--criterion", "cross_entropy", "--optimizer", "adam", "--dropout", "0", "--batch-size", "8",
@@ -66,7 +65,7 @@ def test_file_deltas_continue_from_the_base_and_extract_alone(files):
     lora_a = None
     for n, data in (("lora", f.a), ("mam", f.b)):
         out = f.w / f"{n}_alone.pt"
-        run([sys.executable, "-m", "unifairseq.fairseq.tasks.bank", "extract", bank, n, out])
+        run([sys.executable, "-m", "unifairseq.tools.bank_cli", "extract", bank, n, out])
         single = load_checkpoint_file(str(out))
         assert single["args"].arch == "delta_bart_large"
         assert all(torch.equal(single["model"][k], sd[f"delta_bank.{n}.{k}"])
@@ -80,7 +79,7 @@ def test_file_deltas_continue_from_the_base_and_extract_alone(files):
         lora_a = lora_a or bank_h
         # and as a shared folder (unifairseq-export inference), on the base fairseq-generate loads
         folder = f.w / f"{n}_shared"
-        run([sys.executable, "-m", "unifairseq.tools.export", "inference", out, folder])
+        run([sys.executable, "-m", "unifairseq.tools.export_cli", "inference", out, folder])
         overrides = str({"arch": "delta_bart_large", "_name": "delta_bart_large", "delta_file": str(folder)})
         shared_h, _ = generate(data, f.base, "--model-overrides", overrides, "--batch-size", "4")
         assert all(shared_h[i][1] == alone_h[i][1] and abs(float(shared_h[i][0]) - float(alone_h[i][0])) < 1e-5

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from env import REPO, tool_env
+from tiny import base_dims, dims
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
-DIMS = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
-        "--decoder-attention-heads", "4"]
+DIMS = dims()
 
 
 def sh(*cmd, cwd):
@@ -36,7 +35,7 @@ def test_fairseq_train_and_generate_with_a_bank(tmp_path):
        "--trainpref", tmp_path / "train", "--validpref", tmp_path / "valid", "--destdir", tmp_path / "bin",
        "--workers", "1", cwd=tmp_path)
     sh(PY, "-m", "unifairseq.tools.tiny_base", "bart", tmp_path / "bin", tmp_path / "base.pt", "--source-lang", "src",
-       "--target-lang", "tgt", "--dim", "32", "--ffn-dim", "64", cwd=tmp_path)
+       "--target-lang", "tgt", *base_dims(), cwd=tmp_path)
     user_dir = REPO / "user_dir"
     log = sh(PY, "-m", "fairseq_cli.train", tmp_path / "bin", "--user-dir", user_dir, "--task", "translation",
              "--arch", "bank_bart_large", *DIMS, "--bank-deltas", "mt=lora_attn:attn_bn=4,sum=mam:attn_bn=3:ffn_bn=4:"

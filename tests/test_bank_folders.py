@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from test_bank import make_bank, mixed_batch, plain_base, single, spec
-from test_bank_api import save_delta_file
+from bankhelp import make_bank, mixed_batch, plain_base, single, spec
+from ckpthelp import save_delta_file
 from tiny import tiny_model
 from unifairseq.core.bank import BankError
 
@@ -87,10 +87,10 @@ def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_pa
 
 
 def test_bank_build_tool_and_bank_deltas_flag_take_folders(deltas, tmp_path):
-    """`python -m unifairseq.fairseq.tasks.bank build OUT name=FOLDER ...` writes each folder's tensors."""
+    """`python -m unifairseq.tools.bank_cli build OUT name=FOLDER ...` writes each folder's tensors."""
     from tiny import tiny_dict
     from unifairseq.fairseq.checkpoint import load_checkpoint_file
-    from unifairseq.fairseq.tasks.bank import main
+    from unifairseq.tools.bank_cli import main
 
     for lang in ("src", "tgt"):
         tiny_dict().save(str(tmp_path / f"dict.{lang}.txt"))

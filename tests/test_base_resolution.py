@@ -130,7 +130,7 @@ def test_export_merge_and_hf_find_a_moved_base_as_generate_does(tmp_path, delta,
 
 def test_merge_base_nonexistent_message(tmp_path, delta, capsys):
     _, pt, *_ = delta
-    from unifairseq.tools.export import main
+    from unifairseq.tools.export_cli import main
 
     assert main(["merge", pt, str(tmp_path / "m.pt"), "--base", "nonexistent"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -6,12 +6,13 @@ import torch
 from fairseq import checkpoint_utils
 
 from methods import IDS, MERGEABLE, METHODS
-from test_methods import full_logits, perturb_deltas, save_base_checkpoint
-from test_training import make_trainer, toy_sample
-from tiny import random_batch, tiny_dict, tiny_model
+from ckpthelp import save_base_checkpoint, write_delta_checkpoint
+from tiny import HEAD, full_logits, perturb_deltas, random_batch, roberta_logits, roberta_tokens, tiny_dict, tiny_model
+from trainhelp import make_trainer, toy_sample
 from unifairseq.fairseq.checkpoint import META_KEYS, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.core.modules import is_delta_name
-from unifairseq.tools.export import export_inference, export_merge, export_unmerge, main as export_main
+from unifairseq.tools.export import export_inference, export_merge, export_unmerge
+from unifairseq.tools.export_cli import main as export_main
 
 
 def trained_checkpoint(tmp_path, arch, flags, steps=3):
@@ -112,26 +113,12 @@ def test_merge_gives_plain_fairseq_checkpoint_and_unmerge_restores_base(name, tm
         assert torch.allclose(b0[k], b1[k], atol=1e-5), k
 
 
-def write_delta_checkpoint(model, args, tmp_path):
-    """A delta checkpoint in fairseq's layout (what fairseq-train writes) and its base file."""
-    from fairseq.checkpoint_utils import torch_persistent_save
-
-    base = tmp_path / "base.pt"
-    save_base_checkpoint(model, base)
-    model.base_path = str(base)
-    ckpt = tmp_path / "delta.pt"
-    torch_persistent_save({"args": args, "model": model.state_dict(), "optimizer_history": [],
-                           "extra_state": {}, "last_optimizer_state": None}, str(ckpt))
-    return ckpt, base
-
-
 @pytest.mark.parametrize("arch,flags", [("lora_attn_roberta_base", ["--attn-bn", "4"]), ("bitfit_roberta_base", []),
                                         ("ia3_roberta_base", []), ("dora_attn_roberta_base", ["--attn-bn", "4"])])
 def test_roberta_merge_keeps_the_trained_head_and_loads_in_fairseqs_roberta(arch, flags, tmp_path):
     """Merging a RoBERTa delta writes a plain roberta_base checkpoint that carries the trained
     classification head, and fairseq's own RobertaModel loads it (it registers the head from the file,
     as the hub does with load_checkpoint_heads) and gives the delta model's outputs."""
-    from test_roberta_mbart import HEAD, roberta_logits, roberta_tokens
     from tiny import tiny_roberta
 
     model, task, args = tiny_roberta(arch, flags)
@@ -316,7 +303,6 @@ def test_switching_tasks_loads_another_delta_never_another_base(tmp_path):
     (tmp_path / "a").mkdir()
     model_a, ckpt_a, base, d = trained_checkpoint(tmp_path / "a", arch, flags, steps=3)
     # task B: same base file, other data order -> other deltas
-    from test_training import make_trainer
     trainer, model_b = make_trainer(arch, flags, d)
     model_b.load_base(str(base))
     for seed in range(3):

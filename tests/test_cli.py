@@ -58,9 +58,9 @@ def test_one_error_style_across_tools(tmp_path):
     """Bad input to three different tools: one line `unifairseq-NAME: error: ...`, exit 2, no traceback."""
     missing = tmp_path / "nope.pt"
     cases = [
-        (["-m", "unifairseq.tools.export", "inference", str(missing), str(tmp_path / "o.pt")], "unifairseq-export"),
-        (["-m", "unifairseq.datacheck", str(tmp_path), "--layout", "sentence_prediction"], "unifairseq-datacheck"),
-        (["-m", "unifairseq.scoring", "bleu", "--hyps", str(missing), "--refs", str(missing),
+        (["-m", "unifairseq.tools.export_cli", "inference", str(missing), str(tmp_path / "o.pt")], "unifairseq-export"),
+        (["-m", "unifairseq.data.check", str(tmp_path), "--layout", "sentence_prediction"], "unifairseq-datacheck"),
+        (["-m", "unifairseq.metrics.scoring", "bleu", "--hyps", str(missing), "--refs", str(missing),
           "--json", str(tmp_path / "s.json")], "unifairseq-score bleu"),
     ]
     for argv, prog in cases:

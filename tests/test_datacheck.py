@@ -1,4 +1,4 @@
-"""Bad data gets one clear message (unifairseq.datacheck): missing, malformed, empty, misaligned and
+"""Bad data gets one clear message (unifairseq.data.check): missing, malformed, empty, misaligned and
 too-long splits, through the Python API, the CLI the scripts call, and fairseq-train with our task."""
 from __future__ import annotations
 
@@ -9,23 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fairseq.data import Dictionary
-from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
-from unifairseq import datacheck
-from unifairseq.datacheck import DataError
+from datahelp import write_split
+
+from unifairseq.data import check as datacheck
+from unifairseq.data.check import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_split(prefix: Path, lengths, vocab: int = 20) -> None:
-    """A binarized split as fairseq-preprocess writes it (dataset-impl mmap, uint16 tokens)."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    b = MMapIndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
-    for n in lengths:
-        b.add_item(torch.randint(4, vocab, (n,)))
-    b.finalize(str(prefix) + ".idx")
 
 
 def make_translation(data: Path, src_lens=(5, 7, 3), tgt_lens=(4, 6, 2), splits=("train", "valid")):
@@ -119,7 +110,7 @@ def test_sentence_prediction_layout(tmp_path):
 
 def test_cli_exit_status_and_message(tmp_path):
     make_translation(tmp_path, src_lens=(), tgt_lens=())
-    cmd = [sys.executable, "-m", "unifairseq.datacheck", str(tmp_path), "--layout", "translation",
+    cmd = [sys.executable, "-m", "unifairseq.data.check", str(tmp_path), "--layout", "translation",
            "--langs", "source", "target", "--splits", "train"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "empty dataset" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,10 +4,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from test_resume_generate import REPO, _enro_data, demo, pytestmark, train_argv  # noqa: F401
+from e2ehelp import _enro_data, demo, train_argv  # noqa: F401  (fixtures: used by name)
+from env import REPO
 from unifairseq.fairseq.checkpoint import load_checkpoint_file
+
+pytestmark = pytest.mark.slow
 
 
 def free_port():

@@ -16,68 +16,14 @@ peft = pytest.importorskip("peft")  # a test requirement (requirements.txt); ski
 from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from test_checkpoints import write_delta_checkpoint  # noqa: E402
-from tiny import tiny_model, tiny_roberta  # noqa: E402
+from hfhelp import TOL, delta, fairseq_out, hf_diff, perturb_all, roberta_inputs  # noqa: E402
+from tiny import HEAD, tiny_model, tiny_roberta  # noqa: E402
 import unifairseq.fairseq  # noqa: E402
-from unifairseq.tools.export import main as export_main  # noqa: E402
+from unifairseq.tools.export_cli import main as export_main  # noqa: E402
 from unifairseq.tools.export_hf import HFExportError, export_hf  # noqa: E402
 
 unifairseq.fairseq.register()
-TOL = 1e-4
-HEAD = "sentence_classification_head"
 MBART = ["--encoder-normalize-before", "--decoder-normalize-before", "--layernorm-embedding"]
-
-
-def perturb_all(model, seed=0, std=0.05):
-    """Every parameter off its initialisation (LayerNorms, biases, deltas, heads)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
-
-
-def bart_inputs(d, bsz=3, src_len=8, tgt_len=6):
-    """Right-padded source (HF BART numbers positions from the left whatever the padding), decoder input
-    starting with </s> as fairseq's collater makes it."""
-    g = torch.Generator().manual_seed(3)
-    src = torch.randint(d.nspecial, len(d), (bsz, src_len), generator=g)
-    src[:, -1] = d.eos()
-    lengths = torch.full((bsz,), src_len)
-    for b in range(1, bsz):
-        src[b, src_len - b - 1] = d.eos()
-        src[b, src_len - b:] = d.pad()
-        lengths[b] = src_len - b
-    prev = torch.randint(d.nspecial, len(d), (bsz, tgt_len), generator=g)
-    prev[:, 0] = d.eos()
-    return src, lengths, prev
-
-
-def roberta_inputs(d, bsz=3, T=9):
-    g = torch.Generator().manual_seed(2)
-    t = torch.randint(d.nspecial, len(d) - 1, (bsz, T), generator=g)
-    t[:, 0], t[:, -1] = d.bos(), d.eos()
-    t[1, -3:] = d.pad()
-    t[1, -4] = d.eos()
-    return t
-
-
-def fairseq_out(model, family, d, head=False):
-    with torch.no_grad():
-        if family == "roberta":
-            t = roberta_inputs(d)
-            out = model(t, features_only=head, classification_head_name=HEAD if head else None)[0]
-            return out, dict(input_ids=t, attention_mask=t.ne(d.pad())), t.ne(d.pad())
-        src, lens, prev = bart_inputs(d)
-        out = model(src, lens, prev)[0]
-        return out, dict(input_ids=src, attention_mask=src.ne(d.pad()), decoder_input_ids=prev), None
-
-
-def hf_diff(hf_model, ref, inputs, keep):
-    with torch.no_grad():
-        out = hf_model(**inputs).logits
-    assert out.shape == ref.shape
-    return ((out - ref)[keep] if keep is not None and out.dim() == 3 else out - ref).abs().max().item()
 
 
 def hf_class(folder):
@@ -209,16 +155,6 @@ DELTAS = [("lora_attn_bart_base", ["--attn-bn", "4"], "bart"),
           # attention and FFN LoRA of different ranks: one alpha, per-module r (peft's rank_pattern)
           ("delta_bart_base", ["--attn-mode", "lora", "--ffn-mode", "lora", "--attn-bn", "4", "--ffn-bn", "8",
                                "--lora-alpha", "12"], "bart")]
-
-
-def delta(arch, flags, family, tmp_path):
-    if family == "roberta":
-        model, task, args = tiny_roberta(arch, flags)
-    else:
-        model, task, args = tiny_model(arch, flags)
-    perturb_all(model)
-    ckpt, base = write_delta_checkpoint(model, args, tmp_path)
-    return model.eval(), task, ckpt
 
 
 @pytest.mark.parametrize("arch,flags,family", DELTAS, ids=[d[0] if d[0] != "delta_bart_base" else "lora_attn4+ffn8"

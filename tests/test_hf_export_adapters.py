@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from test_hf_export import delta, fairseq_out
-from unifairseq.tools.export import main as export_main
+from hfhelp import delta, fairseq_out
+from unifairseq.tools.export_cli import main as export_main
 
 ADAPTERS_ENV = ["torch==2.13.0", "transformers==4.57.6", "adapters==1.3.0"]
 CHECK = r"""

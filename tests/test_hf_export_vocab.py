@@ -15,19 +15,17 @@ peft = pytest.importorskip("peft")
 from fairseq.checkpoint_utils import torch_persistent_save  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from test_hf_export import HEAD, TOL, hf_diff, perturb_all  # noqa: E402
-from tiny import tiny_roberta  # noqa: E402
-from unifairseq.tools.export import main as export_main  # noqa: E402
+from hfhelp import CORPUS, SENTENCES, TOL, byte_bpe, hf_diff, perturb, perturb_all, save_fast_tokenizer  # noqa: E402
+from tiny import DIM, FFN_DIM, HEAD, HEADS, LAYERS, tiny_roberta  # noqa: E402
+from unifairseq.tools.export_cli import main as export_main  # noqa: E402
 
 
 def _hf_bart(src):
     """A tiny random HF BART whose specials are not fairseq's 0..3 (so the vocabulary is really permuted)."""
-    from test_hf_import import byte_bpe, perturb
-
     vocab = byte_bpe(src, specials=("<unk>", "<pad>", "<s>", "</s>", "<mask>"))
-    cfg = transformers.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
-                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                  decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
+    cfg = transformers.BartConfig(vocab_size=vocab, d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                                  encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM,
+                                  decoder_ffn_dim=FFN_DIM, max_position_embeddings=64, pad_token_id=1, bos_token_id=2,
                                   eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=3)
     torch.manual_seed(4)
     hf = perturb(transformers.BartForConditionalGeneration(cfg)).eval()
@@ -46,7 +44,6 @@ def test_round_trip_hf_import_train_lora_export_peft(tmp_path):
     from peft import PeftModel
 
     from env import BIN, REPO, tool_env
-    from test_hf_import import CORPUS
     from unifairseq.convert.hf_tokenize import HFTokenizer
 
     src, imp, data = tmp_path / "hf", tmp_path / "imported", tmp_path / "data"
@@ -129,8 +126,6 @@ def test_gpt2_bpe_tokenizer_files(tmp_path):
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
     from tokenizers import ByteLevelBPETokenizer
 
-    from test_hf_import import CORPUS, SENTENCES
-
     bpe_dir = tmp_path / "gpt2"
     bpe_dir.mkdir()
     tok = ByteLevelBPETokenizer()
@@ -199,7 +194,6 @@ def test_hf_vocab_mbart_language_codes(tmp_path):
     those rows back at the HF ids of xx_YY, so the exported folder is the original one."""
     from tokenizers import SentencePieceUnigramTokenizer
 
-    from test_hf_import import CORPUS, perturb, save_fast_tokenizer
     from unifairseq.convert import hf_import
 
     src, imp = tmp_path / "hf", tmp_path / "imported"
@@ -209,9 +203,9 @@ def test_hf_vocab_mbart_language_codes(tmp_path):
     tok.add_special_tokens(["en_XX", "ro_RO", "<mask>"])
     save_fast_tokenizer(tok._tokenizer, src, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                         unk_token="<unk>", mask_token="<mask>")
-    cfg = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), d_model=32, encoder_layers=1, decoder_layers=1,
-                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                                   decoder_ffn_dim=64, max_position_embeddings=64, scale_embedding=True)
+    cfg = transformers.MBartConfig(vocab_size=tok.get_vocab_size(), d_model=DIM, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM,
+                                   decoder_ffn_dim=FFN_DIM, max_position_embeddings=64, scale_embedding=True)
     torch.manual_seed(5)
     hf = perturb(transformers.MBartForConditionalGeneration(cfg)).eval()
     hf.save_pretrained(str(src))

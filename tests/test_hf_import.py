@@ -17,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 from fairseq import checkpoint_utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
+from hfhelp import CORPUS, SENTENCES, byte_bpe, perturb, save_fast_tokenizer  # noqa: E402
+from tiny import DIM, FFN_DIM, HEADS, LAYERS  # noqa: E402
 from unifairseq.convert import hf_import, hf_to_fairseq, hf_tokenize  # noqa: E402
 from unifairseq.convert.hf_tokenize import HFTokenizer  # noqa: E402
 from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
@@ -24,17 +26,6 @@ from unifairseq.fairseq.safe_globals import register_safe_globals  # noqa: E402
 register_safe_globals()  # the checkpoints hold argparse.Namespace; torch.load is weights-only
 
 TOL = 1e-4
-SENTENCES = [
-    "The cat sits outside on the warm stone wall.",
-    "A man is playing the guitar while his friends sing along.",
-    "Parameter-efficient transfer learning keeps most pretrained weights frozen.",
-    "Hello!",
-]
-CORPUS = SENTENCES + [
-    "the quick brown fox jumps over the lazy dog",
-    "a small model is enough for a unit test",
-    "translation from english to romanian",
-]
 
 
 # ------------------------------------------------------------------ helpers
@@ -78,36 +69,6 @@ def pad_right(seqs, pad):
 
 def max_diff(a, b, mask):
     return (a - b)[mask].abs().max().item()
-
-
-def perturb(model, seed=0, std=0.05):
-    """Move every parameter (LayerNorms, biases included) off its initialisation."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
-
-
-def save_fast_tokenizer(tok, path, **special):
-    from transformers import PreTrainedTokenizerFast
-
-    PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(str(path))
-
-
-def byte_bpe(path, specials=("<s>", "<pad>", "</s>", "<unk>", "<mask>")):
-    """A byte-level BPE tokenizer trained on CORPUS, its special tokens at the ids their order gives; saved
-    at `path`. Returns the vocabulary size."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, show_progress=False,
-                            special_tokens=list(specials))
-    tok.post_processor = RobertaProcessing(("</s>", specials.index("</s>")), ("<s>", specials.index("<s>")))
-    save_fast_tokenizer(tok._tokenizer, path, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
-                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    return tok.get_vocab_size()
 
 
 # ------------------------------------------------------------------ (a) real all-MiniLM-L6-v2
@@ -275,8 +236,8 @@ def test_roberta_parity_with_lm_head(tmp_path):
 
     src = tmp_path / "hf"
     n = byte_bpe(src)
-    cfg = RobertaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=66, layer_norm_eps=1e-5,
+    cfg = RobertaConfig(vocab_size=n, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN_DIM, max_position_embeddings=66, layer_norm_eps=1e-5,
                         pad_token_id=1, bos_token_id=0, eos_token_id=2)
     torch.manual_seed(0)
     hf = perturb(RobertaForMaskedLM(cfg)).eval()
@@ -313,8 +274,8 @@ def test_bert_vocab_txt_token_types_and_mlm_head(tmp_path):
     vocab += [w for w in words if w not in vocab] + ["##s"]
     (src / "vocab.txt").write_text("".join(v + "\n" for v in vocab))
     (src / "tokenizer_config.json").write_text('{"do_lower_case": true, "tokenizer_class": "BertTokenizer"}')
-    cfg = BertConfig(vocab_size=len(vocab) + 3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
+    cfg = BertConfig(vocab_size=len(vocab) + 3, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                     intermediate_size=FFN_DIM, max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
     torch.manual_seed(1)
     hf = perturb(BertForMaskedLM(cfg), std=0.5).eval()
     hf.save_pretrained(str(src))
@@ -351,8 +312,8 @@ def _bart_parity(tmp_path, model_type, make_tokenizer):
     n = make_tokenizer(src)
     Config, Model = ((MBartConfig, MBartForConditionalGeneration) if model_type == "mbart"
                      else (BartConfig, BartForConditionalGeneration))
-    cfg = Config(vocab_size=n, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=48, max_position_embeddings=64,
+    cfg = Config(vocab_size=n, d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
+                 decoder_attention_heads=HEADS, encoder_ffn_dim=FFN_DIM, decoder_ffn_dim=48, max_position_embeddings=64,
                  pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
                  scale_embedding=model_type == "mbart")
     torch.manual_seed(2)

@@ -6,8 +6,13 @@ import signal
 import subprocess
 import time
 
-from test_resume_generate import BIN, REPO, _enro_data, demo, losses, pytestmark, train_argv  # noqa: F401
+import pytest
+
+from e2ehelp import _enro_data, demo, losses, train_argv  # noqa: F401  (fixtures: used by name)
+from env import REPO
 from unifairseq.fairseq.checkpoint import load_checkpoint_file
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigkill_mid_epoch_then_resume(demo, tmp_path):

@@ -6,18 +6,10 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from methods import IDS, METHODS, PROJECTION_MERGES
-from tiny import random_batch, tiny_dict, tiny_model
+from ckpthelp import save_base_checkpoint
+from tiny import full_logits, perturb_deltas, random_batch, tiny_dict, tiny_model
 from unifairseq.core.accounting import stored_delta_weights
 from unifairseq.core.modules import DeltaLinear, is_delta_name
-
-
-def perturb_deltas(model, seed=0, std=0.05):
-    """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def base_twin(model):
@@ -25,11 +17,6 @@ def base_twin(model):
     plain, _, _ = tiny_model("bart_base")
     plain.load_state_dict({k: v for k, v in model.full_state_dict().items() if not is_delta_name(k)}, strict=True)
     return plain.eval()
-
-
-def full_logits(model, src, lens, prev):
-    out, _ = model(src, lens, prev)
-    return out
 
 
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
@@ -87,15 +74,6 @@ def test_beam_search_scores_match_full_forward(name, arch, flags, identity):
                 ref = lp[0].gather(-1, tokens[0].unsqueeze(-1)).squeeze(-1)
                 assert torch.allclose(h["positional_scores"], ref, atol=1e-4), \
                     (h["positional_scores"] - ref).abs().max()
-
-
-def save_base_checkpoint(model, path):
-    """The frozen base in fairseq's official checkpoint format (like bart.large/model.pt)."""
-    from fairseq.checkpoint_utils import torch_persistent_save
-
-    torch_persistent_save({"args": None, "model": {k: v for k, v in model.full_state_dict().items()
-                                                   if not is_delta_name(k)},
-                           "optimizer_history": [], "extra_state": {}, "last_optimizer_state": None}, str(path))
 
 
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)

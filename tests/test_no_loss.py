@@ -134,7 +134,7 @@ def test_command_printed_by_export_decodes_every_sentence(trained, tmp_path):
     env = tool_env(PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
                    UNIFAIRSEQ_BASES=str(tmp_path / "bases"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("UNIFAIRSEQ_CACHE", None)
-    printed = run([PY, "-m", "unifairseq.tools.export", "inference", ckpt, folder], env=env).stdout
+    printed = run([PY, "-m", "unifairseq.tools.export_cli", "inference", ckpt, folder], env=env).stdout
     lines = printed.splitlines()
     start = next(i for i, l in enumerate(lines) if l.strip().startswith("fairseq-generate"))
     command = (lines[start].strip().rstrip("\\") + " " + lines[start + 1].strip()).replace("DATA-BIN", shlex.quote(str(data)))

@@ -7,8 +7,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.tasks.translation import TranslationTask
 from fairseq.trainer import Trainer
 
-from test_training import toy_sample
 from tiny import TINY, tiny_args, tiny_dict
+from trainhelp import toy_sample
 
 BASE = ["--cpu", "--lr", "0.05", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
         "--max-tokens", "4000", "--dropout", "0.0", "--seed", "3"]

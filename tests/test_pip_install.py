@@ -36,6 +36,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from env import DATA, REPO, require_data
+from tiny import base_dims, dims
 
 CONSTRAINTS = REPO / "constraints.txt"
 ENRO_DEV = ("wmt16_en_ro/dev.en", "wmt16_en_ro/dev.ro")
@@ -224,12 +225,10 @@ def test_wheel_in_a_fresh_venv_trains_and_generates_outside_the_checkout(tmp_pat
                                 "--destdir", "data-bin", "--joined-dictionary", "--nwordssrc", "1000",
                                 "--nwordstgt", "1000", "--workers", "1"])
     step("unifairseq-make-tiny-bart", ["unifairseq-make-tiny-bart", "data-bin", "tiny_bart.pt",
-                            "--layers", "2", "--dim", "32", "--ffn-dim", "64", "--heads", "4", "--seed", "0"])
+                            *base_dims(), "--seed", "0"])
 
     # 5. fairseq-train --user-dir "$(unifairseq-user-dir)": a LoRA delta, only the delta in the checkpoint
-    sizes = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32",
-             "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-             "--encoder-attention-heads", "4", "--decoder-attention-heads", "4"]
+    sizes = dims()
     train = ["data-bin", "--task", "translation", "--source-lang", "en", "--target-lang", "ro",
              "--arch", "lora_attn_bart_base", *sizes, "--attn-bn", "4", "--share-all-embeddings",
              "--restore-file", "tiny_bart.pt", "--reset-optimizer", "--reset-dataloader", "--reset-meters",

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_datacheck import write_split
 
+from datahelp import write_split
 from env import DATA, REPO, tool_env
 
 SCRIPTS = REPO / "scripts"
@@ -151,7 +151,7 @@ def fake_fairseq(tmp_path):
         for f in files:
             (d / f).parent.mkdir(parents=True, exist_ok=True)
             (d / f).write_text("")
-    # small well-formed splits: the scripts check them (unifairseq.datacheck) before training
+    # small well-formed splits: the scripts check them (unifairseq/data/check.py) before training
     for split in ("train", "valid"):
         for lang in ("source", "target"):
             write_split(xsum / f"{split}.source-target.{lang}", (5, 7))
@@ -231,7 +231,7 @@ def test_train_commands_follow_the_paper(fake_fairseq):
 
 # ===================================================================== scoring against the references
 def _scoring():
-    import unifairseq.scoring as scoring
+    import unifairseq.metrics.scoring as scoring
 
     return scoring
 
@@ -307,7 +307,7 @@ def test_scores_equal_hand_computed_values(tmp_path):
         write(tmp_path / f"{name}.ref", refs)
         proc = subprocess.run(
             [sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
-             "run_name='__main__')", str(REPO / "unifairseq" / "scoring.py"), name, "--hyps", str(tmp_path / f"{name}.hyp"),
+             "run_name='__main__')", str(REPO / "unifairseq" / "metrics" / "scoring.py"), name, "--hyps", str(tmp_path / f"{name}.hyp"),
              "--refs", str(tmp_path / f"{name}.ref"), "--json", str(tmp_path / f"{name}.json")],
             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
@@ -350,7 +350,7 @@ def test_extract_hypotheses_orders_and_checks(tmp_path):
 
 
 def test_bpe_round_trip_and_fairseq_encoder(tmp_path):
-    import unifairseq.bpe as bpe
+    import unifairseq.data.bpe as bpe
     from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
 
     enc_json, vocab = bpe.default_bpe_files()
@@ -386,35 +386,35 @@ def test_batch_plan_and_gpu_count():
 
 
 def test_raw_readers(tmp_path):
-    import unifairseq.pipeline as pipeline
+    from unifairseq.data import prepare
 
     raw = tmp_path / "raw"
     write(raw / "train.source", ["doc one", "doc two", ""])
     write(raw / "train.target", ["sum one", "sum two", "sum three"])
     (raw / "val.jsonl").write_text(json.dumps({"document": "a\nb", "summary": "s", "id": "1"}) + "\n" +
                                    json.dumps({"document": "c", "summary": "t"}) + "\n", encoding="utf-8")
-    counts = pipeline.xsum_raw(str(raw), str(tmp_path / "out"), select_size=1)
+    counts = prepare.xsum_raw(str(raw), str(tmp_path / "out"), select_size=1)
     assert counts == {"train": 2, "valid": 2, "valid_select": 1}  # empty training document dropped
     assert (tmp_path / "out" / "valid.source").read_text(encoding="utf-8") == "a b\nc\n"
     (raw / "val.jsonl").unlink()
-    with pytest.raises(pipeline.PipelineError, match="no valid split"):
-        pipeline.xsum_raw(str(raw), str(tmp_path / "o2"))  # train.* but no validation split
+    with pytest.raises(prepare.PipelineError, match="no valid split"):
+        prepare.xsum_raw(str(raw), str(tmp_path / "o2"))  # train.* but no validation split
     tsv = tmp_path / "mnli.tsv"
     write(tsv, ["index\tpairID\tsentence1\tsentence2\tgold_label", "0\t1n\tA man.\tA person.\tentailment",
                 "1\t2c\tX\tY\t-", "2\t3n\tP\tQ\tneutral"])
-    meta = pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "glue"))
+    meta = prepare.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "glue"))
     assert meta["train_examples"] == 2 and meta["num_classes"] == 3 and meta["pair"]
     assert (tmp_path / "glue" / "valid.label").read_text() == "entailment\nneutral\n"
     assert (tmp_path / "glue" / "valid.input0").read_text() == "A man.\nP\n"
     # the shared GLUE reader's errors name the file and what is missing
-    with pytest.raises(pipeline.PipelineError, match=r"SST-2: .*mnli.tsv: the header .* lacks the column\(s\) "
+    with pytest.raises(prepare.PipelineError, match=r"SST-2: .*mnli.tsv: the header .* lacks the column\(s\) "
                                                      r"sentence, label"):
-        pipeline.glue_tsv("SST-2", str(tsv), str(tsv), str(tmp_path / "g2"))
-    with pytest.raises(pipeline.PipelineError, match="nowhere.tsv does not exist"):
-        pipeline.glue_tsv("MNLI", str(tsv), str(tmp_path / "nowhere.tsv"), str(tmp_path / "g3"))
+        prepare.glue_tsv("SST-2", str(tsv), str(tsv), str(tmp_path / "g2"))
+    with pytest.raises(prepare.PipelineError, match="nowhere.tsv does not exist"):
+        prepare.glue_tsv("MNLI", str(tsv), str(tmp_path / "nowhere.tsv"), str(tmp_path / "g3"))
     write(tsv, ["index\tpairID\tsentence1\tsentence2\tgold_label", "1\t2c\tX\tY\t-", "short"])
-    with pytest.raises(pipeline.PipelineError, match="holds no examples"):
-        pipeline.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "g4"))
+    with pytest.raises(prepare.PipelineError, match="holds no examples"):
+        prepare.glue_tsv("MNLI", str(tsv), str(tsv), str(tmp_path / "g4"))
 
 
 # ===================================================================== the fairseq tasks
@@ -424,7 +424,7 @@ def test_eval_rouge_equals_rouge_score_on_detokenized_text():
     from fairseq.data import Dictionary
     from rouge_score import rouge_scorer
 
-    import unifairseq.bpe as bpe
+    import unifairseq.data.bpe as bpe
     from unifairseq.metrics import pairwise_rouge
     from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 

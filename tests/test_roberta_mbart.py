@@ -3,26 +3,12 @@ import pytest
 import torch
 
 from methods import IDS, METHODS
-from test_methods import perturb_deltas
-from tiny import random_batch, tiny_model, tiny_roberta
+from tiny import perturb_deltas, random_batch, roberta_logits, roberta_tokens, tiny_model, tiny_roberta
 from unifairseq.core.accounting import ModelShape, formula_count, is_trainable_name, stored_delta_weights
 from unifairseq.core.modules import Bottleneck, is_delta_name
 
 ROBERTA = [(n, a.replace("_bart_base", "_roberta_base"), f, i) for n, a, f, i in METHODS]
 MBART = [(n, a.replace("_bart_base", "_mbart_large"), f, i) for n, a, f, i in METHODS]
-HEAD = "sentence_classification_head"
-
-
-def roberta_logits(model, tokens):
-    return model(tokens, features_only=True, classification_head_name=HEAD)[0]
-
-
-def roberta_tokens(d, bsz=3, T=9):
-    g = torch.Generator().manual_seed(2)
-    t = torch.randint(d.nspecial, len(d) - 1, (bsz, T), generator=g)
-    t[:, 0], t[:, -1] = d.bos(), d.eos()
-    t[1, -3:] = d.pad()  # right padding as sentence_prediction pads
-    return t
 
 
 @pytest.mark.parametrize("name,arch,flags,identity", ROBERTA, ids=IDS)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from methods import IDS, METHODS
-from test_training import make_trainer, toy_sample
 from tiny import random_batch, tiny_dict, tiny_model
+from trainhelp import TRAIN_FLAGS, make_trainer, toy_sample
 from unifairseq.core.config import DeltaConfigError
 
 CKPT_METHODS = [m for m in METHODS if m[0] in ("mam", "lora_attn", "houlsby", "mhpa", "prompt", "bitfit")]
@@ -39,7 +39,6 @@ def test_bf16_on_cpu_trains_with_fp32_master_weights(arch, optimizer):
     from fairseq.trainer import Trainer
 
     import unifairseq.fairseq.optim  # noqa: F401  (registers torch_adam, as user_dir/ does)
-    from test_training import TRAIN_FLAGS
     from tiny import TINY, tiny_args
 
     d = tiny_dict()

@@ -2,30 +2,24 @@
 checks (base, dictionary, shape), nothing unpickled, bases found by name and by fingerprint, the hub."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pickle
 import shutil
 
 import pytest
 import torch
 from fairseq import checkpoint_utils
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.models import build_model
 from fairseq.tasks.translation import TranslationTask
-from fairseq.trainer import Trainer
 
+from ckpthelp import no_unpickling_of, save_plain_base
 from methods import IDS, METHODS
-from test_methods import full_logits
-from test_training import TRAIN_FLAGS, make_trainer, toy_sample
-from tiny import TINY, random_batch, tiny_args, tiny_dict
+from tiny import TINY, full_logits, random_batch, tiny_args, tiny_dict
+from trainhelp import TRAIN_FLAGS, make_trainer, toy_sample
 from unifairseq.core import bases
 from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, TENSORS_NAME, read_delta
 from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
 from unifairseq.fairseq.models.common import ARCH_PARENT
 from unifairseq.tools.export import export_inference
-from unifairseq.tools.tiny_base import checkpoint_state
 
 
 @pytest.fixture(autouse=True)
@@ -34,24 +28,6 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFAIRSEQ_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("UNIFAIRSEQ_BASES", raising=False)
     monkeypatch.delenv("UNIFAIRSEQ_DELTA_BASE", raising=False)
-
-
-def save_plain_base(path, arch, d, style, seed=0):
-    """A plain fairseq model of the delta's parent architecture, saved as released bases are (`args`,
-    like bart.large/model.pt and tools/tiny_base.py) or as fairseq-train saves (`cfg`)."""
-    args = tiny_args(ARCH_PARENT[arch], TRAIN_FLAGS, dims=TINY)
-    task = TranslationTask(args, d, d)
-    torch.manual_seed(seed)
-    plain = build_model(args, task)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if style == "args":
-        checkpoint_utils.torch_persistent_save(checkpoint_state(plain, args), str(path))
-    else:
-        cfg = convert_namespace_to_omegaconf(args)
-        trainer = Trainer(cfg, task, plain, task.build_criterion(cfg.criterion))
-        trainer.consolidate_optimizer()
-        trainer.save_checkpoint(str(path), {})
-    return plain
 
 
 def trained_delta(tmp_path, arch, flags, style="args", d=None, steps=2):
@@ -74,33 +50,6 @@ def trained_delta(tmp_path, arch, flags, style="args", d=None, steps=2):
 
 def overrides(folder, arch):
     return {"arch": arch, "_name": arch, "delta_file": str(folder)}
-
-
-@contextlib.contextmanager
-def no_unpickling_of(folder):
-    """torch.load and pickle refuse anything inside `folder`; returns what torch.load was asked to read."""
-    seen, real_load = [], torch.load
-    folder = os.path.realpath(folder)
-
-    def name_of(f):
-        return os.path.realpath(f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "?"))
-
-    def spy_load(f, *a, **kw):
-        seen.append(name_of(f))
-        assert not seen[-1].startswith(folder), f"torch.load on the delta folder: {seen[-1]}"
-        return real_load(f, *a, **kw)
-
-    def refuse(*a, **kw):
-        raise AssertionError("pickle used while loading a shared delta")
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(torch, "load", spy_load)
-    for name in ("load", "loads", "Unpickler"):
-        mp.setattr(pickle, name, refuse)
-    try:
-        yield seen
-    finally:
-        mp.undo()
 
 
 def load_on_base(base, folder, arch, d):

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from env import DATA, REPO, require_data, tool_env
+from tiny import base_dims, dims
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
-DIMS = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
-        "--decoder-attention-heads", "4", "--share-all-embeddings"]
+DIMS = [*dims(), "--share-all-embeddings"]
 METHOD_FLAGS = {"mam_bart_base": ["--attn-bn", "4", "--ffn-bn", "8", "--mid-dim", "16"],
                 "lora_attn_bart_base": ["--attn-bn", "4"]}
 GEN = ["--gen-subset", "test", "--beam", "3", "--max-len-b", "8", "--batch-size", "1",
@@ -52,8 +51,7 @@ def env_a(tmp_path_factory):
          "--validpref", raw / "valid", "--testpref", raw / "test", "--destdir", a / "data-bin", "--joined-dictionary",
          "--workers", "1"])
     base = a / "other" / "checkpoint_last.pt"  # the name fairseq gives a resume checkpoint
-    run([PY, "-m", "unifairseq.tools.make_tiny_bart", a / "data-bin", base, "--layers", "2", "--dim", "32",
-         "--ffn-dim", "64", "--heads", "4", "--seed", "0"])
+    run([PY, "-m", "unifairseq.tools.make_tiny_bart", a / "data-bin", base, *base_dims(), "--seed", "0"])
     out = {}
     for arch, flags in METHOD_FLAGS.items():
         save = a / f"ckpt_{arch}"
@@ -64,8 +62,8 @@ def env_a(tmp_path_factory):
              "--no-epoch-checkpoints", "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1",
              "--no-progress-bar", "--required-batch-size-multiple", "1"])
         ckpt = save / "checkpoint_last.pt"
-        run([PY, "-m", "unifairseq.tools.export", "inference", ckpt, a / f"{arch}.pt"])
-        printed = run([PY, "-m", "unifairseq.tools.export", "inference", ckpt, a / f"shared_{arch}"]).stdout
+        run([PY, "-m", "unifairseq.tools.export_cli", "inference", ckpt, a / f"{arch}.pt"])
+        printed = run([PY, "-m", "unifairseq.tools.export_cli", "inference", ckpt, a / f"shared_{arch}"]).stdout
         out[arch] = (a / f"{arch}.pt", a / f"shared_{arch}", printed)
     return a, base, out
 

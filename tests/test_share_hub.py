@@ -10,10 +10,9 @@ from fairseq.checkpoint_utils import torch_persistent_save
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.trainer import Trainer
 
-from test_methods import full_logits, perturb_deltas
-from test_share import no_unpickling_of, save_plain_base
-from test_training import make_trainer, toy_sample
-from tiny import random_batch, tiny_dict
+from ckpthelp import no_unpickling_of, save_plain_base
+from tiny import full_logits, perturb_deltas, random_batch, tiny_dict
+from trainhelp import make_trainer, toy_sample
 from unifairseq.core.modules import is_delta_name
 from unifairseq.fairseq.checkpoint import load_checkpoint_file
 from unifairseq.fairseq.models.sharing import load_delta

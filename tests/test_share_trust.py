@@ -255,7 +255,7 @@ def test_delta_of_another_family_is_not_merged(trained, tmp_path):
 
 
 def run_export(*argv):
-    p = subprocess.run([sys.executable, "-m", "unifairseq.tools.export", *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "unifairseq.tools.export_cli", *argv], capture_output=True, text=True,
                        cwd=REPO, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
     lines = [line for line in p.stderr.splitlines() if line.strip() and "INFO" not in line and "Warning" not in line
              and not line.startswith(" ")]

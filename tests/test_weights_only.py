@@ -141,7 +141,7 @@ def test_unifairseq_base_find_on_a_strangers_folder(tmp_path, delta, marker, cap
 @pytest.mark.parametrize("cmd", ["inference", "merge", "unmerge_merged", "unmerge_delta", "merge_base", "hf",
                                  "hf_base"])
 def test_unifairseq_export(tmp_path, delta, marker, capsys, cmd):
-    from unifairseq.tools.export import main
+    from unifairseq.tools.export_cli import main
 
     base, pt, folder, task = delta
     p = payload(tmp_path / "p.pt", marker)
@@ -157,7 +157,7 @@ def test_unifairseq_export(tmp_path, delta, marker, capsys, cmd):
 
 
 def test_unifairseq_bank(tmp_path, delta, marker, capsys):
-    from unifairseq.fairseq.tasks.bank import main
+    from unifairseq.tools.bank_cli import main
 
     base, pt, folder, task = delta
     p = payload(tmp_path / "p.pt", marker)

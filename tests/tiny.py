@@ -1,15 +1,36 @@
-"""Tiny BART models built through fairseq's own argument parsing, for the tests."""
+"""Tiny BART and RoBERTa models built through fairseq's own argument parsing, their inputs, and the
+sizes every tiny model of the tests has."""
 from __future__ import annotations
 
 import torch
 from fairseq.data import Dictionary
 
 from unifairseq.tools.count import build_translation_model, parse_model_args
+from unifairseq.tools.tiny_base import model_flags
 
-TINY = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32",
-        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-        "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
-        "--max-source-positions", "128", "--max-target-positions", "128"]
+# The sizes of every tiny model in the tests, declared here only: the committed fixtures
+# (tests/fixtures) and the bitwise expectations were made with them, so they never change.
+LAYERS, DIM, FFN_DIM, HEADS = 2, 32, 64, 4
+
+
+def dims(layers: int = LAYERS) -> list:
+    """fairseq-train's size flags of a tiny BART (both stacks); `layers` is the one size a test may shrink."""
+    return model_flags(layers, DIM, FFN_DIM, HEADS)
+
+
+def roberta_dims(layers: int = LAYERS) -> list:
+    """The same sizes for a RoBERTa (one stack)."""
+    return ["--encoder-layers", str(layers), "--encoder-embed-dim", str(DIM), "--encoder-ffn-embed-dim", str(FFN_DIM),
+            "--encoder-attention-heads", str(HEADS)]
+
+
+def base_dims(layers: int = LAYERS) -> list:
+    """The same sizes as unifairseq-tiny-base / unifairseq-make-tiny-bart take them."""
+    return ["--layers", str(layers), "--dim", str(DIM), "--ffn-dim", str(FFN_DIM), "--heads", str(HEADS)]
+
+
+TINY = [*dims(), "--max-source-positions", "128", "--max-target-positions", "128"]
+HEAD = "sentence_classification_head"  # the classification head every tiny RoBERTa has
 
 
 def tiny_dict(n_words: int = 40) -> Dictionary:
@@ -59,9 +80,34 @@ def tiny_roberta(arch: str, flags=(), dictionary: Dictionary = None, seed: int =
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
         "unused-data-dir", "--task", "sentence_prediction", "--arch", arch, "--num-classes", str(num_classes),
-        "--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-        "--encoder-attention-heads", "4", "--max-positions", "64", *flags])
+        *roberta_dims(), "--max-positions", "64", *flags])
     task = SentencePredictionTask(args, d, labels)
     model = build_model(args, task)
-    model.register_classification_head("sentence_classification_head", num_classes=num_classes)
+    model.register_classification_head(HEAD, num_classes=num_classes)
     return model, task, args
+
+
+def perturb_deltas(model, seed=0, std=0.05):
+    """Move every delta parameter off its initialisation, so checks cannot pass because Δh = 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def full_logits(model, src, lens, prev):
+    out, _ = model(src, lens, prev)
+    return out
+
+
+def roberta_logits(model, tokens):
+    return model(tokens, features_only=True, classification_head_name=HEAD)[0]
+
+
+def roberta_tokens(d, bsz=3, T=9):
+    g = torch.Generator().manual_seed(2)
+    t = torch.randint(d.nspecial, len(d) - 1, (bsz, T), generator=g)
+    t[:, 0], t[:, -1] = d.bos(), d.eos()
+    t[1, -3:] = d.pad()  # right padding as sentence_prediction pads
+    return t

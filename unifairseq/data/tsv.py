@@ -1,7 +1,7 @@
 """The data root and the GLUE TSV reader, shared by the demo, the pipeline and the benchmarks.
 
-Standard library only (no torch, no fairseq): `unifairseq/pipeline.py` loads this file by path
-from the shell scripts, without importing the `unifairseq` package.
+Standard library only (no torch, no fairseq): the scripts' data steps (unifairseq/data/prepare.py)
+read GLUE with it in a Python that need not have either.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@
   tasks/           translation_rouge, translation_mbart
   optim.py         --optimizer torch_adam
   checkpoint.py    delta checkpoints: trained tensors + base fingerprint, base loading
+  bank.py          the delta bank's API (load_bank); model_bank.py its mechanism (ModelBank), below the
+                   bank architectures in models/; bank_layers.py, bank_hub.py
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and

@@ -1,6 +1,6 @@
 """The hub interface of a bank: fairseq's BART hub with a delta per sentence.
 
-    hub = BankHubInterface.from_model(model, task)           # model: a bank_bart model (fairseq.bank)
+    hub = BankHubInterface.from_model(model, task)           # model: a bank_bart model (fairseq.bank.load_bank)
     hub.translate(["a b c", "d e"], deltas=["sum", None], beam=4)   # None: model.bank.default
 
 `deltas` names one bank delta per sentence; the ids travel as sample["net_input"]["delta_ids"]

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import os
-import sys
 from collections import OrderedDict
 from typing import Dict, Optional
 
@@ -22,10 +21,10 @@ from unifairseq.core.methods import METHODS
 from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
 from unifairseq.core.plan import DeltaPlan
+from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
                                            DeltaCheckpointError, _tensor_to_str, atomic_save,
                                            load_checkpoint_file)
-from unifairseq.tools.export_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger("unifairseq.export")
 
@@ -34,25 +33,6 @@ HEAD_PREFIX = "classification_heads."
 
 
 # ------------------------------------------------------------------ helpers
-def model_args(state: dict):
-    """The model's args (a Namespace) from a fairseq checkpoint, new (cfg) or old (args) style."""
-    cfg = state.get("cfg")
-    if cfg is not None and cfg.get("model") is not None:
-        return cfg["model"]
-    if state.get("args") is not None:
-        return state["args"]
-    raise DeltaCheckpointError("the checkpoint holds no model configuration (neither cfg.model nor args)")
-
-
-def set_model_arg(state: dict, name: str, value) -> None:
-    for holder in (state.get("cfg", {}) or {}).get("model"), state.get("args"):
-        if holder is not None:
-            if isinstance(holder, dict):
-                holder[name] = value
-            else:
-                setattr(holder, name, value)
-
-
 def delta_plan(state: dict) -> DeltaPlan:
     return DeltaPlan(DeltaConfig.from_args(model_args(state)))
 
@@ -140,14 +120,6 @@ def load_base_for(state: dict, path: str, base_override: Optional[str], base_pat
     # fairseq's own loader renames it (decoder. -> encoder., fused in_proj split into q/k/v, ...)
     base["model"] = upgrade_legacy(base["model"])
     return base
-
-
-def parent_arch(arch: str) -> str:
-    from unifairseq.fairseq.models.common import ARCH_PARENT
-
-    if arch not in ARCH_PARENT:
-        raise DeltaCheckpointError(f"unknown delta architecture {arch!r}; cannot name its plain fairseq parent")
-    return ARCH_PARENT[arch]
 
 
 # ----------------------------------------------------------------- commands
@@ -267,6 +239,3 @@ def _refuse_same_file(src: str, out: str) -> None:
     if os.path.abspath(src) == os.path.abspath(out):
         raise DeltaCheckpointError(f"the output {out!r} is the input file; write the export to a new path")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

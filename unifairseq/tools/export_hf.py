@@ -34,7 +34,8 @@ from unifairseq.core.fileperm import as_umask
 from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
                                               upgrade_legacy)
 from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
-from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for, model_args,
+from unifairseq.fairseq.ckpt_args import model_args
+from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for,
                                      refuse_unmergeable)
 
 ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "

@@ -25,7 +25,7 @@ HEAD_PREFIX = "classification_heads."
 
 
 def _args(state: dict):
-    from unifairseq.tools.export import model_args
+    from unifairseq.fairseq.ckpt_args import model_args
 
     args = model_args(state)
     return Namespace(**args) if isinstance(args, dict) else args
@@ -80,7 +80,7 @@ def dictionaries_of(family: str, ckpt: str, info: dict, dicts=None) -> dict:
 
 
 def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool = False, dicts=None) -> dict:
-    from unifairseq.tools.export import parent_arch
+    from unifairseq.fairseq.ckpt_args import parent_arch
 
     args = _args(state)
     sd = state["model"]
@@ -177,7 +177,7 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     weights -- else the folder's own flags and shape). The folder is read without unpickling."""
     from unifairseq.core.deltafile import is_delta_folder, read_delta
     from unifairseq.fairseq.checkpoint import load_checkpoint_file
-    from unifairseq.tools.export import set_model_arg
+    from unifairseq.fairseq.ckpt_args import set_model_arg
 
     if not is_delta_folder(path):
         return load_checkpoint_file(path)
@@ -202,7 +202,7 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
                 f"with fingerprint {rec['fingerprint'][:16]}…, {found.path} has {got[:16]}…; pass its own base "
                 "with --base NAME_OR_PATH")
         from unifairseq.fairseq.deltacheck import family_of
-        from unifairseq.tools.export import model_args
+        from unifairseq.fairseq.ckpt_args import model_args
 
         base_args = model_args(base) if (base.get("args") is not None or base.get("cfg") is not None) else None
         base_arch = base_args.get("arch") if isinstance(base_args, dict) else getattr(base_args, "arch", None)

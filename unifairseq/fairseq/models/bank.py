@@ -11,7 +11,6 @@ beam search reorders, and the decoder reads them from there.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
 
 from unifairseq.core.bank import BankError
-from unifairseq.fairseq.bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
+from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
 from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
@@ -187,26 +186,3 @@ def bank_mbart_large(args):
     from unifairseq.fairseq.models.bart import mbart_cc25_architecture
 
     mbart_cc25_architecture(args)  # pre-LN: parallel FFN adapters read the residual stream, as layers.py
-
-
-def build_bank_from_base(path: str, task):
-    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
-    state = load_checkpoint_file(path)
-    args = state.get("args")
-    if args is None and state.get("cfg") is not None:
-        args = argparse.Namespace(**dict(state["cfg"]["model"]))
-    if args is None:
-        raise BankError(f"{path!r} records no model arguments; give a fairseq checkpoint of the base model")
-    args = argparse.Namespace(**vars(args))
-    args.bank_deltas = None
-    family = "roberta" if "roberta" in str(getattr(args, "arch", "")) else "bart"
-    if family == "roberta":
-        from unifairseq.fairseq.models.bank_roberta import BankRobertaModel as cls
-    else:
-        cls = BankBARTModel
-    model = cls.build_model(args, task)
-    sd = dict(state["model"])
-    model.upgrade_state_dict(sd)
-    torch.nn.Module.load_state_dict(model, sd, strict=True)
-    model.bank.base_path = os.path.abspath(path)
-    return model

@@ -17,7 +17,7 @@ from fairseq.models.roberta.model import (RobertaClassificationHead, roberta_bas
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from unifairseq.core.bank import BankError
-from unifairseq.fairseq.bank import attach_bank
+from unifairseq.fairseq.model_bank import attach_bank
 from unifairseq.fairseq.bank_layers import BankTransformerEncoder
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint

@@ -36,7 +36,6 @@ from fairseq.tasks.translation import load_langpair_dataset
 # BankTaskError and split_tag are imported from here too
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
-from unifairseq.tools.bank_cli import main  # noqa: F401  (the command line, built without torch for --help)
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +358,3 @@ def run(a) -> int:
     print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

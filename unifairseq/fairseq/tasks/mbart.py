@@ -23,7 +23,7 @@ from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import EVAL_BLEU_ORDER
 from fairseq.tasks.translation_from_pretrained_bart import TranslationFromPretrainedBARTTask
 
-from unifairseq.datacheck import check_task_split
+from unifairseq.data.check import check_task_split
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.tasks.summarization import fix_ngram_blocker, set_beam_size
 

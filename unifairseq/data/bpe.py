@@ -181,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for dst, n in zip(a.outputs, counts):
         if dst != "-":
-            print(f"unifairseq.bpe: {n} lines -> {dst}", file=sys.stderr)
+            print(f"unifairseq-bpe: {n} lines -> {dst}", file=sys.stderr)
     return 0
 
 

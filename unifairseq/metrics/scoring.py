@@ -9,7 +9,7 @@ them in batch order) and checked to cover every id once; the references are the 
 target file. Then:
 
 * ROUGE (XSum): the hypothesis symbols (GPT-2 ids) are decoded to text with the GPT-2 BPE
-  (`unifairseq.bpe`); ROUGE-1/2/L/Lsum F1 (also P and R) with Google's `rouge-score`,
+  (`unifairseq.data.bpe`); ROUGE-1/2/L/Lsum F1 (also P and R) with Google's `rouge-score`,
   `use_stemmer=True`, averaged over the test set (the mean that `datasets`' rouge metric
   bootstraps around). ROUGE-Lsum needs one sentence per line: NLTK's punkt when its data is
   installed, else a rule that splits after . ! ? followed by a space (XSum summaries are single
@@ -26,14 +26,13 @@ target file. Then:
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 from unifairseq import cli
+from unifairseq.data import bpe
 from unifairseq.errors import UnifairseqError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -80,21 +79,8 @@ def extract_hypotheses(generate_out: str, expected: Optional[int] = None) -> Lis
     return [hyps[i] for i in range(n)]
 
 
-def _sibling(name: str):
-    """unifairseq.<name>; when this file runs on its own (the scripts run it by path, so that the
-    package __init__, which loads torch and fairseq, is not imported), the sibling file."""
-    if __package__:
-        return importlib.import_module(f"{__package__}.{name}")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_unifairseq_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def gpt2_detokenize(lines: Iterable[str], encoder_json: Optional[str] = None,
                     vocab_bpe: Optional[str] = None) -> List[str]:
-    bpe = _sibling("bpe")
     enc = bpe.get_encoder(encoder_json, vocab_bpe)
     return [bpe.decode_line(enc, l) for l in lines]
 

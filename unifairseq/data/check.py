@@ -4,8 +4,8 @@ fairseq finds these problems late or not at all: a missing split is an assertion
 FileNotFoundError deep in `load_dataset`; a truncated index is an assertion about
 `--dataset-impl`; an empty split crashes in `np.memmap` ("cannot mmap an empty file");
 training examples longer than the model's positions are dropped with a warning only.
-The train_*/eval_* scripts call this first (`python -m unifairseq.datacheck`), and the
-tasks in `unifairseq.fairseq.tasks` call it from `load_dataset`.
+The train_*/eval_* scripts call this first (unifairseq-datacheck), and the tasks in
+`unifairseq.fairseq.tasks` call it from `load_dataset`.
 
     unifairseq-datacheck DATA_BIN --layout translation --langs source target \
         --splits train,valid --max-positions 1024 1024 [--truncate-source]
