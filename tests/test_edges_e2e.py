@@ -1,6 +1,6 @@
 """Edges a new user hits, end to end on tiny models (issue 19 item 7): a base of another size than the
---arch is one line naming both sizes; a merged checkpoint holds nothing plain torch refuses but the
-argparse.Namespace that fairseq 0.12's own BART files hold too."""
+--arch is one line naming both sizes; a merged checkpoint loads in plain fairseq under torch's default
+weights-only load with nothing allow-listed, and decodes what the delta decodes."""
 import subprocess
 import sys
 
@@ -49,16 +49,51 @@ def test_a_base_of_another_size_is_one_line_naming_both_sizes(tiny, tmp_path):
     assert not (tmp_path / "ck" / "checkpoint_last.pt").exists()
 
 
-def test_merged_checkpoint_holds_only_primitives_tensors_and_fairseqs_namespace(tiny, tmp_path):
+GEN = ["--source-lang", "src", "--target-lang", "tgt", "--gen-subset", "test", "--beam", "2", "--batch-size", "8",
+       "--required-batch-size-multiple", "1", "--max-len-a", "0", "--max-len-b", "12", "--cpu", "--print-alignment"]
+# plain torch and plain fairseq in a fresh interpreter: no plugin, no --user-dir, nothing allow-listed
+PLAIN = r"""
+import argparse, sys, torch
+path, data = sys.argv[1:3]
+torch_own = list(torch.serialization.get_safe_globals())  # what torch itself registers (its own classes)
+assert argparse.Namespace not in torch_own and not any("fairseq" in repr(g) for g in torch_own), torch_own
+torch.load(path)  # torch's default: weights-only under torch >= 2.6
+torch.load(path, weights_only=True)
+from fairseq import checkpoint_utils
+models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+assert not any(m.startswith("unifairseq") for m in sys.modules), "plain fairseq only"
+assert list(torch.serialization.get_safe_globals()) == torch_own
+print(type(models[0]).__module__, type(models[0]).__name__)
+"""
+
+
+def decodes(text):
+    """fairseq-generate's output -> per sentence (tokens, positional scores), for mergecheck.compare_decodes."""
+    lines = {tuple(l.split("\t", 1)[0].split("-")): l.split("\t") for l in text.splitlines() if l[:2] in ("H-", "P-")}
+    ids = sorted({int(i) for _, i in lines})
+    return [dict(tokens=lines["H", str(i)][2].split(), positional_scores=[float(x) for x in lines["P", str(i)][1].split()])
+            for i in ids]
+
+
+def test_merged_checkpoint_loads_and_decodes_in_plain_fairseq_with_nothing_allow_listed(tiny, tmp_path):
+    from unifairseq.bench.mergecheck import compare_decodes
+
     data, base, _ = tiny
-    delta = train_delta(data, base, "lora", tmp_path / "ck")
+    delta = train_delta(data, base, "lora", tmp_path / "ck")  # fairseq-train's file: the args in cfg.model
     merged = tmp_path / "merged.pt"
     run([BIN / "unifairseq-export", "merge", delta, merged])
-    # what plain torch's default weights_only load refuses in each (a fresh interpreter: nothing allow-listed):
-    # the merged file asks for nothing beyond the base file's one global -- no fairseq or unifairseq class
-    code = ("import sys, torch; print([torch.serialization.get_unsafe_globals_in_checkpoint(p) for p in sys.argv[1:]]);"
-            "assert not any(m.startswith(('fairseq', 'unifairseq')) for m in sys.modules)")
-    proc = run([sys.executable, "-c", code, base, merged, delta])
-    globals_of = dict(zip(("base", "merged", "delta"), eval(proc.stdout)))
-    assert globals_of == {"base": ["argparse.Namespace"], "merged": ["argparse.Namespace"],
-                          "delta": ["argparse.Namespace"]}, proc.stdout  # fairseq-train's own file: the same
+    plain_env = {k: v for k, v in tool_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", PLAIN, str(merged), str(data)], capture_output=True, text=True,
+                          cwd=tmp_path, env=plain_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["fairseq.models.bart.model", "BARTModel"], proc.stdout
+    # plain fairseq-generate --path merged.pt, no --user-dir, against the delta decoded through --user-dir
+    plain = subprocess.run([str(BIN / "fairseq-generate"), str(data), "--path", str(merged), *GEN],
+                           capture_output=True, text=True, cwd=tmp_path, env=plain_env, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "unifairseq" not in plain.stderr
+    unmerged = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", delta, *GEN])
+    got, ref = decodes(plain.stdout), decodes(unmerged.stdout)
+    assert len(ref) == 6
+    verdict = compare_decodes(ref, got)
+    assert verdict["ok"] and verdict["same_tokens"] == 6, verdict

@@ -40,6 +40,7 @@ from unifairseq.core.fileperm import as_umask
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.core.tmpfiles import sweep_stale, tmp_path
 from unifairseq.fairseq.basefit import other_size
+from unifairseq.fairseq.plain_args import namespace_args
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.errors import UnifairseqError
 
@@ -85,7 +86,7 @@ def load_checkpoint_file(path: str) -> dict:
                                    f"{text.splitlines()[0] if text else ''})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DeltaCheckpointError(f"{path!r} is a PyTorch file but not a fairseq checkpoint (no 'model' entry)")
-    return state
+    return namespace_args(state)  # a merged file's args (plain_args.py) as the Namespace every reader expects
 
 
 def weights_only_default_off() -> bool:

@@ -161,6 +161,7 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
 def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
     """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
     trained task heads travel with the merged model. CKPT may be a delta folder."""
+    from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
     from unifairseq.tools.share import read_input
 
     state = read_input(path, base, with_base_args=True)
@@ -183,8 +184,8 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
     for k, v in sd.items():  # what a plan trains in place (BitFit's biases) and the task heads
         if k not in META_KEYS and (k.startswith(HEAD_PREFIX) or (not is_delta_name(k) and plan.is_trainable(k))):
             merged[k] = v.clone()
-    # the layout of fairseq's released checkpoints: the model args (argparse.Namespace) with the plain
-    # parent architecture, one optimizer-history entry without optimizer state
+    # the layout of fairseq's released checkpoints: the model args with the plain parent architecture,
+    # one optimizer-history entry without optimizer state
     new = {"model": merged, "args": copy.deepcopy(state.get("args")), "cfg": copy.deepcopy(state.get("cfg")),
            "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
                                   "lr_scheduler_state": {"best": None}, "num_updates": 0}],
@@ -198,6 +199,13 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
     set_model_arg(new, "_name", parent)
     if new["cfg"] is not None and new["cfg"].get("common") is not None:
         new["cfg"]["common"]["user_dir"] = None  # vanilla fairseq needs no plugin for this file
+    set_model_arg(new, "user_dir", None)
+    # nothing torch's default weights-only load refuses: the args as an OrderedDict (plain_args.py: why)
+    new = primitive_args(new)
+    left = unloadable_objects(new)
+    if left:
+        raise DeltaCheckpointError(f"{path}: the merged checkpoint would hold objects that plain torch.load "
+                                   f"refuses ({'; '.join(left[:3])}); not written")
     _refuse_same_file(path, out)
     atomic_save(new, out, overwrite=force)
     logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with {', '.join(m.name for m in plan.methods)} "
