@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shlex
 import subprocess
@@ -15,6 +14,7 @@ import sys
 
 import pytest
 
+from datahelp import write_copy_task
 from env import BIN, REPO, tool_env
 
 PY = sys.executable
@@ -66,11 +66,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("noloss")
     raw = root / "raw"
     raw.mkdir()
-    rng = random.Random(0)
-    for split, n in SIZES.items():
-        lines = [" ".join(f"w{rng.randrange(30)}" for _ in range(rng.randrange(3, 9))) for _ in range(n)]
-        for lang in ("src", "tgt"):
-            (raw / f"{split}.{lang}").write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    write_copy_task(raw, SIZES)
     data = root / "data-bin"
     run([PY, "-m", "fairseq_cli.preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref",
          raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test", "--destdir", data,

@@ -4,7 +4,6 @@ checkpoint of the folder, with one notice line (unifairseq/fairseq/resume.py). T
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from argparse import Namespace
@@ -12,6 +11,7 @@ from argparse import Namespace
 import pytest
 import torch
 
+from datahelp import write_copy_task
 from env import REPO, tool_env
 
 PY = sys.executable
@@ -49,10 +49,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("torn")
     raw = root / "raw"
     raw.mkdir()
-    rng = random.Random(0)
-    lines = [" ".join(f"w{rng.randrange(30)}" for _ in range(rng.randrange(3, 9))) for _ in range(44)]
-    for lang in ("src", "tgt"):
-        (raw / f"train.{lang}").write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    write_copy_task(raw, {"train": 44})
     data = root / "data-bin"
     run([PY, "-m", "fairseq_cli.preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref",
          raw / "train", "--destdir", data, "--joined-dictionary", "--workers", "1"])
