@@ -146,13 +146,16 @@ def test_fairseq_train_with_our_task_names_too_long_examples(tmp_path):
     """Over-long examples: our task logs which and how many, with the fix; fairseq then refuses the
     validation split with its own message naming --skip-invalid-size-inputs-valid-test."""
     make_translation(tmp_path, src_lens=(5, 9, 3), tgt_lens=(4, 4, 2))
-    proc = _fairseq_train(tmp_path, "--max-source-positions", "8")
+    proc = _fairseq_train(tmp_path, "--max-source-positions", "8", "--optimizer", "adam", "--lr", "1e-3")
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
     assert "valid.source-target.source: 1 of 3 examples are longer than the model's 8 source positions " \
            "(longest 9 tokens, first example ids 1)" in log and "--truncate-source" in log, log[-3000:]
-    # fairseq drops the over-long example from training; here every batch held one, so it stops
-    assert "elements in the dataset have been skipped" in log
+    # fairseq drops the over-long example from training and trains on the other two (before batches
+    # lost no sentence, the last batch of two was dropped too and the epoch was empty), then refuses it
+    # in validation
+    assert "1 samples have invalid sizes and will be skipped, max_positions=(8, 1024), first few sample ids=[1]" in log
+    assert "Size of sample #1 is invalid" in log and "--skip-invalid-size-inputs-valid-test" in log, log[-3000:]
 
 
 def test_fairseq_train_reports_a_bad_method_flag_in_one_line(tmp_path):

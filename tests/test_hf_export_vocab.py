@@ -74,8 +74,8 @@ def test_round_trip_hf_import_train_lora_export_peft(tmp_path):
         "--cpu", "--seed", "1", "--num-workers", "0", "--disable-validation", "--log-format", "simple")
     ckpt = save / "checkpoint_last.pt"
     out, merged = tmp_path / "peft", tmp_path / "merged"
-    run(sys.executable, "-m", "unifairseq.tools.export", "hf", ckpt, out, "--peft", "--hf-vocab", src)
-    run(sys.executable, "-m", "unifairseq.tools.export", "hf", ckpt, merged, "--hf-vocab", src)
+    run(sys.executable, "-m", "unifairseq.tools.export_cli", "hf", ckpt, out, "--peft", "--hf-vocab", src)
+    run(sys.executable, "-m", "unifairseq.tools.export_cli", "hf", ckpt, merged, "--hf-vocab", src)
 
     # the exported base is the original HF model, tensor for tensor, in the original vocabulary order
     back = load_file(str(out / "base" / "model.safetensors"))

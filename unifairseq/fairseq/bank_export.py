@@ -13,6 +13,7 @@ from typing import Optional
 from unifairseq.core.bank import BankError
 from unifairseq.core.bases import content_fingerprint
 from unifairseq.core.plan import DeltaPlan
+from unifairseq.fairseq.models.sharing import task_dictionaries
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _str_to_tensor, atomic_save,
                                            base_name_of, fingerprint, load_checkpoint_file)
 
@@ -52,6 +53,9 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
     task = tasks.setup_task(args)
     overrides = {"data": args.data, **({"delta_base": base} if base else {})}
     (model,), _ = checkpoint_utils.load_model_ensemble([path], arg_overrides=overrides, task=task)
+    # what a single-delta model records of the task's dictionaries, so the extracted delta gets the same
+    # dictionary check as any other (an empty record is refused)
+    model.dictionary_fingerprints = task_dictionaries(task, encoder_decoder=hasattr(model, "decoder"))
     return model, args
 
 
@@ -72,7 +76,7 @@ def single_delta_state(model, args, name: str) -> dict:
     content = content_fingerprint(load_checkpoint_file(bank.base_path)["model"]) if bank.base_path and \
         os.path.isfile(bank.base_path) else content_fingerprint(base_sd)  # of the base file, as delta models do
     info = dict(base_name=base_name_of(bank.base_path, getattr(args, "delta_base", None)), base_content=content,
-                dictionary={})
+                dictionary=getattr(model, "dictionary_fingerprints", None) or {})
     sd[INFO_KEY] = _str_to_tensor(json.dumps(info, sort_keys=True))
     state = checkpoint_state(model, out)
     state["model"] = sd

@@ -247,3 +247,8 @@ def _refuse_same_file(src: str, out: str) -> None:
     if os.path.abspath(src) == os.path.abspath(out):
         raise DeltaCheckpointError(f"the output {out!r} is the input file; write the export to a new path")
 
+
+
+if __name__ == "__main__":  # the command line is tools/export_cli.py; this module is its library
+    raise SystemExit("unifairseq/tools/export.py is a library: run unifairseq-export "
+                     "(or python -m unifairseq.tools.export_cli)")

@@ -358,3 +358,8 @@ def run(a) -> int:
     print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
     return 0
 
+
+
+if __name__ == "__main__":  # the command line is tools/bank_cli.py; this module is its task and library
+    raise SystemExit("unifairseq/fairseq/tasks/bank.py is a library: run unifairseq-bank "
+                     "(or python -m unifairseq.tools.bank_cli)")
