@@ -69,6 +69,18 @@ def read_xsum_split(raw: str, names: Sequence[str]) -> Optional[Tuple[List[str],
     return None
 
 
+def read_lines(path: str, error=UnifairseqError, what: str = "") -> List[str]:
+    """PATH's lines, exactly as written (only "\n" splits them; the final newline ends the last line
+    rather than starting an empty one). A missing file raises `error` naming it."""
+    if not os.path.isfile(path):
+        raise error(f"{what}{path!r} does not exist")
+    with open(path, encoding="utf-8", newline="\n") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def write_lines(path: str, lines: Sequence[str]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -185,12 +197,7 @@ def spm_encode(model: str, inputs: Sequence[str], outputs: Sequence[str], max_pi
     sp = spm.SentencePieceProcessor(model_file=model)
     counts = []
     for src, dst in zip(inputs, outputs):
-        if not os.path.isfile(src):
-            raise PipelineError(f"input {src!r} does not exist")
-        with open(src, encoding="utf-8", newline="\n") as f:
-            lines = f.read().split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
+        lines = read_lines(src, PipelineError, "input ")
         pieces = sp.encode([l.strip() for l in lines], out_type=str)
         if max_pieces > 0:
             pieces = [p[:max_pieces] for p in pieces]

@@ -32,7 +32,7 @@ import re
 import sys
 from typing import Dict, Iterable, List, Optional, Sequence
 from unifairseq import cli
-from unifairseq.data import bpe
+from unifairseq.data import bpe, prepare
 from unifairseq.errors import UnifairseqError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -44,13 +44,7 @@ class ScoringError(UnifairseqError, RuntimeError):
 
 # ----------------------------------------------------------------- hypotheses
 def read_lines(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise ScoringError(f"{path!r} does not exist")
-    with open(path, encoding="utf-8", newline="\n") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    return prepare.read_lines(path, ScoringError)
 
 
 def extract_hypotheses(generate_out: str, expected: Optional[int] = None) -> List[str]:
