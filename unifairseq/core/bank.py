@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unifairseq.core.bank_group import Group, structure_key  # noqa: F401  (part of this module's API)
+from unifairseq.core.bank_sites import SiteComputations
 from unifairseq.errors import UnifairseqError
 
 BASE_ID = -1  # a sample with delta id -1 runs the plain base
@@ -69,7 +70,7 @@ class DeltaSet(nn.Module):
             self.sites[key] = value
 
 
-class Bank:
+class Bank(SiteComputations):
     """The deltas of a bank and the ids of the batch being computed; built over the model's ModuleDict."""
 
     def __init__(self, sets: nn.ModuleDict):
@@ -218,8 +219,9 @@ class Bank:
             sel, local, layout = self.plan(group, ids)
             if sel.numel() == 0:
                 continue
-            y = group.call(local, fn_args(sel), dims, dim, layout)
-            out = y if sel.numel() == out.size(dim) else out.index_copy(dim, sel, y)
+            every = sel.numel() == out.size(dim)
+            y = group.call(local, fn_args(None if every else sel), dims, dim, layout)
+            out = y if every else out.index_copy(dim, sel, y)
         return out
 
     def route(self, key, ids: torch.Tensor, dim: int, fn_args, dims, rest):

@@ -30,8 +30,10 @@ from unifairseq.core.config import DeltaConfig
 from unifairseq.core.methods import METHODS
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
-from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
-                                            BankLinear, BankTransformerDecoder, BankTransformerEncoder)
+from unifairseq.core.modules import DeltaLinear
+from unifairseq.fairseq.attention import DeltaMultiheadAttention
+from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaLayerNorm, DeltaTransformerDecoder,
+                                       DeltaTransformerEncoder)
 from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _tensor_to_str, fingerprint,
                                            load_checkpoint_file)
 
@@ -240,29 +242,38 @@ def _stack_of(path: str) -> str:
     return path.split(".layers.")[0]
 
 
+def empty_plan() -> DeltaPlan:
+    """The plan a bank model's layers are built with: no delta of their own, every site served by the bank."""
+    return DeltaPlan(DeltaConfig())
+
+
+_LAYERS = (DeltaEncoderLayer, DeltaDecoderLayer)
+_STACKS = (DeltaTransformerEncoder, DeltaTransformerDecoder)
+
+
 def attach_bank(model: nn.Module) -> ModelBank:
-    """Once, after fairseq built the model: name every site, give it the bank, freeze the base."""
+    """Once, after fairseq built the model on the delta layers (empty_plan): name every site, give it
+    the bank, freeze the base."""
+    if getattr(getattr(model, "args", None), "checkpoint_activations", False):
+        # the bank hands a batch's ids to its sites for the length of a forward; a re-entrant
+        # checkpointed backward re-runs layers after that forward has returned
+        raise BankError("--checkpoint-activations is not supported by bank models yet; drop it")
     setattr(model, BANK_ATTR, nn.ModuleDict())
     bank = ModelBank(model)
     object.__setattr__(model, "bank", bank)
     for path, m in list(model.named_modules()):
         if type(m) is nn.LayerNorm and "lm_head" not in path:  # BitFit's layer-norm biases per sample
-            new = BankLayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.elementwise_affine)
-            new.weight, new.bias = m.weight, m.bias
-            new.path, new.batch_dim = path, (0 if path.endswith("layernorm_embedding") else 1)
+            new = DeltaLayerNorm.swap(m, path)
             parent, _, attr = path.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new)
             m = new
-        if isinstance(m, (BankLinear, BankAttention, BankLayerNorm, BankTransformerEncoder, BankTransformerDecoder)):
+        if isinstance(m, (DeltaLinear, DeltaMultiheadAttention, DeltaLayerNorm) + _STACKS):
             m.path = path
             object.__setattr__(m, "_bank", bank)
-        if isinstance(m, BankAttention):
+        if isinstance(m, DeltaMultiheadAttention):
             m.prefix_key = ("prefix", _stack_of(path), m.kind)
-        if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
-            m.bank_ffn.path, m.bank_ffn.bank = path, bank
-    for m in model.modules():
-        if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
-            m.hook_residual_read()
+        if isinstance(m, _LAYERS):
+            m.ffn_site.path, m.ffn_site.bank = path, bank
     for p in model.parameters():
         p.requires_grad_(False)
     return bank
@@ -275,13 +286,13 @@ def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
     for path, m in model.named_modules():
         if path.startswith(BANK_ATTR):
             continue
-        if isinstance(m, BankAttention):
+        if isinstance(m, DeltaMultiheadAttention):
             for pname in ("q_proj", "k_proj", "v_proj", "out_proj"):
                 _put_projection(ds, plan, plan.at(pname, m.kind), f"{path}.{pname}", getattr(m, pname))
             spec = plan.at("attn_out", m.kind)
             if spec is not None:
                 ds.put(f"{path}.delta_out", plan.build(spec, dim=m.embed_dim), ("attn_out", path))
-        elif isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
+        elif isinstance(m, _LAYERS):
             for pname in ("fc1", "fc2"):
                 _put_projection(ds, plan, plan.at(pname), f"{path}.{pname}", getattr(m, pname))
             spec = plan.at("ffn")
@@ -289,8 +300,8 @@ def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
                 site = plan.build(spec, dim=m.fc1.in_features)
                 ds.put(f"{path}.delta_ffn", site)
                 ds.sites[("ffn", path)] = site.delta_adapter  # Adapter.forward(h_out, x_in): the vmapped call
-        elif isinstance(m, (BankTransformerEncoder, BankTransformerDecoder)):
-            enc = isinstance(m, BankTransformerEncoder)
+        elif isinstance(m, _STACKS):
+            enc = isinstance(m, DeltaTransformerEncoder)
             for kind in ("self",) if enc else ("self", "cross"):
                 spec = plan.at("heads", kind)
                 attn = getattr(m.layers[0], "self_attn" if kind == "self" else "encoder_attn", None)
