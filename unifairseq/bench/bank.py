@@ -13,7 +13,9 @@ the deltas differ. One batch of ``--batch`` random source sentences (``--src-len
 using delta i mod N, is decoded by fairseq's SequenceGenerator (beam ``--beam``, exactly ``--gen-len``
 tokens: min_len = max_len), in three ways (rows):
 
-  mixed       the whole batch in one generate() call, ``net_input["delta_ids"]`` per sentence;
+  mixed       the whole batch in one generate() call, ``net_input["delta_ids"]`` per sentence, the batch
+              ordered by delta first as the delta_bank task and the bank hub do (``core.bank.by_delta``:
+              each delta's rows contiguous, laid out by views at every site);
   sequential  N generate() calls, one per delta, each on that delta's sentences (delta_ids all equal);
   merged      LoRA only: N generate() calls, each on a plain model with that delta merged into its
               weights (the merge itself is not timed: a server would keep N merged copies).
@@ -144,10 +146,14 @@ class Row:
 
         import torch
 
+        from ..core.bank import by_delta, restore_order
+
         hyps: List[Optional[dict]] = [None] * batch
         with torch.no_grad():
             for gen, model, sample, rows in self.calls:
-                for i, h in zip(rows, top_hypotheses(gen.generate([model], sample))):
+                # ordered by delta, as the delta_bank task and the bank hub order every batch
+                ordered, order = by_delta(sample)
+                for i, h in zip(rows, restore_order(top_hypotheses(gen.generate([model], ordered)), order)):
                     hyps[i] = h
         return hyps
 

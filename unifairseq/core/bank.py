@@ -42,6 +42,39 @@ from unifairseq.errors import UnifairseqError
 BASE_ID = -1  # a sample with delta id -1 runs the plain base
 
 
+def by_delta(sample: dict):
+    """The batch ordered by delta, once per forward: (sample, order) with order the stable permutation
+    of its rows (None when already ordered or without delta_ids). Each delta's sentences are then
+    contiguous, and stay so through beam search (a sentence's beams are consecutive rows; finished
+    sentences leave without reordering the rest), so every site lays them out by views
+    (bank_group.Group.layout "blocks") instead of gathering and scattering rows. Row order does
+    not change any sentence's numbers: rows never interact."""
+    ids = (sample or {}).get("net_input", {}).get("delta_ids")
+    if ids is None or ids.numel() < 2 or bool((ids[1:] >= ids[:-1]).all()):
+        return sample, None
+    order = torch.sort(ids, stable=True).indices
+    return take_rows(sample, order, ids.numel()), order
+
+
+def take_rows(obj, order: torch.Tensor, n: int):
+    """Every tensor of a (nested) fairseq sample whose first dimension is the n sentences, in `order`."""
+    if isinstance(obj, dict):
+        return {k: take_rows(v, order, n) for k, v in obj.items()}
+    if torch.is_tensor(obj) and obj.dim() >= 1 and obj.size(0) == n:
+        return obj.index_select(0, order.to(obj.device))
+    return obj
+
+
+def restore_order(rows: list, order: Optional[torch.Tensor]) -> list:
+    """Per-sentence results of a batch taken in `order` (by_delta), back in the batch's own order."""
+    if order is None:
+        return rows
+    out = [None] * len(rows)
+    for j, i in enumerate(order.tolist()):
+        out[i] = rows[j]
+    return out
+
+
 class BankError(UnifairseqError, ValueError):
     """A bank request that cannot be served; the message names the deltas and the fix."""
 

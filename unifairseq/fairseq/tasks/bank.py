@@ -34,6 +34,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
 # BankTaskError and split_tag are imported from here too
+from unifairseq.core.bank import by_delta, restore_order, take_rows
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 
@@ -255,7 +256,20 @@ class DeltaBankTask(TranslationRougeTask):
                 net["src_tokens"].device)))
         elif self._pending and torch.equal(self._pending[0]["net_input"]["src_tokens"], net["src_tokens"].cpu()):
             self._pending.popleft()  # a caller that kept delta_ids as collated (fairseq's hub interface)
-        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
+        sample, order = by_delta(sample)  # each delta's sentences contiguous: views at every site
+        if order is not None:
+            n = order.numel()
+            prefix_tokens, constraints = take_rows(prefix_tokens, order, n), take_rows(constraints, order, n)
+        hypos = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                       constraints=constraints)
+        return restore_order(hypos, order)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        # the loss and its gradients are sums over sentences: the same in any row order
+        return super().train_step(by_delta(sample)[0], model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        return super().valid_step(by_delta(sample)[0], model, criterion)
 
 
 # ------------------------------------------------------------------ build a bank checkpoint
