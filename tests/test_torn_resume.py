@@ -1,6 +1,7 @@
 """fairseq-train relaunched over a torn `checkpoint_last.pt` (fairseq copies it in place, not atomically):
 the delta model's build moves it aside to `checkpoint_last.pt.torn` and resumes from the newest readable
-checkpoint of the folder, with one notice line (unifairseq/fairseq/resume.py). Tiny BART, synthetic data."""
+checkpoint of the folder, with one notice line (unifairseq/fairseq/resume.py), on one process and on two (CPU
+DDP, gloo). Tiny BART, synthetic data."""
 from __future__ import annotations
 
 import os
@@ -28,12 +29,15 @@ def run(cmd, check=True):
     return p
 
 
+def train_flags(data, base, save, max_update) -> list:
+    return [data, "--user-dir", REPO / "user_dir", "--task", "translation", "--arch", "lora_attn_bart_base", *DIMS,
+            "--attn-bn", "4", "--finetune-from-model", base, "--optimizer", "adam", "--lr", "0.01", "--max-update",
+            str(max_update), "--batch-size", "8", "--save-interval-updates", "2", "--no-epoch-checkpoints",
+            "--disable-validation", "--save-dir", save, "--cpu", "--num-workers", "0", "--seed", "1"]
+
+
 def train(data, base, save, max_update, check=True):
-    return run([PY, "-m", "fairseq_cli.train", data, "--user-dir", REPO / "user_dir", "--task", "translation",
-                "--arch", "lora_attn_bart_base", *DIMS, "--attn-bn", "4", "--finetune-from-model", base,
-                "--optimizer", "adam", "--lr", "0.01", "--max-update", str(max_update), "--batch-size", "8",
-                "--save-interval-updates", "2", "--no-epoch-checkpoints", "--disable-validation", "--save-dir", save,
-                "--cpu", "--num-workers", "0", "--seed", "1"], check=check)
+    return run([PY, "-m", "fairseq_cli.train", *train_flags(data, base, save, max_update)], check=check)
 
 
 def updates(path) -> int:
@@ -140,11 +144,8 @@ def train_two_ranks(data, base, save, max_update):
         port = s.getsockname()[1]
     procs = []
     for rank in range(2):
-        argv = [PY, "-c", EVERY_RANK_REPORTS, "fairseq-train", data, "--user-dir", REPO / "user_dir", "--task",
-                "translation", "--arch", "lora_attn_bart_base", *DIMS, "--attn-bn", "4", "--finetune-from-model", base,
-                "--optimizer", "adam", "--lr", "0.01", "--max-update", str(max_update), "--batch-size", "8",
-                "--save-interval-updates", "2", "--no-epoch-checkpoints", "--disable-validation", "--save-dir", save,
-                "--cpu", "--num-workers", "0", "--seed", "1", "--log-format", "simple", "--log-interval", "1",
+        argv = [PY, "-c", EVERY_RANK_REPORTS, "fairseq-train", *train_flags(data, base, save, max_update),
+                "--log-format", "simple", "--log-interval", "1",
                 "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-backend", "gloo",
                 "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
                 "--ddp-backend", "legacy_ddp"]
