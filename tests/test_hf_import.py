@@ -258,7 +258,8 @@ def test_imported_checkpoint_loads_in_plain_fairseq_and_old_namespace_files_stil
     path = import_hf(src, out)
     assert unloadable_objects(torch.load(path, weights_only=True)) == []
     model, task = load_fairseq(path)
-    tokens = pad_right(HFTokenizer(str(src), str(out / "dict.txt")).encode_batch(SENTENCES), task.source_dictionary.pad())
+    ids = HFTokenizer(str(src), str(out / "dict.txt")).encode_batch(SENTENCES)
+    tokens = pad_right(ids, task.source_dictionary.pad())
     with torch.no_grad():
         ref = model(tokens, features_only=True)[0]
     what, got = run_plain_roberta(path, out, tokens, tmp_path)
