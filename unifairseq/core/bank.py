@@ -307,26 +307,29 @@ class Bank(SiteComputations):
             by_form.setdefault(form, []).append((i, prov))
         for form, members in by_form.items():
             local = torch.full((len(self.sets) + 1,), -1, dtype=torch.long, device=ids.device)
-            for j, (i, _) in enumerate(members):
-                local[i + 1] = j
+            local[torch.tensor([i + 1 for i, _ in members], device=ids.device)] = torch.arange(
+                len(members), device=ids.device)
             loc = local[ids + 1]
             rows = (loc >= 0).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
             loc = loc.index_select(0, rows)
             present = sorted(set(loc.tolist()))
-            Ps = {j: members[j][1](layer) for j in present}  # 2 x l_j x C (cached at inference)
-            l_max = max(P.size(1) for P in Ps.values())
-            C = next(iter(Ps.values())).size(2)
-            ref = next(iter(Ps.values()))
-            stack = ref.new_zeros(len(members), 2, l_max, C)
-            pad = torch.ones(len(members), l_max, dtype=torch.bool, device=ids.device)
-            for j, P in Ps.items():
-                stack = stack.index_copy(0, torch.tensor([j], device=ids.device),
-                                         F.pad(P, (0, 0, 0, l_max - P.size(1))).unsqueeze(0))
-                pad[j, :P.size(1)] = False
-            P = stack.index_select(0, loc).view(rows.numel(), 2, l_max, heads, C // heads).transpose(2, 3)
-            out.append((form, rows, P[:, 0], P[:, 1], pad.index_select(0, loc)))
+            Ps = [members[j][1](layer) for j in present]  # 2 x l_j x C each (cached at inference)
+            lengths = [P.size(1) for P in Ps]
+            l_max, C = max(lengths), Ps[0].size(2)
+            if min(lengths) != l_max:
+                Ps = [F.pad(P, (0, 0, 0, l_max - P.size(1))) for P in Ps]
+            # one stack of the present deltas' prefixes, then each row's own: [n, 2, l_max, C]
+            table = torch.stack(Ps)
+            pos = loc if len(present) == len(members) else torch.searchsorted(
+                torch.tensor(present, device=ids.device), loc)
+            pad = None  # [n_present, l_max], True = padding; none when all prefixes are equally long
+            if min(lengths) != l_max:
+                pad = torch.arange(l_max, device=ids.device).unsqueeze(0) >= torch.tensor(
+                    lengths, device=ids.device).unsqueeze(1)
+            P = table.index_select(0, pos).view(rows.numel(), 2, l_max, heads, C // heads).transpose(2, 3)
+            out.append((form, rows, P[:, 0], P[:, 1], None if pad is None else pad.index_select(0, pos)))
         return out
 
     def prompt_rows(self, key, ids: torch.Tensor):

@@ -63,7 +63,11 @@ class SiteComputations:
         ids = self.ids_for(q.size(0))  # one id per K/V row (= per sentence in beamable cross-attention)
         done = torch.zeros(q.size(0), dtype=torch.bool, device=q.device)
         parts = []
-        for form, rows, P_k, P_v, pad in self.prefix_rows(key, layer, ids, heads_n):
+        groups = self.prefix_rows(key, layer, ids, heads_n)
+        if len(groups) == 1 and groups[0][1].numel() == q.size(0):  # one form for every row: no gather
+            form, _, P_k, P_v, pad = groups[0]
+            return heads.head_delta(form, q, logits, v, P_k, P_v, dropout, pad)
+        for form, rows, P_k, P_v, pad in groups:
             parts.append((rows, heads.head_delta(form, q.index_select(0, rows), logits.index_select(0, rows),
                                                  v.index_select(0, rows), P_k, P_v, dropout, pad)))
             done[rows] = True
