@@ -57,7 +57,7 @@ def test_peft_check_passes_on_the_mixed_batch_and_fails_against_another_adapter(
     row = _tiny_peft_row()
     mixed = row.run(8)
     assert len({tuple(h["tokens"]) for h in mixed}) > 1  # the sentences decode differently
-    assert all(len(h["tokens"]) == 12 for h in mixed)  # exactly --gen-len tokens
+    assert all(len(h["tokens"]) == 13 for h in mixed)  # --gen-len + 1: as many decoder steps as fairseq's
     good = bb.check([row], {row.key: mixed})
     assert [(c["row"], c["ok"], c["same_tokens"]) for c in good] == [("peft", True, 8)]
     shifted = [row.names[(i + 1) % 2] for i in range(8)]

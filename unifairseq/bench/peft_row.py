@@ -4,10 +4,9 @@ An HF ``BartForConditionalGeneration`` of the bench's shapes (random weights, se
 LoRA adapters configured as the ``lora_attn`` preset (r = attn_bn, alpha = lora_alpha, on q_proj and
 v_proj of every attention; dropout 0, as in eval), each moved off its init by std 0.02 noise as
 ``bank.build_bank`` moves our deltas. The whole batch, sentence i on adapter i mod N, is one
-``generate(adapter_names=[...])`` call: beam ``--beam``, exactly ``--gen-len`` new tokens, greedy
-beams (no sampling). That is ``--gen-len`` decoder steps; fairseq's SequenceGenerator takes one more
-(the step whose output it forces to </s>), so the peft row does 1/(gen_len+1) less decoder work than
-ours: a bias in peft's favour, left as it is.
+``generate(adapter_names=[...])`` call: beam ``--beam``, exactly ``--gen-len`` + 1 new tokens, greedy
+beams (no sampling). That is the decoder steps of our rows: fairseq's SequenceGenerator takes
+``--gen-len`` steps and one more, whose output it forces to </s>.
 
 Check: every sentence's tokens equal those of the same sentence decoded with its adapter alone
 (``set_adapter``, no ``adapter_names``; one generate() per adapter on that adapter's sentences).
@@ -107,7 +106,7 @@ class PeftRow:
         src, mask = (self.src, self.mask) if rows is None else (self.src[rows], self.mask[rows])
         with torch.no_grad():
             out = self.model.generate(input_ids=src, attention_mask=mask, num_beams=self.o.beam,
-                                      min_new_tokens=self.o.gen_len, max_new_tokens=self.o.gen_len,
+                                      min_new_tokens=self.o.gen_len + 1, max_new_tokens=self.o.gen_len + 1,
                                       do_sample=False, **extra)
         return out[:, 1:].tolist()  # the decoder start token dropped
 
