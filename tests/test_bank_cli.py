@@ -295,3 +295,19 @@ def test_export_merge_of_a_bank_takes_one_named_delta(bank):
     merged_q = [k for k in ref if k.endswith("self_attn.q_proj.weight")]
     base = load_checkpoint_file(str(bank.base))["model"]
     assert merged_q and not torch.equal(ref[merged_q[0]], base[merged_q[0]])  # the LoRA delta is in there
+
+
+@pytest.mark.slow
+def test_single_delta_checkpoint_decodes_mixed_with_added_deltas(bank):
+    """One model for one or many deltas: fairseq-generate --task delta_bank on the LoRA delta's own
+    checkpoint, the Pfeiffer and MAM delta files added on the command line (no bank checkpoint, no
+    conversion): every line equals that line decoded by its own delta alone; lines naming none get the
+    checkpoint's own delta."""
+    names = [DELTAS[(i * 5) % 4] if (i * 5) % 4 < 3 else None for i in range(12)]
+    side = bank.w / "own.delta"
+    side.write_text("".join((n or "") + "\n" for n in names))
+    added = f"pfeiffer={bank.files['pfeiffer']},mam={bank.files['mam']}"
+    hyps, _ = generate(bank.data, bank.files["lora"], "--add-deltas", added, "--own-delta", "lora",
+                       "--delta-per-line", side, "--batch-size", "5", task=BANK_TASK)
+    assert sorted(hyps) == list(range(12))
+    assert_each_line_as_alone(hyps, [n or "lora" for n in names], bank.alone)

@@ -146,12 +146,13 @@ class DeltaMultiheadAttention(MultiheadAttention):
         return self.__dict__.get("_bank")
 
     def _attn_out(self, out: Tensor, query: Tensor) -> Tensor:
-        """The adapter on the attention output (parallel ones read the attention input x)."""
-        if self.delta_out is not None:
-            out = self.delta_out(out, query)
+        """The adapter on the attention output (parallel ones read the attention input x). With a bank,
+        the bank computes it for every row (a model's own delta is one of the bank's)."""
         bank = self._served_by()
         if bank is not None and bank.serves(("attn_out", self.path)):
-            out = bank.adapters(("attn_out", self.path), out, query)
+            return bank.adapters(("attn_out", self.path), out, query)
+        if self.delta_out is not None:
+            out = self.delta_out(out, query)
         return out
 
     def _bank_prefix(self) -> bool:

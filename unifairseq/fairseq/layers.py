@@ -66,12 +66,12 @@ class FFNSite:
             self._x = x
 
     def write(self, h: torch.Tensor) -> torch.Tensor:
-        if self.own is not None:
-            h = self.own.write(h)
         if self.bank is not None:
             x, self._x = self._x, None
-            if self.bank.serves(("ffn", self.path)):
-                h = self.bank.adapters(("ffn", self.path), h, x)
+            if self.bank.serves(("ffn", self.path)):  # every row, the layer's own delta being one of the bank's
+                return self.bank.adapters(("ffn", self.path), h, x)
+        if self.own is not None:
+            h = self.own.write(h)
         return h
 
 
@@ -324,8 +324,9 @@ class DeltaTransformerEncoder(TransformerEncoder):
 
     def max_positions(self):
         bank = self.__dict__.get("_bank")
-        bank_prompt = bank.max_prompt_len(("prompt", self.path)) if bank is not None else 0
-        return super().max_positions() - self.plan.prompt_len - bank_prompt
+        if bank is not None:  # the bank's longest prompt (a model's own prompt is one of the bank's)
+            return super().max_positions() - max(self.plan.prompt_len, bank.max_prompt_len(("prompt", self.path)))
+        return super().max_positions() - self.plan.prompt_len
 
 
 class DeltaTransformerDecoder(TransformerDecoder):

@@ -279,6 +279,54 @@ def attach_bank(model: nn.Module) -> ModelBank:
     return bank
 
 
+def own_delta_set(model: nn.Module) -> DeltaSet:
+    """A single-delta model's own delta (its modules where they are) as a delta of a bank on that model:
+    the set only indexes them by site key, so nothing is registered or saved twice and the model's
+    parameter names and state-dict keys stay its own."""
+    plan = model.delta_plan
+    if plan.at("bias") is not None:
+        raise BankError("a delta that trains the base's own biases in place (BitFit) cannot share its model with "
+                        "other deltas: their sentences would see its biases; serve it from a bank model "
+                        "(unifairseq-bank build) instead")
+    ds = DeltaSet(plan.cfg)
+    for path, m in model.named_modules():
+        if path.startswith(BANK_ATTR):
+            continue
+        if isinstance(m, DeltaLinear) and m.delta is not None:
+            ds.sites[("proj", path)] = m.delta
+        elif isinstance(m, DeltaMultiheadAttention) and m.delta_out is not None:
+            ds.sites[("attn_out", path)] = m.delta_out
+        elif isinstance(m, _LAYERS) and getattr(m, "delta_ffn", None) is not None:
+            ds.sites[("ffn", path)] = m.delta_ffn.delta_adapter
+        elif isinstance(m, _STACKS):
+            enc = isinstance(m, DeltaTransformerEncoder)
+            for kind, attr in (("self", "delta_prefix"),) if enc else (("self", "delta_prefix_self"),
+                                                                      ("cross", "delta_prefix_cross")):
+                if getattr(m, attr, None) is not None:
+                    ds.sites[("prefix", path, kind)] = (getattr(m, attr), plan.at("heads", kind).opts["form"])
+            if enc and m.delta_prompt is not None:
+                ds.sites[("prompt", path)] = m.delta_prompt
+    return ds
+
+
+def serve_with_others(model: nn.Module, own_name: str, others: "OrderedDict[str, object]") -> ModelBank:
+    """A single-delta model (its base and delta loaded) that decodes mixed batches with more deltas: a
+    bank on it holding its own delta as `own_name` (bank index 0, the default) and `others` (name ->
+    delta file or folder), each checked against the base as ModelBank.add checks any delta."""
+    if getattr(model, "delta_plan", None) is None:
+        raise BankError(f"{type(model).__name__} is not a delta model: --add-deltas needs a delta checkpoint "
+                        "(--path DELTA.pt or a delta folder's model.pt)")
+    own = own_delta_set(model)
+    bank = attach_bank(model)
+    bank.sets[own_name] = own
+    bank.default = own_name
+    bank.base_path = getattr(model, "base_path", None)
+    for name, source in others.items():
+        bank.add(name, source)
+    bank.changed()
+    return bank
+
+
 def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
     """The modules of one delta at the model's sites, at the paths a single-delta model gives them."""
     plan = DeltaPlan(cfg)

@@ -99,6 +99,12 @@ class DeltaBankConfig(TranslationRougeConfig):
     delta_per_line: Optional[str] = field(
         default=None, metadata={"help": "fairseq-generate: a file with one delta name per example of the split "
                                         "(empty line: --default-delta); default DATA/<split>.delta when it exists"})
+    add_deltas: Optional[str] = field(
+        default=None, metadata={"help": "decoding a single-delta checkpoint (--path DELTA.pt): more deltas that "
+                                        "share its model, NAME=FILE_OR_FOLDER,...; its own delta is --own-delta"})
+    own_delta: str = field(
+        default="own", metadata={"help": "with --add-deltas: the name of the --path checkpoint's own delta "
+                                         "(the default delta of lines that name none)"})
     bank_tasks: Optional[str] = field(
         default=None, metadata={"help": "multi-task training: NAME:DATA,NAME:DATA,... each DATA a fairseq-preprocess "
                                         "output (same dictionaries as DATA), its examples trained with delta NAME"})
@@ -123,11 +129,24 @@ class DeltaBankTask(TranslationRougeTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         bank = getattr(model, "bank", None)
-        if bank is None:
-            raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...); "
+        if bank is None and self.cfg.add_deltas:
+            # a single-delta model: its own delta and the added ones become its bank once its base and
+            # delta are loaded (build_generator, which fairseq calls after loading, before decoding)
+            from unifairseq.fairseq.model_bank import NAME_RE, parse_bank_deltas
+
+            self._added = parse_bank_deltas(self.cfg.add_deltas)
+            own = self.cfg.own_delta
+            if not NAME_RE.match(own or "") or own in self._added:
+                raise BankTaskError(f"--own-delta {own!r}: give the --path checkpoint's delta a name of letters, "
+                                    "digits, '_' or '-' that --add-deltas does not use")
+            self.bank_names, self.bank_default = [own, *self._added], own
+        elif bank is None:
+            raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...) "
+                                f"or, for a single-delta checkpoint, --add-deltas NAME=FILE,...; "
                                 f"{type(model).__name__} has no .bank")
-        self.bank_names = list(bank.names)
-        self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
+        else:
+            self.bank_names = list(bank.names)
+            self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
         self.resolve([n for n, _ in self.tasks or ()] + [self.cfg.default_delta] * bool(self.cfg.default_delta))
         model_max = model.max_positions()
         limits = [self.cfg.max_source_positions, model_max[0] if isinstance(model_max, tuple) else model_max]
@@ -240,6 +259,16 @@ class DeltaBankTask(TranslationRougeTask):
             return ds  # nothing named here: the caller puts delta_ids in (the bank hub) or the bank's default applies
         return DeltaTaggedDataset(ds, list(delta_names or [None] * len(src_tokens)), self.resolve,
                                   on_collate=self._pending.append)
+
+    def build_generator(self, models, args, **kwargs):
+        added = getattr(self, "_added", None)
+        if added is not None:
+            from unifairseq.fairseq.model_bank import serve_with_others
+
+            for model in models:
+                if getattr(model, "bank", None) is None:
+                    serve_with_others(model, self.cfg.own_delta, added)
+        return super().build_generator(models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """fairseq-interactive builds its sample from src_tokens/src_lengths only and drops delta_ids;
