@@ -1,6 +1,6 @@
-"""`--help` of every unifairseq console script imports neither torch nor fairseq (issue 19 item 7), nor optuna (issue 17): the
-parsers are built from light modules and the heavy imports wait in the functions that run a command.
-Each script runs in a fresh interpreter as its entry point would; the imported modules are asserted,
+"""`--help` of every unifairseq console script imports neither torch nor fairseq (issue 19 item 7), nor
+optuna (issue 17): the parsers are built from light modules and the heavy imports wait in the functions
+that run a command. Each script runs in a fresh interpreter as its entry point would; the imported modules are asserted,
 not the time (printed for information: `pytest -s`)."""
 import json
 import subprocess
