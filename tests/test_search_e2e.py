@@ -142,3 +142,17 @@ def test_two_workers_share_one_study(data, tmp_path):
 
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{out}/search.db")
     assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) == 2  # both worked
+
+
+def test_registry_space_sampled_under_a_budget(data, tmp_path):
+    """The default space (the registry, sampled by TPE), limited to LoRA, single objective under a budget:
+    every trial's size is one the budget allows, by the formula 4*r*d per attention / 10*r*d per FFN."""
+    out = tmp_path / "s"
+    search(out, "--data", data, "--methods", "lora", "--budget", "1500", "--n-trials", "2", "--objective", "metric")
+    rows = trials(out)
+    assert len(rows) == 2 and all(r["state"] == "COMPLETE" and r["method"] == "lora" for r in rows), rows
+    for r in rows:
+        flags = json.loads(r["flags"])
+        stored = (4 * flags.get("attn_bn", 0) + 6 * flags.get("ffn_bn", 0)) * 64 * 2  # d_ff = 2d here: r(d + 2d) x 2
+        assert int(r["stored_params"]) == stored <= 1500
+        assert logged_counts(out / "trials" / f"{int(r['number']):04d}")[0] == stored

@@ -42,7 +42,9 @@ def best_per_budget(rows_: List[dict], budgets: Dict[str, int], maximize: bool) 
     out = {}
     for name, n in budgets.items():
         fit = [r for r in done if r["stored_params"] <= n]
-        out[name] = (max if maximize else min)(fit, key=lambda r: r["metric"]) if fit else None
+        # ties on the metric go to the smaller stored count
+        out[name] = max(fit, key=lambda r: (r["metric"] if maximize else -r["metric"], -r["stored_params"])) \
+            if fit else None
     return out
 
 

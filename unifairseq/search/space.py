@@ -79,7 +79,7 @@ class Design:
     @property
     def method(self) -> str:
         names = [c.method for c in (self.attn, self.ffn) if c is not None]
-        if set(names) == {"prefix", "adapter"} and self.ffn is not None and self.ffn.method == "adapter":
+        if names == ["prefix", "adapter"] and dict(self.ffn.flags).get("ffn_option") == "parallel":
             return "mam"
         return "+".join(dict.fromkeys(names))
 

@@ -11,7 +11,7 @@ the same storage (Optuna's own examples' style).
   runs on their intermediate validation values.
 * A search killed mid-trial (SIGKILL included) leaves a RUNNING trial whose process is gone: the
   next start on that host marks it failed and enqueues it once more (Optuna's
-  RetryFailedTrialCallback, max_retry=1). On other hosts Optuna's heartbeat does the same.
+  RetryHeartbeatStaleTrialCallback, max_retry=1). On other hosts Optuna's heartbeat does the same.
 """
 from __future__ import annotations
 
@@ -74,13 +74,24 @@ def storage(url: str):
 
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kw, heartbeat_interval=30, grace_period=120,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=30, grace_period=120,
+                                          heartbeat_stale_trial_callback=retry_once())
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError, OSError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SearchError(f"--storage {url}: cannot connect ({first}); check the URL, that the server runs "
                           "and that its folder exists") from None
+
+
+def retry_once():
+    """Optuna's callback that enqueues a trial whose worker died once more (experimental in Optuna:
+    its warning says nothing a user of this command can act on)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
 def sampler(cfg: dict):
@@ -153,7 +164,7 @@ def reap(study) -> List[int]:
         folder = t.user_attrs.get("folder")
         st.set_trial_user_attr(t._trial_id, "log_tail", tr.tail(os.path.join(folder, "search.log")) if folder else "")
         if st.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, st.get_trial(t._trial_id))
+            retry_once()(study, st.get_trial(t._trial_id))
             out.append(t.number)
     return out
 
