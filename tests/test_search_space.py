@@ -11,6 +11,7 @@ from tiny import DIM, FFN_DIM, LAYERS, tiny_roberta
 import unifairseq.fairseq.models  # noqa: F401  (registers the delta architectures tiny_roberta builds)
 from unifairseq.core.methods import ALL_KINDS, METHODS, Method, ModelShape, Spec, register_method
 from unifairseq.search import space as sp
+from unifairseq.search.spacefile import file_grid
 from unifairseq.search.errors import SearchError
 
 ROBERTA_BASE = ModelShape.encoder_only(768, 3072, 12, 102_000)
@@ -114,7 +115,7 @@ def write(tmp_path, text):
 def test_yaml_grid_expands_lists_and_presets(tmp_path):
     path = write(tmp_path, "points:\n  - preset: lora_attn\n    attn_bn: [2, 4]\n"
                            "  - ffn_mode: adapter\n    ffn_option: parallel\n    ffn_bn: 8\n")
-    pts = sp.file_grid(path, ROBERTA_BASE)
+    pts = file_grid(path, ROBERTA_BASE)
     assert [p.flags.get("attn_bn", p.flags.get("ffn_bn")) for p in pts] == [2, 4, 8]
     assert pts[0].flags["lora_alpha"] == 32.0 and pts[0].stored == 4 * 2 * 768 * 12
     assert pts[2].stored == 2 * 8 * 768 * 12
@@ -129,7 +130,7 @@ def test_yaml_grid_expands_lists_and_presets(tmp_path):
 ])
 def test_bad_space_files_name_the_fix(tmp_path, text, message):
     with pytest.raises(SearchError, match=message):
-        sp.file_grid(write(tmp_path, text), ROBERTA_BASE)
+        file_grid(write(tmp_path, text), ROBERTA_BASE)
 
 
 def test_bad_storage_task_metric_data_are_one_line(tmp_path):

@@ -84,6 +84,7 @@ def _make_tiny_base(task: str, data: str, out: str) -> str:
 
 def _config(a, extra: List[str]) -> dict:
     from . import space as sp
+    from . import spacefile
     from . import trial as tr
     from .study import base_shape
 
@@ -114,7 +115,7 @@ def _config(a, extra: List[str]) -> dict:
         if a.space == "paper":
             points = sp.paper_grid(shape, base_params, [b.strip() for b in a.budgets.split(",") if b.strip()])
         else:
-            points = sp.file_grid(a.space, shape)
+            points = spacefile.file_grid(a.space, shape)
         points = sp.within(points, budget)
         grid = True
     if a.objective == "metric" and budget is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 COLUMNS = ["number", "state", "method", "label", "group", "stored_params", "stored_pct", "metric", "wall_s",
            "flags", "command", "error"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from unifairseq.core.methods import ModelShape
@@ -149,7 +148,6 @@ def _alive(pid: int) -> bool:
 def reap(study) -> List[int]:
     """Trials left RUNNING by a search process of this host that is gone: end their run's process
     group, mark them failed and enqueue each once more. Returns their numbers."""
-    import optuna
     from optuna.trial import TrialState
 
     host = socket.gethostname()
