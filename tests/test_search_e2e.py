@@ -156,3 +156,65 @@ def test_registry_space_sampled_under_a_budget(data, tmp_path):
         stored = (4 * flags.get("attn_bn", 0) + 6 * flags.get("ffn_bn", 0)) * 64 * 2  # d_ff = 2d here: r(d + 2d) x 2
         assert int(r["stored_params"]) == stored <= 1500
         assert logged_counts(out / "trials" / f"{int(r['number']):04d}")[0] == stored
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on loopback for one test (Debian's postgresql package; under CI it must
+    be there). As root, the server runs as the `postgres` user, which refuses nothing then."""
+    import glob
+    import shutil
+    import tempfile
+
+    bindir = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
+    if bindir is None and shutil.which("pg_ctl"):
+        bindir = os.path.dirname(os.path.realpath(shutil.which("pg_ctl")))
+    if bindir is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "PostgreSQL not found: apt-get install postgresql (Debian's package)")
+    root = tempfile.mkdtemp(prefix="unifairseq-pg-")  # not under pytest's 0700 folders: the server user reads it
+    as_user = []
+    if os.getuid() == 0:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(root, "data"), _free_port()
+    try:
+        subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
+                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True,
+                       capture_output=True, timeout=120)
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE search")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/search"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_study(data, tmp_path, postgres):
+    out = tmp_path / "s"
+    space = grid(tmp_path, "points:\n  - attn_mode: lora\n    attn_bn: [1, 2, 3]\n")
+    search(out, "--data", data, "--space", space, "--workers", "2", "--storage", postgres, "--study", "pg")
+    rows = trials(out)
+    assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows), rows
+    assert len({r["label"] for r in rows}) == 3  # no point run twice
+    import optuna
+
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) == 2
+    assert not (out / "search.db").exists()  # the study is in the server, not in a local file
