@@ -92,6 +92,9 @@ def test_grid_search_end_to_end(data, tmp_path):
     mtime = (out / "trials" / "0000" / "train.log").stat().st_mtime
     search(out, "--data", data, "--space", grid(tmp_path, THREE), "--budget", "5000")
     assert len(trials(out)) == 2 and (out / "trials" / "0000" / "train.log").stat().st_mtime == mtime
+    # ... and the same study with other settings is refused, not silently mixed
+    proc = search(out, "--data", data, "--space", grid(tmp_path, THREE), "--budget", "6000", check=False)
+    assert proc.returncode == 2 and "was made with another budget (5000, now 6000)" in proc.stderr, proc.stderr
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(data, tmp_path):

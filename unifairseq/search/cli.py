@@ -125,18 +125,34 @@ def _config(a, extra: List[str]) -> dict:
                 grid=grid, points=[dict(label=p.label, method=p.method, flags=p.flags, stored=p.stored,
                                         group=p.group) for p in points],
                 methods=methods, budget=budget, n_trials=a.n_trials, out=out, trial_timeout=a.trial_timeout,
-                shape=dict(vars(shape)), base_params=base_params, budgets=a.budgets)
+                shape=dict(vars(shape)), base_params=base_params, budgets=a.budgets,
+                space_key=a.space if a.space in ("registry", "paper") else os.path.abspath(a.space))
 
 
-def _progress(study) -> None:
-    from .study import finished
+class Progress:
+    """A bar over the study's trials (all workers'), and one line per trial this process finished."""
 
-    ts = finished(study)
-    t = ts[-1] if ts else None
-    if t is not None:
-        value = "" if not t.values else f" {t.values[0]}"
-        print(f"[{PROG}] trial {t.number} {t.state.name}{value}: {t.user_attrs.get('label', '')}"
-              f" ({sum(1 for x in ts if x.state.is_finished())}/{len(ts)} done)", flush=True)
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="trial", desc=PROG, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, study) -> None:
+        from .study import finished
+
+        ts = finished(study)
+        done = sum(1 for x in ts if x.state.is_finished())
+        mine = [t for t in ts if t.user_attrs.get("pid") == os.getpid() and t.state.is_finished()]
+        if mine:
+            t = mine[-1]
+            value = "" if not t.values else f" {t.values[0]}"
+            self.bar.write(f"[{PROG}] trial {t.number} {t.state.name}{value}: {t.user_attrs.get('label', '')}")
+        self.bar.total = max(self.bar.total or 0, len(ts))
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self):
+        self.bar.close()
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -152,7 +168,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if a.worker:
         if not a.storage:
             raise SearchError("--worker needs --storage URL and --study NAME (the study a search started)")
-        work(a.storage, a.study, progress=_progress)
+        work(a.storage, a.study)
         return 0
     if a.workers < 1:
         raise SearchError(f"--workers {a.workers}: give 1 or more")
@@ -165,9 +181,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
               "retried once", flush=True)
     procs = [subprocess.Popen([sys.executable, "-m", "unifairseq.search.cli", "--worker", "--storage", url,
                                "--study", a.study]) for _ in range(a.workers - 1)]
-    work(url, a.study, cfg["out"], progress=_progress)
-    for p in procs:
-        p.wait()
+    progress = Progress(len(cfg["points"]) if cfg["grid"] else cfg["n_trials"])
+    try:
+        work(url, a.study, cfg["out"], progress=progress)
+        for p in procs:
+            p.wait()
+        progress(study)
+    finally:
+        progress.close()
     budgets = _budgets(cfg["budgets"], cfg["base_params"])
     if cfg["budget"] is not None:
         budgets.setdefault(a.budget, cfg["budget"])

@@ -120,6 +120,13 @@ def open_study(url: str, name: str, cfg: Optional[dict] = None):
         if stored is None:
             raise SearchError(f"--study {name}: that study in {url} was not made by unifairseq-search; "
                               "choose another --study name")
+        if cfg is not None:
+            same = ("task", "data", "space_key", "budget", "metric", "objective")
+            changed = [k for k in same if stored.get(k) != cfg.get(k)]
+            if changed:
+                raise SearchError(f"--study {name} in {url} was made with another {changed[0].replace('_key', '')} "
+                                  f"({stored.get(changed[0])!r}, now {cfg.get(changed[0])!r}); rerun it as it was "
+                                  "started, or give another --study / --out")
         cfg = stored
     elif cfg is None:
         raise SearchError(f"--study {name}: no such study in {url}; start it with unifairseq-search "
