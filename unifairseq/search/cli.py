@@ -130,23 +130,24 @@ def _config(a, extra: List[str]) -> dict:
 
 
 class Progress:
-    """A bar over the study's trials (all workers'), and one line per trial this process finished."""
+    """A bar over the study's trials (all workers'), and one line per finished trial."""
 
     def __init__(self, total: int):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="trial", desc=PROG, file=sys.stderr, dynamic_ncols=True)
+        self.shown = set()
 
     def __call__(self, study) -> None:
         from .study import finished
 
         ts = finished(study)
         done = sum(1 for x in ts if x.state.is_finished())
-        mine = [t for t in ts if t.user_attrs.get("pid") == os.getpid() and t.state.is_finished()]
-        if mine:
-            t = mine[-1]
-            value = "" if not t.values else f" {t.values[0]}"
-            self.bar.write(f"[{PROG}] trial {t.number} {t.state.name}{value}: {t.user_attrs.get('label', '')}")
+        for t in ts:
+            if t.state.is_finished() and t.number not in self.shown and "label" in t.user_attrs:
+                self.shown.add(t.number)
+                value = "" if not t.values else f" {t.values[0]}"
+                self.bar.write(f"[{PROG}] trial {t.number} {t.state.name}{value}: {t.user_attrs['label']}")
         self.bar.total = max(self.bar.total or 0, len(ts))
         self.bar.n = done
         self.bar.refresh()

@@ -187,7 +187,7 @@ def method_choices(m: Method) -> List[Choice]:
         used = [p[comp_flag] for p in presets if comp_flag in p]  # a method without them has no such choice
         comps = list(dict.fromkeys([getattr(defaults, comp_flag)] + used)) if used else [None]
         sizes = [p[SIZE_FLAG[side]] for p in presets if SIZE_FLAG[side] in p]
-        # no preset size on this side (prefix's l is attn_bn only): up to 256
+        # a sized method with no preset size on this side: up to 256
         size = (1, min(MAX_SIZE, 2 * max(sizes, default=128))) if m.sized else None
         for option, comp in itertools.product(options, comps):
             # the other flags of the preset closest to this choice (same option, else the side's first)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 from unifairseq.core.methods import ModelShape
@@ -73,8 +74,10 @@ def storage(url: str):
 
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=30, grace_period=120,
-                                          heartbeat_stale_trial_callback=retry_once())
+        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna; nothing to act on here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=30, grace_period=120,
+                                              heartbeat_stale_trial_callback=retry_once())
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError, OSError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SearchError(f"--storage {url}: cannot connect ({first}); check the URL, that the server runs "
@@ -84,8 +87,6 @@ def storage(url: str):
 def retry_once():
     """Optuna's callback that enqueues a trial whose worker died once more (experimental in Optuna:
     its warning says nothing a user of this command can act on)."""
-    import warnings
-
     import optuna
 
     with warnings.catch_warnings():
