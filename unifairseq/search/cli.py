@@ -183,6 +183,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "unifairseq.search.cli", "--worker", "--storage", url,
                                "--study", a.study]) for _ in range(a.workers - 1)]
     progress = Progress(len(cfg["points"]) if cfg["grid"] else cfg["n_trials"])
+    progress.shown = {t.number for t in finished(study) if t.state.is_finished()}  # a resumed study's old ones
     try:
         work(url, a.study, cfg["out"], progress=progress)
         for p in procs:
