@@ -158,3 +158,18 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
     lines = [l for l in proc.stderr.splitlines() if l.startswith("unifairseq-search: error:")]
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_front_and_best_per_budget():
+    from unifairseq.search import report
+
+    def row(n, stored, metric, state="COMPLETE"):
+        return dict(number=n, state=state, stored_params=stored, metric=metric, label=f"t{n}")
+
+    rows = [row(0, 100, 80.0), row(1, 200, 85.0), row(2, 300, 84.0), row(3, 50, 70.0), row(4, 200, 85.0),
+            row(5, 10, "", "FAIL"), row(6, 400, 90.0)]
+    front = report.front(rows, maximize=True)
+    assert [r["number"] for r in front] == [3, 0, 1, 4, 6]  # 2 is beaten by 1 (fewer stored, higher metric)
+    best = report.best_per_budget(rows, {"a": 40, "b": 250, "c": 1000}, maximize=True)
+    assert best["a"] is None and best["b"]["number"] == 1 and best["c"]["number"] == 6
+    assert [r["number"] for r in report.front(rows, maximize=False)] == [3]  # loss: lower is better

@@ -80,8 +80,8 @@ def plot(path: str, rows_: List[dict], cfg: dict, reference: Optional[float] = N
         ax.scatter([r["stored_params"] for r in pts], [r["metric"] for r in pts], label=method, s=30)
     fr = front(rows_, cfg["maximize"])
     if fr:
-        ax.step([r["stored_params"] for r in fr], [r["metric"] for r in fr], where="post", color="black",
-                linewidth=1, label="Pareto front")
+        ax.plot([r["stored_params"] for r in fr], [r["metric"] for r in fr], drawstyle="steps-post", color="black",
+                linewidth=1, marker="o", markersize=11, markerfacecolor="none", label="Pareto front")
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", label="full fine-tuning")
     ax.set_xscale("log")
