@@ -50,10 +50,10 @@ def single(name, seed):
     return m, {"cfg": m.delta_plan.cfg, "model": delta}
 
 
-def make_bank(names):
+def make_bank(names, flags=()):
     base, _ = plain_base()
     singles = {n: single(n, seed=10 + i) for i, n in enumerate(names)}
-    bank, _, _ = tiny_model("bank_bart_base")
+    bank, _, _ = tiny_model("bank_bart_base", list(flags))
     torch.nn.Module.load_state_dict(bank, {**torch.nn.Module.state_dict(bank), **base}, strict=True)
     for n in names:
         bank.bank.add(bank_name(n), singles[n][1])

@@ -218,3 +218,28 @@ def test_blocks_forward_equals_the_generic_per_delta_call(kind):
     assert float((outs[0] - outs[1]).abs().max()) < 1e-5
     for g0, g1 in zip(*grads):
         assert float((g0 - g1).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("row", ["mam", "lora_attn", "houlsby", "prompt", "bitfit", "dora_attn+ia3_ffn"])
+def test_checkpoint_activations_keep_each_deltas_gradient(row):
+    """--checkpoint-activations on a bank: fairseq's re-entrant checkpointing re-runs every layer inside
+    the backward, after the forward that handed the batch's delta ids to the sites has returned; the
+    ids travel as an argument of the layer's call, so every delta gets exactly its gradient of the
+    same mixed batch without checkpointing."""
+    d, src, lens, prev, tgt, _ = mixed_batch()
+    ids = torch.tensor([0, 1, 2, 3, -1])
+    grads = []
+    for flags in ([], ["--checkpoint-activations"]):
+        bank, _ = make_bank(companions(row), ["--dropout", "0", "--attention-dropout", "0", *flags])
+        bank.train()
+        nll_sum(bank, src, lens, prev, tgt, delta_ids=ids).backward()
+        grads.append({n: p.grad for n, p in bank.delta_bank.named_parameters()})
+    plain, ckpt = grads
+    assert plain.keys() == ckpt.keys()
+    assert sum(g is not None and bool(g.abs().any()) for g in plain.values()) > len(plain) // 2
+    for n, g in plain.items():
+        if g is None:
+            assert ckpt[n] is None or not ckpt[n].abs().any(), n
+            continue
+        assert ckpt[n] is not None, f"{n} got no gradient under activation checkpointing"
+        assert float((g - ckpt[n]).abs().max()) <= TOL * max(1.0, float(g.abs().max())), n

@@ -188,10 +188,35 @@ def _input_requires_grad(module, args):
         x.requires_grad_(True)
 
 
+def _carry_bank_ids(layer: nn.Module) -> None:
+    """A bank hands a batch's delta ids to its sites for the length of a forward (bank.using). A
+    checkpointed layer runs again inside the backward, after that forward has returned: the ids become
+    an argument of the layer's call (a pre-hook adds them), which fairseq's checkpointing saves with the
+    other inputs and hands to the re-run, which serves the same ids again."""
+    forward = layer.forward
+
+    def run(*args, _delta_ids=None, **kwargs):
+        bank = layer.ffn_site.bank
+        if bank is None or _delta_ids is None:
+            return forward(*args, **kwargs)
+        with bank.using(_delta_ids):
+            return forward(*args, **kwargs)
+
+    def hand_over(module, args, kwargs):
+        bank = layer.ffn_site.bank
+        if bank is not None and bank.current() is not None:
+            return args, dict(kwargs, _delta_ids=bank.current())
+        return None
+
+    layer.forward = run
+    layer.register_forward_pre_hook(hand_over, with_kwargs=True)
+
+
 def _wrap_layer(layer: nn.Module, cfg) -> nn.Module:
     """Activation checkpointing / FSDP wrapping, as fairseq's own build_*_layer does."""
     checkpoint = cfg.checkpoint_activations
     if checkpoint:
+        _carry_bank_ids(layer)
         layer.register_forward_pre_hook(_input_requires_grad)  # runs before the checkpointed forward
         layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
     return fsdp_wrap(layer, min_num_params=cfg.min_params_to_wrap if not checkpoint else 0)

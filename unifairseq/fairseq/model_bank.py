@@ -254,10 +254,6 @@ _STACKS = (DeltaTransformerEncoder, DeltaTransformerDecoder)
 def attach_bank(model: nn.Module) -> ModelBank:
     """Once, after fairseq built the model on the delta layers (empty_plan): name every site, give it
     the bank, freeze the base."""
-    if getattr(getattr(model, "args", None), "checkpoint_activations", False):
-        # the bank hands a batch's ids to its sites for the length of a forward; a re-entrant
-        # checkpointed backward re-runs layers after that forward has returned
-        raise BankError("--checkpoint-activations is not supported by bank models yet; drop it")
     setattr(model, BANK_ATTR, nn.ModuleDict())
     bank = ModelBank(model)
     object.__setattr__(model, "bank", bank)
