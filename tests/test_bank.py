@@ -243,3 +243,22 @@ def test_checkpoint_activations_keep_each_deltas_gradient(row):
             continue
         assert ckpt[n] is not None, f"{n} got no gradient under activation checkpointing"
         assert float((g - ckpt[n]).abs().max()) <= TOL * max(1.0, float(g.abs().max())), n
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_bf16_bank_equals_each_bf16_single(name, arch, flags, identity):
+    """A bank in bf16 (--bf16 on CPU, fp16 on a GPU: the same code): a mixed batch of the row's method and
+    its companions equals each sentence on its own bf16 single-delta model, within bf16's precision
+    (2^-7 of the output's scale, the tolerance of the bf16 merge checks)."""
+    bank, singles = make_bank(companions(name))
+    bank.to(torch.bfloat16)
+    d, src, lens, prev, _, ids = mixed_batch(pattern="shared")
+    with torch.no_grad():
+        out, _ = bank(src, lens, prev, delta_ids=ids)
+        assert out.dtype == torch.bfloat16
+        for b in range(src.size(0)):
+            m = singles[bank.bank.names[int(ids[b])]].to(torch.bfloat16)
+            keep = int(lens[b])
+            ref, _ = m(src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+            err = float((out[b].float() - ref[0].float()).abs().max())
+            assert err <= 2 ** -7 * max(1.0, float(ref.float().abs().max())), (name, b, err)
