@@ -14,8 +14,8 @@ from ckpthelp import no_unpickling_of, save_plain_base
 from tiny import full_logits, perturb_deltas, random_batch, tiny_dict
 from trainhelp import make_trainer, toy_sample
 from unifairseq.core.modules import is_delta_name
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
-from unifairseq.fairseq.models.sharing import load_delta
+from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+from unifairseq.fairseq.deltafolder import load_delta
 from unifairseq.tools.export import export_inference
 from unifairseq.tools.tiny_base import checkpoint_state
 

@@ -19,7 +19,7 @@ from unifairseq import cli
 
 
 def _fp(path: str, *version: str) -> str:
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint_io import file_content_fingerprint
 
     return file_content_fingerprint(path, *version)  # a version: what an older delta recorded (v1)
 
@@ -65,7 +65,7 @@ def add(path: str, name: str, do_copy: bool) -> int:
     """Validate first (a valid name, a readable fairseq checkpoint loaded weights-only, not a delta),
     then link or copy under a temporary name and rename: a failure leaves nothing in the cache."""
     from unifairseq.core import bases
-    from unifairseq.fairseq.checkpoint import BASE_PATH_KEY, FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import BASE_PATH_KEY, FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 
     bases.check_name(name, "a base name (--name)")
     src = bases.as_path(path)

@@ -33,7 +33,7 @@ from typing import Optional
 from unifairseq.core.fileperm import as_umask
 from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
                                               upgrade_legacy)
-from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.fairseq.ckpt_args import model_args
 from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for,
                                      refuse_unmergeable)

@@ -16,10 +16,10 @@ from unifairseq import __version__
 from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.deltafile import write_delta
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
-                                           _str_to_tensor, _tensor_to_str, base_name_of,
-                                           file_content_fingerprint, find_base)
-from unifairseq.fairseq.models.sharing import SHAPE_ARGS
+from unifairseq.core.deltaschema import SHAPE_ARGS
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
+                                              base_name_of, file_content_fingerprint, find_base, str_to_tensor,
+                                              tensor_to_str)
 
 HEAD_PREFIX = "classification_heads."
 
@@ -40,8 +40,8 @@ def heads_of(sd) -> dict:
 def base_record(sd, ckpt: str, flag):
     """name, content fingerprint, plan fingerprint and path of the delta's base. A checkpoint from before
     the content fingerprint was recorded has it computed from its base file (found by --base or its path)."""
-    info = json.loads(_tensor_to_str(sd[INFO_KEY])) if INFO_KEY in sd else {}
-    path = _tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else ""
+    info = json.loads(tensor_to_str(sd[INFO_KEY])) if INFO_KEY in sd else {}
+    path = tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else ""
     content = info.get("base_content")
     if not content:
         try:
@@ -53,13 +53,13 @@ def base_record(sd, ckpt: str, flag):
         content = file_content_fingerprint(found.path)
         path = path or found.path
     return dict(name=info.get("base_name") or base_name_of(path, flag), fingerprint=content,
-                plan_fingerprint=_tensor_to_str(sd[FINGERPRINT_KEY]), path_hint=path or None), info
+                plan_fingerprint=tensor_to_str(sd[FINGERPRINT_KEY]), path_hint=path or None), info
 
 
 def dictionaries_of(family: str, ckpt: str, info: dict, dicts=None) -> dict:
     """What the delta records of its task's dictionaries, else the fingerprints of the dict files given
     (`dicts`: side -> dict.txt, a .pt delta from before they were recorded): a folder always has them."""
-    from unifairseq.fairseq.models.sharing import dictionary_fingerprint
+    from unifairseq.fairseq.deltafolder import dictionary_fingerprint
 
     if dicts:
         from fairseq.data import Dictionary
@@ -103,7 +103,7 @@ def write_entry(state: dict, out: str, force: bool) -> dict:
     Written before the JSON, which records its sha256 (a crash in between leaves a folder whose JSON and
     entry disagree: refused by the reader, never half-trusted)."""
     from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, DeltaFileError, _sha256, is_delta_folder
-    from unifairseq.fairseq.checkpoint import atomic_save
+    from unifairseq.fairseq.checkpoint_io import atomic_save
 
     entry = os.path.join(out, ENTRY_NAME)
     if is_delta_folder(out) and not force:
@@ -121,7 +121,7 @@ def check_entry(folder: str, config: dict = None) -> None:
     same names, dtypes and values, the same architecture. What the sha256 in the JSON cannot show for a
     folder someone made by hand; a folder without an entry has nothing to check."""
     from unifairseq.core.deltafile import ENTRY_NAME, DeltaFileError, read_config, read_delta
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     config = config or read_config(folder)
     if "entry" not in config:
@@ -176,7 +176,7 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     the delta's arch and flags on top when `with_base_args` -- a merged checkpoint is the base's args and
     weights -- else the folder's own flags and shape). The folder is read without unpickling."""
     from unifairseq.core.deltafile import is_delta_folder, read_delta
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
     from unifairseq.fairseq.ckpt_args import set_model_arg
 
     if not is_delta_folder(path):
@@ -214,6 +214,6 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
             state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
             for k, v in {**own, "_name": config["arch"]}.items():
                 set_model_arg(state, k, v)
-        state["model"][BASE_PATH_KEY] = _str_to_tensor(found.path)
-    state["model"][FINGERPRINT_KEY] = _str_to_tensor(rec["plan_fingerprint"])
+        state["model"][BASE_PATH_KEY] = str_to_tensor(found.path)
+    state["model"][FINGERPRINT_KEY] = str_to_tensor(rec["plan_fingerprint"])
     return state

@@ -286,7 +286,7 @@ def delta_spec(cfg) -> str:
 def _base_file(base: str) -> str:
     """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint.find_base)."""
     from unifairseq.core.bases import BaseNotFound
-    from unifairseq.fairseq.checkpoint import find_base
+    from unifairseq.fairseq.checkpoint_io import find_base
 
     try:
         return find_base(base, option="--base PATH").path
@@ -304,7 +304,7 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
     from fairseq import tasks
 
     from unifairseq.fairseq.bank import load_bank
-    from unifairseq.fairseq.checkpoint import atomic_save, load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import atomic_save, load_checkpoint_file
     from unifairseq.tools.tiny_base import checkpoint_state
 
     base = _base_file(base)
