@@ -1,4 +1,4 @@
-"""One base lookup for every tool (unifairseq.fairseq.checkpoint.find_base over core/bases.resolve):
+"""One base lookup for every tool (unifairseq.fairseq.checkpoint_io.find_base over core/bases.resolve):
 names validated, errors that say what was tried, damaged cache entries skipped, a read-only cache,
 an atomic `unifairseq-base add`, and the same answer from export merge/hf, bank build, the hub and
 fairseq's own loading of a delta folder's entry file (--path DIR/model.pt)."""

@@ -153,7 +153,7 @@ def export_sizes(is_delta: bool, name: str, checkpoint: str, workdir: str) -> di
         res = export_inference(checkpoint, out, force=True)
         return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=res["bytes"],
                     inference_file=out, inference_params=res["params"])
-    from ..fairseq.checkpoint import load_checkpoint_file
+    from ..fairseq.checkpoint_io import load_checkpoint_file
 
     state = load_checkpoint_file(checkpoint)  # weights-only, with fairseq's allow-list
     state["last_optimizer_state"] = None

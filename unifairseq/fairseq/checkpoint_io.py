@@ -1,7 +1,7 @@
 """The bottom layer of delta checkpoints: reading and writing checkpoint files, the meta keys a delta's
-state dict carries, their str <-> tensor encoding, the base lookup by name, path or content, the base fingerprint under a plan, and the error
-every checkpoint reader raises. It imports nothing of unifairseq.fairseq above plain_args/safe_globals, so
-the checks (deltacheck.py), the delta-folder reader (deltafolder.py), the torn-resume repair (resume.py),
+state dict carries, their str <-> tensor encoding, the base lookup by name, path or content, the base
+fingerprint under a plan, and the error every checkpoint reader raises. Of unifairseq.fairseq it imports
+only plain_args and safe_globals, so the checks (deltacheck.py), the delta-folder reader (deltafolder.py), the torn-resume repair (resume.py),
 the checkpoint mixin (checkpoint.py), the models and the tools all build on it without a loop.
 
   unifairseq_meta.fingerprint  sha256 of the frozen base under the plan (names, shapes, dtypes, sampled values)

@@ -32,8 +32,8 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
                                             BankLinear, BankTransformerDecoder, BankTransformerEncoder)
-from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint, load_checkpoint_file,
-                                              tensor_to_str as _tensor_to_str)
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint,
+                                              load_checkpoint_file, tensor_to_str as _tensor_to_str)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -284,7 +284,7 @@ def delta_spec(cfg) -> str:
 
 
 def _base_file(base: str) -> str:
-    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint.find_base)."""
+    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint_io.find_base)."""
     from unifairseq.core.bases import BaseNotFound
     from unifairseq.fairseq.checkpoint_io import find_base
 
