@@ -22,6 +22,7 @@ from the model the task built (fairseq-train loads the validation data before it
 
 import logging
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -33,9 +34,15 @@ from fairseq.data.language_pair_dataset import LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
+from unifairseq.core.bases import BaseNotFound
+from unifairseq.core.config import DeltaConfig
+from unifairseq.core.presets import PRESETS
+from unifairseq.fairseq import register
+from unifairseq.fairseq.checkpoint_io import atomic_save, find_base, load_checkpoint_file
 # BankTaskError and split_tag are imported from here too
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
+from unifairseq.tools.tiny_base import checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -263,9 +270,7 @@ def delta_spec(cfg) -> str:
     """A --bank-deltas preset spec (PRESET:key=value...) that rebuilds exactly this DeltaConfig: the
     preset closest to it plus the fields that differ. A bank checkpoint's args name its deltas this way,
     so that fairseq builds their modules before it loads the base and then the trained tensors."""
-    from unifairseq.core.config import DeltaConfig
-    from unifairseq.core.presets import PRESETS
-    from unifairseq.fairseq.bank import preset_config
+    from unifairseq.fairseq.bank import preset_config  # the bank models: importing a task registers no model
 
     target = cfg.to_dict()
     best = None
@@ -285,9 +290,6 @@ def delta_spec(cfg) -> str:
 
 def _base_file(base: str) -> str:
     """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint_io.find_base)."""
-    from unifairseq.core.bases import BaseNotFound
-    from unifairseq.fairseq.checkpoint_io import find_base
-
     try:
         return find_base(base, option="--base PATH").path
     except BaseNotFound as e:
@@ -303,9 +305,7 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
 
     from fairseq import tasks
 
-    from unifairseq.fairseq.bank import load_bank
-    from unifairseq.fairseq.checkpoint_io import atomic_save, load_checkpoint_file
-    from unifairseq.tools.tiny_base import checkpoint_state
+    from unifairseq.fairseq.bank import load_bank  # the bank models: importing a task registers no model
 
     base = _base_file(base)
     state = load_checkpoint_file(base)
@@ -333,14 +333,10 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
 
 def run(a) -> int:
     """The commands of unifairseq-bank (tools/bank_cli.py parses them without importing this module)."""
-    import sys
-
-    import unifairseq.fairseq
-
-    unifairseq.fairseq.register()
+    register()
     try:
         if a.cmd == "extract":
-            from unifairseq.fairseq.bank_export import extract
+            from unifairseq.fairseq.bank_export import extract  # imports the bank models (see delta_spec)
 
             arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
             print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
