@@ -163,3 +163,19 @@ def test_no_new_import_cycle_inside_the_package():
                     "function does not cut a cycle)"
     gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
     assert not gone, f"cut, so remove from KNOWN_CYCLES: {gone}"
+
+
+# The checkpoint code, bottom up (issue 16): each module imports, of unifairseq.fairseq, only modules listed
+# before it; the models, tasks and tools are above all of them and none of these imports those.
+CHECKPOINT_LAYERS = ["plain_args", "safe_globals", "basefit", "checkpoint_io", "ckpt_args", "deltacheck", "resume",
+                     "deltafolder", "checkpoint"]
+
+
+def test_the_checkpoint_layers_import_only_downwards():
+    graph = package_imports(REPO / "unifairseq", in_functions=True)
+    glue = "unifairseq.fairseq."
+    for i, name in enumerate(CHECKPOINT_LAYERS):
+        imported = {m[len(glue):] for m in graph[glue + name] if m.startswith(glue)}
+        above = imported - set(CHECKPOINT_LAYERS[:i])
+        assert not above, f"fairseq/{name}.py imports {sorted(above)}, above it: move the shared part down"
+    assert "unifairseq.fairseq.deltafolder" in graph["unifairseq.fairseq.checkpoint"], "the walk missed an import"
