@@ -63,13 +63,16 @@ def make_bank(names):
 
 # bank indices per sentence: every delta once (row and twin: one sample per delta), or the row's
 # method on several sentences of two deltas (several samples per delta), as in beam search
-# (-1: the plain base)
-ID_PATTERNS = {"one_each": [0, 1, 2, 3, 4], "shared": [1, 0, 1, 4, 0], "with_base": [3, -1, 0, 1, -1]}
+# (-1: the plain base); "ordered": a batch ordered by delta with as many rows per delta, which the
+# sites lay out by views (core/bank.by_delta, bank_group.Group.layout "blocks")
+ID_PATTERNS = {"one_each": [0, 1, 2, 3, 4], "shared": [1, 0, 1, 4, 0], "with_base": [3, -1, 0, 1, -1],
+               "ordered": [0, 0, 1, 1]}
 
 
-def mixed_batch(bsz=5, pattern="shared"):
+def mixed_batch(bsz=None, pattern="shared"):
     _, task = plain_base()
     d = task.source_dictionary
+    bsz = bsz or len(ID_PATTERNS[pattern])
     src, lens, prev, tgt = random_batch(d, bsz=bsz, src_len=7, tgt_len=5, seed=3)
     ids = torch.tensor(ID_PATTERNS[pattern][:bsz])
     return d, src, lens, prev, tgt, ids

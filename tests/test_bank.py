@@ -84,6 +84,31 @@ def test_mixed_beam_search_equals_alone(name, arch, flags, identity):
     assert_base_unchanged(bank)
 
 
+def test_batch_ordered_by_delta_once():
+    """by_delta orders every per-sentence tensor of a sample by delta (stable), restore_order puts
+    per-sentence results back; an ordered batch with as many rows per delta is laid out by views."""
+    from unifairseq.core.bank import by_delta, restore_order
+    from unifairseq.core.bank_group import Group
+
+    src = torch.arange(12).view(6, 2)
+    sample = {"id": torch.tensor([10, 11, 12, 13, 14, 15]), "nsentences": 6, "target": src + 100,
+              "net_input": {"src_tokens": src, "src_lengths": torch.full((6,), 2),
+                            "delta_ids": torch.tensor([2, 0, 2, -1, 0, 1])}}
+    ordered, order = by_delta(sample)
+    assert order.tolist() == [3, 1, 4, 5, 0, 2]
+    assert ordered["net_input"]["delta_ids"].tolist() == [-1, 0, 0, 1, 2, 2]
+    assert ordered["id"].tolist() == [13, 11, 14, 15, 10, 12] and ordered["nsentences"] == 6
+    assert torch.equal(ordered["net_input"]["src_tokens"], src[order])
+    assert torch.equal(ordered["target"], src[order] + 100)
+    assert restore_order(ordered["id"].tolist(), order) == sample["id"].tolist()
+    assert by_delta(ordered)[1] is None  # already ordered: left as it is
+    lin = torch.nn.Linear(2, 2)
+    group = Group([(0, lin), (1, torch.nn.Linear(2, 2)), (2, torch.nn.Linear(2, 2))], 3, torch.device("cpu"))
+    assert group.layout(torch.tensor([0, 0, 1, 1, 2, 2]))[0] == "blocks"
+    assert group.layout(torch.tensor([0, 1, 0, 1, 2, 2]))[0] == "padded"  # interleaved: gathered
+    assert group.layout(torch.tensor([0, 0, 0, 1, 2, 2]))[0] == "padded"  # unequal rows per delta
+
+
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
 def test_mixed_incremental_equals_full(name, arch, flags, identity):
     bank, _ = case(name)

@@ -39,3 +39,59 @@ def test_too_few_rounds_are_not_judged_and_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         bb.parse(["--ns", "1", "3", "--batch-size", "32"])
     assert "must be a multiple of every N" in capsys.readouterr().err
+
+
+def _tiny_peft_row(n=2, batch=8):
+    import torch
+
+    from unifairseq.bench import peft_row
+    from unifairseq.tools.count import dummy_dictionary
+
+    o = bb.parse(["--tiny", "--methods", "lora_attn", "--ns", "1", str(n), "--batch-size", str(batch)])
+    return peft_row.build_row(n, o, dummy_dictionary(bb.TINY_VOCAB), torch.device("cpu"), bb.TINY_SHAPES)
+
+
+def test_peft_check_passes_on_the_mixed_batch_and_fails_against_another_adapter():
+    """peft's mixed-adapter decode equals each adapter alone; the same check given the decode of the
+    neighbouring adapter (sentence i decoded alone on adapter i+1 mod N) fails: the adapters really differ."""
+    row = _tiny_peft_row()
+    mixed = row.run(8)
+    assert len({tuple(h["tokens"]) for h in mixed}) > 1  # the sentences decode differently
+    assert all(len(h["tokens"]) == 13 for h in mixed)  # --gen-len + 1: as many decoder steps as fairseq's
+    good = bb.check([row], {row.key: mixed})
+    assert [(c["row"], c["ok"], c["same_tokens"]) for c in good] == [("peft", True, 8)]
+    shifted = [row.names[(i + 1) % 2] for i in range(8)]
+    other = row.alone(shifted)
+    bad = bb.check([row], {row.key: other})
+    assert bad[0]["ok"] is False and bad[0]["same_tokens"] < 8
+    assert "differs from the adapter alone" in bad[0]["failures"][0]
+
+
+def test_no_peft_and_methods_without_lora_leave_the_peft_row_out():
+    assert bb.peft_wanted(bb.parse(["--tiny", "--methods", "lora_attn", "mam", "--ns", "1"])) is True
+    assert bb.peft_wanted(bb.parse(["--tiny", "--methods", "lora_attn", "--ns", "1", "--no-peft"])) is False
+    assert bb.peft_wanted(bb.parse(["--tiny", "--methods", "mam", "--ns", "1"])) is False
+
+
+@pytest.mark.slow
+def test_tiny_run_times_the_peft_row_beside_ours_and_checks_it(tmp_path):
+    """`unifairseq-bench-bank --tiny`: the peft row at every N, its ratio against our N = 1 batch of the
+    same round, its check passed, exit status 0."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "unifairseq.bench.bank", "--tiny", "--rounds", "2",
+                           "--methods", "lora_attn", "--ns", "1", "2", "--batch-size", "4", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    peft = {r["n"]: r for r in res["table"] if r["row"] == "peft"}
+    assert sorted(peft) == [1, 2] and all(r["method"] == "lora_attn" and r["sent_per_s"] > 0 for r in peft.values())
+    for n in (1, 2):
+        ratios = [4 / rnd[f"lora_attn/{n}/peft"] / (4 / rnd["lora_attn/1/mixed"]) for rnd in res["rounds"]]
+        assert peft[n]["ratio_range"] == pytest.approx([min(ratios), max(ratios)])
+    checks = [c for c in res["checks"] if c["row"] == "peft"]
+    assert [(c["n"], c["ok"], c["same_tokens"]) for c in checks] == [(1, True, 4), (2, True, 4)]
+    assert "| lora_attn | 2 | peft |" in proc.stdout and "checks: 5/5" in proc.stdout

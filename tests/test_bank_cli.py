@@ -264,3 +264,50 @@ def test_inference_data_without_names_or_default_leaves_the_ids_to_the_caller():
     assert "delta_ids" not in ds.collater([ds[0]])["net_input"]
     ds = task.build_dataset_for_inference(src, [2], delta_names=["para"])
     assert ds.collater([ds[0]])["net_input"]["delta_ids"].tolist() == [2]
+
+
+def test_export_merge_of_a_bank_takes_one_named_delta(bank):
+    """`unifairseq-export merge BANK.pt` is refused in one line naming the bank's deltas; `--delta lora`
+    merges that delta alone: the same weights as merging its own single-delta file."""
+    import subprocess
+
+    from env import BIN, REPO, tool_env
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+
+    def export(*args):
+        return subprocess.run([str(BIN / "unifairseq-export"), "merge", *map(str, args)],
+                              capture_output=True, text=True, cwd=REPO, env=tool_env())
+
+    refused = export(bank.bank, bank.w / "no.pt")
+    assert refused.returncode == 2 and not (bank.w / "no.pt").exists()
+    lines = [ln for ln in refused.stderr.strip().splitlines() if not ln.startswith("INFO")]  # fairseq's import notice
+    assert len(lines) == 1 and "a delta bank of 3 deltas (lora, pfeiffer, mam)" in lines[0] and "--delta NAME" in lines[0]
+    unknown = export(bank.bank, bank.w / "no.pt", "--delta", "nope")
+    assert unknown.returncode == 2 and "holds lora, pfeiffer, mam" in unknown.stderr
+    picked = export(bank.bank, bank.w / "from_bank.pt", "--delta", "lora", "--data", bank.data)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    alone = export(bank.files["lora"], bank.w / "alone.pt")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    got, ref = (load_checkpoint_file(str(bank.w / f))["model"] for f in ("from_bank.pt", "alone.pt"))
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    merged_q = [k for k in ref if k.endswith("self_attn.q_proj.weight")]
+    base = load_checkpoint_file(str(bank.base))["model"]
+    assert merged_q and not torch.equal(ref[merged_q[0]], base[merged_q[0]])  # the LoRA delta is in there
+
+
+@pytest.mark.slow
+def test_single_delta_checkpoint_decodes_mixed_with_added_deltas(bank):
+    """One model for one or many deltas: fairseq-generate --task delta_bank on the LoRA delta's own
+    checkpoint, the Pfeiffer and MAM delta files added on the command line (no bank checkpoint, no
+    conversion): every line equals that line decoded by its own delta alone; lines naming none get the
+    checkpoint's own delta."""
+    names = [DELTAS[(i * 5) % 4] if (i * 5) % 4 < 3 else None for i in range(12)]
+    side = bank.w / "own.delta"
+    side.write_text("".join((n or "") + "\n" for n in names))
+    added = f"pfeiffer={bank.files['pfeiffer']},mam={bank.files['mam']}"
+    hyps, _ = generate(bank.data, bank.files["lora"], "--add-deltas", added, "--own-delta", "lora",
+                       "--delta-per-line", side, "--batch-size", "5", task=BANK_TASK)
+    assert sorted(hyps) == list(range(12))
+    assert_each_line_as_alone(hyps, [n or "lora" for n in names], bank.alone)

@@ -9,6 +9,7 @@ import torch
 
 from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, train_delta, write_raw
 from env import tool_env
+from plainhelp import plain_env
 
 pytestmark = pytest.mark.slow
 
@@ -82,18 +83,18 @@ def test_merged_checkpoint_loads_and_decodes_in_plain_fairseq_with_nothing_allow
     delta = train_delta(data, base, "lora", tmp_path / "ck")  # fairseq-train's file: the args in cfg.model
     merged = tmp_path / "merged.pt"
     run([BIN / "unifairseq-export", "merge", delta, merged])
-    plain_env = {k: v for k, v in tool_env().items() if k != "PYTHONPATH"}
+    plain = plain_env()
     proc = subprocess.run([sys.executable, "-c", PLAIN, str(merged), str(data)], capture_output=True, text=True,
-                          cwd=tmp_path, env=plain_env, timeout=300)
+                          cwd=tmp_path, env=plain, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == ["fairseq.models.bart.model", "BARTModel"], proc.stdout
     # plain fairseq-generate --path merged.pt, no --user-dir, against the delta decoded through --user-dir
-    plain = subprocess.run([str(BIN / "fairseq-generate"), str(data), "--path", str(merged), *GEN],
-                           capture_output=True, text=True, cwd=tmp_path, env=plain_env, timeout=300)
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert "unifairseq" not in plain.stderr
+    gen = subprocess.run([str(BIN / "fairseq-generate"), str(data), "--path", str(merged), *GEN],
+                         capture_output=True, text=True, cwd=tmp_path, env=plain, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert "unifairseq" not in gen.stderr
     unmerged = run([BIN / "fairseq-generate", data, "--user-dir", REPO / "user_dir", "--path", delta, *GEN])
-    got, ref = decodes(plain.stdout), decodes(unmerged.stdout)
+    got, ref = decodes(gen.stdout), decodes(unmerged.stdout)
     assert len(ref) == 6
     verdict = compare_decodes(ref, got)
     assert verdict["ok"] and verdict["same_tokens"] == 6, verdict

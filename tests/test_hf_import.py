@@ -130,10 +130,15 @@ def test_minilm_checkpoint_format(minilm):
     src, out, path, _ = minilm
     import argparse
 
-    state = torch.load(str(path), map_location="cpu", weights_only=True)  # Namespace allow-listed above
+    from collections import OrderedDict
+
+    from unifairseq.fairseq.plain_args import unloadable_objects
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
     assert set(state) == {"args", "model", "optimizer_history", "extra_state", "last_optimizer_state"}
-    args = state["args"]
-    assert isinstance(args, argparse.Namespace)
+    assert unloadable_objects(state) == []  # no argparse.Namespace: plain fairseq needs no allow-list
+    args = state["args"]  # the args as attributes of an empty OrderedDict (plain_args.py), as merge writes them
+    assert type(args) is OrderedDict and not args and not isinstance(args, argparse.Namespace)
     assert (args.arch, args.task) == ("roberta_base", "masked_lm")
     assert (args.encoder_layers, args.encoder_embed_dim, args.encoder_ffn_embed_dim,
             args.encoder_attention_heads) == (6, 384, 1536, 12)
@@ -231,6 +236,47 @@ def test_force_overwrites(tmp_path):
 
 
 # ------------------------------------------------------------------ (b) small random models
+def test_imported_checkpoint_loads_in_plain_fairseq_and_old_namespace_files_still_load(tmp_path):
+    """model.pt holds only builtin values and tensors: plain fairseq in a fresh interpreter (no plugin, nothing
+    allow-listed) loads it and gives the hidden states unifairseq's load gives; a model.pt written before that
+    (args as an argparse.Namespace) still loads through unifairseq."""
+    import argparse
+
+    from transformers import RobertaConfig, RobertaModel
+
+    from plainhelp import run_plain_roberta
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+    from unifairseq.fairseq.plain_args import namespace_args, unloadable_objects
+
+    src = tmp_path / "hf"
+    n = byte_bpe(src)
+    cfg = RobertaConfig(vocab_size=n, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN_DIM, max_position_embeddings=66, layer_norm_eps=1e-5)
+    torch.manual_seed(0)
+    perturb(RobertaModel(cfg)).save_pretrained(str(src))
+    out = tmp_path / "out"
+    path = import_hf(src, out)
+    assert unloadable_objects(torch.load(path, weights_only=True)) == []
+    model, task = load_fairseq(path)
+    ids = HFTokenizer(str(src), str(out / "dict.txt")).encode_batch(SENTENCES)
+    tokens = pad_right(ids, task.source_dictionary.pad())
+    with torch.no_grad():
+        ref = model(tokens, features_only=True)[0]
+    what, got = run_plain_roberta(path, out, tokens, tmp_path)
+    assert what == ["fairseq.models.roberta.model", "RobertaModel", "masked_lm"]
+    assert torch.equal(got, ref)
+    # the older file: the same state with a Namespace, which only unifairseq's allow-list admits
+    state = namespace_args(torch.load(path, weights_only=True))
+    old = tmp_path / "old" / "model.pt"
+    old.parent.mkdir()
+    checkpoint_utils.torch_persistent_save(state, str(old))
+    assert unloadable_objects(torch.load(old, weights_only=True)) == ["state['args']: argparse.Namespace"]
+    assert type(load_checkpoint_file(str(old))["args"]) is argparse.Namespace
+    old_model, _ = load_fairseq(old)
+    with torch.no_grad():
+        assert torch.equal(old_model(tokens, features_only=True)[0], ref)
+
+
 def test_roberta_parity_with_lm_head(tmp_path):
     from transformers import RobertaConfig, RobertaForMaskedLM
 

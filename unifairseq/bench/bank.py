@@ -13,10 +13,17 @@ the deltas differ. One batch of ``--batch`` random source sentences (``--src-len
 using delta i mod N, is decoded by fairseq's SequenceGenerator (beam ``--beam``, exactly ``--gen-len``
 tokens: min_len = max_len), in three ways (rows):
 
-  mixed       the whole batch in one generate() call, ``net_input["delta_ids"]`` per sentence;
+  mixed       the whole batch in one generate() call, ``net_input["delta_ids"]`` per sentence, the batch
+              ordered by delta first as the delta_bank task and the bank hub do (``core.bank.by_delta``:
+              each delta's rows contiguous, laid out by views at every site);
   sequential  N generate() calls, one per delta, each on that delta's sentences (delta_ids all equal);
   merged      LoRA only: N generate() calls, each on a plain model with that delta merged into its
               weights (the merge itself is not timed: a server would keep N merged copies).
+  peft        lora_attn only, when peft and transformers are installed (``pip install 'unifairseq[bench]'``;
+              ``--no-peft`` leaves it out): an HF BartForConditionalGeneration of the same shapes (random,
+              seeded, init std 2/sqrt(d)) with N peft LoRA adapters of the lora_attn preset (r 16, alpha 32, q_proj and v_proj),
+              each moved off its init (std 0.02), the same source batch in one
+              ``generate(adapter_names=[...])`` call (``unifairseq.bench.peft_row``).
 
 Reported: sentences per second (batch / seconds of decoding), and the ratio to the single-delta batch
 of the same size (mixed with N = 1) of the same round. The rows run interleaved: every round decodes
@@ -27,7 +34,9 @@ median over rounds and the min-max spread (``unifairseq.bench.report.spread``). 
 
 Check: the mixed decode must give every sentence the tokens and scores of the sequential decode of
 its own delta (``unifairseq.bench.mergecheck.compare_decodes``, 1e-4 per token; the merged rows are
-checked the same way against the sequential ones). A failed check makes the exit status 1.
+checked the same way against the sequential ones; the peft row's tokens, sentence by sentence, against
+the same sentences decoded with their adapter alone, ``set_adapter``). A failed check makes the exit
+status 1.
 ``--profile METHOD:N`` prints torch.profiler's top operators of one mixed and one N=1 decode.
 """
 from __future__ import annotations
@@ -43,6 +52,7 @@ from typing import Dict, List, Optional
 
 from .. import cli
 from ..tools.count import build_translation_model, dummy_dictionary
+from . import peft_row
 from .common import progress
 from .mergecheck import TOL, TOL_FP16, compare_decodes, top_hypotheses
 from .report import spread
@@ -78,6 +88,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (the smoke test)")
+    ap.add_argument("--no-peft", action="store_true",
+                    help="leave out the peft row (lora_attn; on by default when peft is installed)")
     ap.add_argument("--profile", metavar="METHOD:N", default=None)
     ap.add_argument("--json", default="runs/bench_bank.json")
     o = ap.parse_args(argv)
@@ -140,10 +152,14 @@ class Row:
     def run(self, batch: int):
         import torch
 
+        from ..core.bank import by_delta, restore_order  # torch: not at --help
+
         hyps: List[Optional[dict]] = [None] * batch
         with torch.no_grad():
             for gen, model, sample, rows in self.calls:
-                for i, h in zip(rows, top_hypotheses(gen.generate([model], sample))):
+                # ordered by delta, as the delta_bank task and the bank hub order every batch
+                ordered, order = by_delta(sample)
+                for i, h in zip(rows, restore_order(top_hypotheses(gen.generate([model], ordered)), order)):
                     hyps[i] = h
         return hyps
 
@@ -186,16 +202,29 @@ def rows_for(method: str, n: int, o, d, dev):
 
 
 def check(rows: List[Row], hyps: Dict[tuple, list], fp16: bool = False) -> List[dict]:
-    """Mixed (and merged) vs sequential decodes of the same bank: same tokens and scores per sentence."""
+    """Mixed (and merged) vs sequential decodes of the same bank: same tokens and scores per sentence;
+    the peft rows against each adapter alone (tokens)."""
     out = []
-    by = {r.key: hyps[r.key] for r in rows}
+    by = {r.key: hyps[r.key] for r in rows if r.key[2] != "peft"}
     for (method, n, kind), h in by.items():
         ref = by.get((method, n, "sequential"), by[(method, n, "mixed")])
         if ref is h:
             continue
         res = compare_decodes(ref, h, None, TOL_FP16 if fp16 else TOL)
         out.append(dict(method=method, n=n, row=kind, **res))
+    if len(by) < len(rows):
+        out += peft_row.checks(rows, hyps)
     return out
+
+
+def peft_wanted(o) -> bool:
+    """The peft row runs unless --no-peft, and only when peft is installed (said once when it is not)."""
+    if o.no_peft or peft_row.METHOD not in o.methods:
+        return False
+    if not peft_row.available():
+        progress("no peft row: peft and transformers are not installed (pip install 'unifairseq[bench]')")
+        return False
+    return True
 
 
 def measure(o) -> dict:
@@ -206,10 +235,14 @@ def measure(o) -> dict:
     dev = torch.device(o.device)
     d = dummy_dictionary(TINY_VOCAB if o.tiny else VOCAB)
     rows: List[Row] = []
+    with_peft = peft_wanted(o)
     for m in o.methods:
         for n in o.ns:
             progress(f"building {m} bank with N = {n}")
             rows += rows_for(m, n, o, d, dev)
+            if with_peft and m == peft_row.METHOD:
+                progress(f"building the peft model with N = {n} adapters")
+                rows.append(peft_row.build_row(n, o, d, dev, TINY_SHAPES if o.tiny else SHAPES))
     sync = torch.cuda.synchronize if o.device == "cuda" else (lambda: None)
     hyps = {}
     for r in rows:  # warm-up: every kernel once, prefix caches filled; also the hypotheses checked below
@@ -297,9 +330,9 @@ def main(argv=None) -> int:
             f"source {o.src_len} tokens, beam {o.beam}, {o.gen_len} tokens; {o.rounds} rounds x fastest of {o.runs}, "
             f"{time.time() - t:.0f} s")
     print(head + "\n\n" + markdown(table))
-    print(f"\nchecks: {len(data['checks']) - len(bad)}/{len(data['checks'])} decodes equal the sequential "
-          f"per-delta decode" + "".join(f"\n  FAILED {c['method']} N={c['n']} {c['row']}: {c['failures'][:2]}"
-                                         for c in bad))
+    print(f"\nchecks: {len(data['checks']) - len(bad)}/{len(data['checks'])} decodes equal their per-delta "
+          f"reference (sequential; peft: each adapter alone)"
+          + "".join(f"\n  FAILED {c['method']} N={c['n']} {c['row']}: {c['failures'][:2]}" for c in bad))
     if o.json:
         os.makedirs(os.path.dirname(os.path.abspath(o.json)), exist_ok=True)
         with open(o.json, "w") as f:

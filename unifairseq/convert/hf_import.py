@@ -5,8 +5,10 @@
 SRC_DIR holds config.json, the weights (model.safetensors or pytorch_model.bin, sharded or not)
 and the tokenizer files (tokenizer.json, or vocab.txt, or vocab.json + merges.txt). OUT_DIR gets
 
-    model.pt   the official fairseq layout: {"args": argparse.Namespace, "model": state_dict,
-               "optimizer_history": [...], "extra_state": {}, "last_optimizer_state": None}
+    model.pt   the official fairseq layout: {"args": the model args, "model": state_dict,
+               "optimizer_history": [...], "extra_state": {}, "last_optimizer_state": None}, with
+               only builtin values, OrderedDicts and tensors in it (unifairseq/fairseq/plain_args.py):
+               plain fairseq under torch's weights-only load reads it with nothing allow-listed
     dict.txt   the fairseq dictionary (`token count` lines) for the HF vocabulary
 
 Supported (config.json `model_type`):
@@ -86,37 +88,6 @@ def build_args(plan: Plan, data_dir: str) -> argparse.Namespace:
     return args
 
 
-def plain_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Only builtin values (enums as their value), so that torch.load(weights_only=True) needs no global
-    but argparse.Namespace, which unifairseq.fairseq.safe_globals allow-lists."""
-    import enum
-
-    def plain(v):
-        if isinstance(v, enum.Enum):
-            v = v.value
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v] if isinstance(v, list) else tuple(plain(x) for x in v)
-        if isinstance(v, dict):
-            return {plain(k): plain(x) for k, x in v.items()}
-        for t in (bool, int, float, str):  # bool first: it is an int
-            if isinstance(v, t):
-                return t(v)
-        return v if v is None else str(v)
-
-    return argparse.Namespace(**{k: plain(v) for k, v in vars(args).items()})
-
-
-def checkpoint_state(model, args) -> dict:
-    """The layout of the released fairseq checkpoints. `optimizer_history` holds one entry without
-    optimizer state, as in the released files: fairseq 0.12's loader
-    (`checkpoint_utils._upgrade_state_dict`) reads `state["optimizer_history"][-1]` unconditionally,
-    so an empty list fails there with IndexError."""
-    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
-                "lr_scheduler_state": {"best": None}, "num_updates": 0}]
-    return {"args": args, "model": model.state_dict(), "optimizer_history": history, "extra_state": {},
-            "last_optimizer_state": None}
-
-
 def _probe_batch(tokenizer, vocab, n_rows: int, pad: int, max_len: int):
     import torch
 
@@ -166,6 +137,8 @@ def convert(src_dir: str, out_dir: str, force: bool = False, seed: int = 0, eps_
     from fairseq import checkpoint_utils, tasks
 
     from unifairseq.convert.hf_tokenize import HFVocabError, build_vocab_map, load_tokenizer
+    from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
+    from unifairseq.tools.tiny_base import checkpoint_state
 
     cfg = read_config(src_dir)
     mt = cfg["model_type"]
@@ -236,13 +209,18 @@ def convert(src_dir: str, out_dir: str, force: bool = False, seed: int = 0, eps_
         plan.notes.append(msg)
 
     args.data = os.path.abspath(out_dir)
-    args = plain_args(args)
+    # nothing torch's weights-only load refuses without an allow-list: the args as merge writes them
+    state = primitive_args(checkpoint_state(model, args))
+    left = unloadable_objects(state)
+    if left:
+        raise HFImportError(f"internal error: {model_path} would hold objects that plain torch.load refuses "
+                            f"({'; '.join(left[:3])}); not written")
     os.makedirs(out_dir, exist_ok=True)
     tmp = dict_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in vocab.dict_lines()))
     os.replace(tmp, dict_path)
-    checkpoint_utils.torch_persistent_save(checkpoint_state(model, args), model_path)
+    checkpoint_utils.torch_persistent_save(state, model_path)
     if vocab.renamed:
         sample = ", ".join(f"{i}->{s}" for i, s in list(vocab.renamed.items())[:8])
         plan.notes.append(f"{len(vocab.renamed)} HF tokens renamed in dict.txt (HF id->symbol): {sample}")

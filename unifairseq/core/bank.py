@@ -36,9 +36,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unifairseq.core.bank_group import Group, structure_key  # noqa: F401  (part of this module's API)
+from unifairseq.core.bank_sites import SiteComputations
 from unifairseq.errors import UnifairseqError
 
 BASE_ID = -1  # a sample with delta id -1 runs the plain base
+
+
+def by_delta(sample: dict):
+    """The batch ordered by delta, once per forward: (sample, order) with order the stable permutation
+    of its rows (None when already ordered or without delta_ids). Each delta's sentences are then
+    contiguous, and stay so through beam search (a sentence's beams are consecutive rows; finished
+    sentences leave without reordering the rest), so every site lays them out by views
+    (bank_group.Group.layout "blocks") instead of gathering and scattering rows. Row order does
+    not change any sentence's numbers: rows never interact."""
+    ids = (sample or {}).get("net_input", {}).get("delta_ids")
+    if ids is None or ids.numel() < 2 or bool((ids[1:] >= ids[:-1]).all()):
+        return sample, None
+    order = torch.sort(ids, stable=True).indices
+    return take_rows(sample, order, ids.numel()), order
+
+
+def take_rows(obj, order: torch.Tensor, n: int):
+    """Every tensor of a (nested) fairseq sample whose first dimension is the n sentences, in `order`."""
+    if isinstance(obj, dict):
+        return {k: take_rows(v, order, n) for k, v in obj.items()}
+    if torch.is_tensor(obj) and obj.dim() >= 1 and obj.size(0) == n:
+        return obj.index_select(0, order.to(obj.device))
+    return obj
+
+
+def restore_order(rows: list, order: Optional[torch.Tensor]) -> list:
+    """Per-sentence results of a batch taken in `order` (by_delta), back in the batch's own order."""
+    if order is None:
+        return rows
+    out = [None] * len(rows)
+    for j, i in enumerate(order.tolist()):
+        out[i] = rows[j]
+    return out
 
 
 class BankError(UnifairseqError, ValueError):
@@ -69,7 +103,7 @@ class DeltaSet(nn.Module):
             self.sites[key] = value
 
 
-class Bank:
+class Bank(SiteComputations):
     """The deltas of a bank and the ids of the batch being computed; built over the model's ModuleDict."""
 
     def __init__(self, sets: nn.ModuleDict):
@@ -218,8 +252,9 @@ class Bank:
             sel, local, layout = self.plan(group, ids)
             if sel.numel() == 0:
                 continue
-            y = group.call(local, fn_args(sel), dims, dim, layout)
-            out = y if sel.numel() == out.size(dim) else out.index_copy(dim, sel, y)
+            every = sel.numel() == out.size(dim)
+            y = group.call(local, fn_args(None if every else sel), dims, dim, layout)
+            out = y if every else out.index_copy(dim, sel, y)
         return out
 
     def route(self, key, ids: torch.Tensor, dim: int, fn_args, dims, rest):
@@ -272,26 +307,29 @@ class Bank:
             by_form.setdefault(form, []).append((i, prov))
         for form, members in by_form.items():
             local = torch.full((len(self.sets) + 1,), -1, dtype=torch.long, device=ids.device)
-            for j, (i, _) in enumerate(members):
-                local[i + 1] = j
+            local[torch.tensor([i + 1 for i, _ in members], device=ids.device)] = torch.arange(
+                len(members), device=ids.device)
             loc = local[ids + 1]
             rows = (loc >= 0).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
             loc = loc.index_select(0, rows)
             present = sorted(set(loc.tolist()))
-            Ps = {j: members[j][1](layer) for j in present}  # 2 x l_j x C (cached at inference)
-            l_max = max(P.size(1) for P in Ps.values())
-            C = next(iter(Ps.values())).size(2)
-            ref = next(iter(Ps.values()))
-            stack = ref.new_zeros(len(members), 2, l_max, C)
-            pad = torch.ones(len(members), l_max, dtype=torch.bool, device=ids.device)
-            for j, P in Ps.items():
-                stack = stack.index_copy(0, torch.tensor([j], device=ids.device),
-                                         F.pad(P, (0, 0, 0, l_max - P.size(1))).unsqueeze(0))
-                pad[j, :P.size(1)] = False
-            P = stack.index_select(0, loc).view(rows.numel(), 2, l_max, heads, C // heads).transpose(2, 3)
-            out.append((form, rows, P[:, 0], P[:, 1], pad.index_select(0, loc)))
+            Ps = [members[j][1](layer) for j in present]  # 2 x l_j x C each (cached at inference)
+            lengths = [P.size(1) for P in Ps]
+            l_max, C = max(lengths), Ps[0].size(2)
+            if min(lengths) != l_max:
+                Ps = [F.pad(P, (0, 0, 0, l_max - P.size(1))) for P in Ps]
+            # one stack of the present deltas' prefixes, then each row's own: [n, 2, l_max, C]
+            table = torch.stack(Ps)
+            pos = loc if len(present) == len(members) else torch.searchsorted(
+                torch.tensor(present, device=ids.device), loc)
+            pad = None  # [n_present, l_max], True = padding; none when all prefixes are equally long
+            if min(lengths) != l_max:
+                pad = torch.arange(l_max, device=ids.device).unsqueeze(0) >= torch.tensor(
+                    lengths, device=ids.device).unsqueeze(1)
+            P = table.index_select(0, pos).view(rows.numel(), 2, l_max, heads, C // heads).transpose(2, 3)
+            out.append((form, rows, P[:, 0], P[:, 1], None if pad is None else pad.index_select(0, pos)))
         return out
 
     def prompt_rows(self, key, ids: torch.Tensor):

@@ -75,6 +75,11 @@ class Group:
         if width == 1:
             return ("each", local_ids)
         n = local_ids.numel()
+        if bool((counts == width).all()) and bool((inverse.view(-1, width) == torch.arange(
+                present.numel(), device=inverse.device).unsqueeze(1)).all()):
+            # a batch ordered by delta (the delta_bank task sorts it once per forward) with as many rows
+            # per delta: each delta's rows are one contiguous block, laid out by views, no copies
+            return ("blocks", sub, present.numel(), width)
         order = torch.argsort(inverse, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.empty_like(order)
@@ -101,11 +106,23 @@ class Group:
         if layout[0] == "each":  # one sample per delta: vmap over the samples, each with its delta's parameters
             per = {n: t.index_select(0, layout[1]) for n, t in stacked.items()}
             return vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(per, *args)
+        if layout[0] == "blocks":
+            _, sub, n_present, width = layout
+            if sub is not None:
+                stacked = {n: t.index_select(0, sub) for n, t in stacked.items()}
+            # each delta's rows made one contiguous block (one copy in, one out): the batched matmuls
+            # then run on dense [n, rows, C] operands instead of copying strided ones at every op
+            laid = [a if d is None else a.unflatten(0, (n_present, width))[:, 0] if d == "r"
+                    else a.unflatten(d, (n_present, width)).movedim(d, 0).contiguous() for a, d in zip(args, dims)]
+            block_dims = (0, *[None if d is None else 0 for d in dims])
+            out = vmap(one, in_dims=block_dims, out_dims=0, randomness="different")(stacked, *laid)
+            return out.movedim(0, out_dim).flatten(out_dim, out_dim + 1)
         _, sub, n_present, width, flat, pad_idx, first = layout
         if sub is not None:
             stacked = {n: t.index_select(0, sub) for n, t in stacked.items()}
         # several samples per delta (beams, tasks): vmap over the deltas present, each on its own rows
         # padded to the most rows of one delta -- every delta's weights are read once, not per sample
+        # (gathered with the rows first, so each delta's rows are one dense block, as in "blocks")
         laid = []
         for a, d in zip(args, dims):
             if d is None:
@@ -113,6 +130,7 @@ class Group:
             elif d == "r":
                 laid.append(a.index_select(0, first))
             else:
-                laid.append(a.index_select(d, pad_idx).unflatten(d, (n_present, width)))
-        out = vmap(one, in_dims=in_dims, out_dims=out_dim, randomness="different")(stacked, *laid)
-        return out.flatten(out_dim, out_dim + 1).index_select(out_dim, flat)
+                laid.append(a.movedim(d, 0).index_select(0, pad_idx).unflatten(0, (n_present, width)))
+        block_dims = (0, *[None if d is None else 0 for d in dims])
+        out = vmap(one, in_dims=block_dims, out_dims=0, randomness="different")(stacked, *laid)
+        return out.flatten(0, 1).index_select(0, flat).movedim(0, out_dim)

@@ -161,7 +161,8 @@ class DeltaLinear(nn.Linear):
     fairseq's FFN is fc2(act(fc1(x))): fc1 (role "in") hands its input x to the site (`read`, the
     parallel adapter's input), fc2 (role "out") hands its output to the site (`write`, where the
     adapter's Δh is added). `merge()` folds the delta into W (inference at the base model's speed);
-    `unmerge()` takes it out again.
+    `unmerge()` takes it out again. In a bank model (core/bank.py) the same projection computes a
+    mixed batch, every sample with its own delta's projection delta and biases.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -175,6 +176,7 @@ class DeltaLinear(nn.Linear):
         self.role = role
         self.merged = False
         self._unmerge_record = None
+        self.path: Optional[str] = None  # its name in the model: the bank's site key (set by attach_bank)
 
     @property
     def delta(self) -> Optional[LinearDelta]:
@@ -215,7 +217,10 @@ class DeltaLinear(nn.Linear):
         if site is not None and self.role == "in":
             site.read(x)
         delta = self.delta
-        if delta is None or self.merged:
+        bank = self.__dict__.get("_bank")  # a delta bank (core/bank.py): each sample by its own delta
+        if bank is not None and (bank.serves(("proj", self.path)) or bank.serves(("bias", self.path + ".bias"))):
+            y = bank.linear(self, x)
+        elif delta is None or self.merged:
             y = F.linear(x, self.weight, self.bias)
         else:
             y = delta(x, self.weight, self.bias)

@@ -1,7 +1,9 @@
 """The fairseq glue: the only part of unifairseq that imports fairseq.
 
-  attention.py     DeltaMultiheadAttention: fairseq's incremental buffers and beam layout around core.heads
-  layers.py        encoder/decoder layers and stacks through fairseq's build hooks
+  attention.py     DeltaMultiheadAttention: fairseq's incremental buffers and beam layout around core.heads;
+                   the one attention class of single-delta and bank models
+  layers.py        encoder/decoder layers and stacks through fairseq's build hooks (the FFN site, the
+                   BitFit layer norm, a bank's delta_ids through encoder and decoder)
   models/          delta_bart / delta_roberta and the <method>_<family>_<size> architectures
   tasks/           translation_rouge, translation_mbart
   optim.py         --optimizer torch_adam
@@ -14,7 +16,7 @@
   checkpoint.py    the delta checkpoint mixin: trained tensors + base fingerprint, base loading
   errorhook.py     unifairseq's user errors as one line under fairseq's command lines
   bank.py          the delta bank's API (load_bank); model_bank.py its mechanism (ModelBank), below the
-                   bank architectures in models/; bank_layers.py, bank_hub.py
+                   bank architectures in models/, built on the same layers; bank_hub.py
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and

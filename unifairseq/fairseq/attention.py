@@ -9,7 +9,8 @@ through, in training, in a full forward and in incremental decoding alike.
 
 What sits where comes from the plan: projection deltas at q/k/v/out_proj (`DeltaLinear`), a
 head-level delta (the prefix family, MH PA; the math in core/heads.py) and an adapter on the
-attention output (parallel reads the input x, sequential the output).
+attention output (parallel reads the input x, sequential the output). In a bank model the same class
+computes a mixed batch: each site asks the bank (core/bank.py) for the samples' own deltas.
 """
 from __future__ import annotations
 
@@ -35,11 +36,10 @@ class DeltaMultiheadAttention(MultiheadAttention):
         if self.use_xformers or self.bias_k is not None or self.add_zero_attn:
             raise ValueError("unifairseq deltas do not support xformers, add_bias_kv or add_zero_attn attention")
         for name in PROJECTIONS:  # LoRA / DoRA / (IA)³ on the projections the plan names
-            spec = plan.at(name, kind)
-            if spec is not None:
-                proj = getattr(self, name)
-                setattr(self, name, DeltaLinear.wrap(proj, plan.build(spec, in_features=proj.in_features,
-                                                                      out_features=proj.out_features)))
+            spec, proj = plan.at(name, kind), getattr(self, name)
+            # every projection is a DeltaLinear (same weight tensors and names): a bank serves any of them
+            setattr(self, name, DeltaLinear.wrap(proj, plan.build(spec, in_features=proj.in_features,
+                                                                  out_features=proj.out_features)))
         heads_spec = plan.at("heads", kind)
         self.head_form = heads_spec.opts["form"] if heads_spec is not None else None
         assert (self.head_form is None) == (prefix is None)
@@ -47,7 +47,10 @@ class DeltaMultiheadAttention(MultiheadAttention):
         # keep a plain reference so its parameters are not registered (and saved) L times
         object.__setattr__(self, "prefix_source", prefix)
         self.layer_idx = layer_idx
+        self.kind = kind
         self.delta_out = plan.build(plan.at("attn_out", kind), dim=embed_dim)
+        self.path: Optional[str] = None  # set with the bank (model_bank.attach_bank): its site keys
+        self.prefix_key = None  # ("prefix", stack path, kind)
 
     def prefix_kv(self) -> Tuple[Tensor, Tensor]:
         """This layer's P_k, P_v, each H x l x d_h."""
@@ -116,8 +119,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
             q4 = q.view(T, B, H, D).permute(1, 2, 0, 3)  # B x H x T x D
             prefix = self.prefix_kv() if self.head_form == "concat" else None
             attn = heads.fused_attention(q4, k, v, attn_mask, key_padding_mask, prefix)  # B x H x T x D
-            out = self.out_proj(attn.permute(2, 0, 1, 3).reshape(T, B, C))
-            return (out if self.delta_out is None else self.delta_out(out, query)), None
+            return self._attn_out(self.out_proj(attn.permute(2, 0, 1, 3).reshape(T, B, C)), query), None
 
         # T x B x C -> kvB x x x H x T x D
         q = q.contiguous().view(T, kv_B, x, H, D).permute(1, 2, 3, 0, 4)
@@ -130,9 +132,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
         attn, probs = self._head_attention(q, logits, v)
 
         attn = attn.permute(3, 0, 1, 2, 4).reshape(T, B, C)  # T x B x C
-        out = self.out_proj(attn)
-        if self.delta_out is not None:  # adapter on the attention output; parallel reads the input x
-            out = self.delta_out(out, query)
+        out = self._attn_out(self.out_proj(attn), query)
 
         weights: Optional[Tensor] = None
         if need_weights:
@@ -141,11 +141,33 @@ class DeltaMultiheadAttention(MultiheadAttention):
                 weights = weights.mean(dim=0)
         return out, weights
 
-    # hooks the delta bank (fairseq/bank_layers.py) overrides with per-sample prefixes
+    def _served_by(self):
+        """The bank serving this attention's sites (a plain reference set by attach_bank), or None."""
+        return self.__dict__.get("_bank")
+
+    def _attn_out(self, out: Tensor, query: Tensor) -> Tensor:
+        """The adapter on the attention output (parallel ones read the attention input x). With a bank,
+        the bank computes it for every row (a model's own delta is one of the bank's)."""
+        bank = self._served_by()
+        if bank is not None and bank.serves(("attn_out", self.path)):
+            return bank.adapters(("attn_out", self.path), out, query)
+        if self.delta_out is not None:
+            out = self.delta_out(out, query)
+        return out
+
+    def _bank_prefix(self) -> bool:
+        bank = self._served_by()
+        return bank is not None and bank.serves(self.prefix_key)
+
     def _fused_ok(self, incremental_state) -> bool:
+        if self._bank_prefix():
+            return False  # per-sample prefixes of several lengths: the explicit path, padded per sample
         return self.head_form is None or (self.head_form == "concat" and incremental_state is None)
 
     def _head_attention(self, q: Tensor, logits: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        if self._bank_prefix():
+            return self._served_by().head_attention(self.prefix_key, self.layer_idx, self.num_heads, q, logits, v,
+                                               self.dropout_module)
         if self.head_form is None:
             return heads.attention(q, logits, v, self.dropout_module)
         return heads.head_delta(self.head_form, q, logits, v, *self.prefix_kv(), self.dropout_module)

@@ -89,3 +89,38 @@ def extract(bank_path: str, name: str, out: str, data: Optional[str] = None, bas
     model.bank.index(name)  # a name the bank has, or the error listing them
     atomic_save(single_delta_state(model, args, name), out, overwrite=force)
     return single_arch(args.arch)
+
+
+def bank_delta_names(path: str) -> Optional[list]:
+    """The delta names of a bank checkpoint (bank index order), or None when `path` is no bank checkpoint
+    (a single-delta .pt or a delta folder)."""
+    if not os.path.isfile(path):
+        return None
+    state = load_checkpoint_file(path)
+    args = state.get("args") or (state.get("cfg") or {}).get("model")
+    get = args.get if isinstance(args, dict) else (lambda k: getattr(args, k, None))
+    if args is None or not str(get("arch") or "").startswith("bank_"):
+        return None
+    from unifairseq.fairseq.model_bank import parse_bank_deltas
+
+    return list(parse_bank_deltas(get("bank_deltas") or ""))
+
+
+def one_delta(path: str, name: Optional[str], out_dir: str, what: str, data: Optional[str] = None,
+              base: Optional[str] = None) -> str:
+    """What a one-delta export (merge, hf) reads: `path` itself, or, for a bank checkpoint, the delta
+    `name` extracted into out_dir. A bank without `name` is refused: a merge is of one delta."""
+    names = bank_delta_names(path)
+    if names is None:
+        if name is not None:
+            raise BankError(f"--delta {name}: {path} holds one delta, not a bank; drop --delta")
+        return path
+    if name is None:
+        raise BankError(f"{path} is a delta bank of {len(names)} deltas ({', '.join(names)}); {what} takes one: "
+                        f"pick it with --delta NAME")
+    if name not in names:
+        raise BankError(f"--delta {name}: {path} holds {', '.join(names)}; pick one of those")
+    out = os.path.join(out_dir, f"{name}.pt")
+    extract(path, name, out, data=data, base=base)
+    return out
+

@@ -16,6 +16,8 @@ import torch
 from fairseq.hub_utils import GeneratorHubInterface
 from fairseq.models.bart.hub_interface import BARTHubInterface
 
+from unifairseq.core.bank import by_delta
+
 
 class _SymbolsBPE:
     """No BPE: sentences are already the dictionary's symbols."""
@@ -81,8 +83,11 @@ class BankHubInterface(BARTHubInterface):
         ids = self._ids
         for batch in GeneratorHubInterface._build_batches(self, tokens, skip_invalid_size_inputs):
             if ids is not None:
-                self._ids = ids.index_select(0, batch["id"].cpu())
-                batch["net_input"]["delta_ids"] = self._ids
+                batch["net_input"]["delta_ids"] = ids.index_select(0, batch["id"].cpu())
+                # ordered by delta (core/bank.by_delta), "id" included: fairseq's hub puts results back
+                # in input order by those ids
+                batch, _ = by_delta(batch)
+                self._ids = batch["net_input"]["delta_ids"]
             yield batch
         self._ids = ids
 

@@ -2,9 +2,10 @@
 
 Nothing here copies a fairseq `forward`: the layers override `build_self_attention`,
 `build_encoder_attention`, `build_fc1` and `build_fc2`; the stacks override
-`build_encoder_layer` / `build_decoder_layer`. The only `forward` override is the
+`build_encoder_layer` / `build_decoder_layer`. The only `forward` overrides are the
 encoder's, for prompt tuning, which prepends l learned vectors to the token
-embeddings and then calls fairseq's own forward.
+embeddings and then calls fairseq's own forward, and, in a bank model, the decoder's
+extract_features, which hands the batch's delta ids to the sites and calls fairseq's own.
 
 Which method sits where is the plan's (core/plan.py); this module only puts the method's
 module at its site. Where each FFN delta reads and writes (fairseq's FFN is fc2(act(fc1(x)))
@@ -19,7 +20,8 @@ did. Sequential adapters and LoRA work on the FFN's own input/output in both.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -46,6 +48,33 @@ def _check_quant_noise(q_noise: float) -> None:
         raise ValueError("--quant-noise-pq is not supported together with unifairseq deltas; set it to 0")
 
 
+class FFNSite:
+    """Where a layer's FFN adapters read and write: fc1 (or, pre-LN, final_layer_norm) hands over the FFN
+    input x, fc2 its output h. It holds the layer's own adapter (`delta_ffn`, a registered module of the
+    layer, or None) and, in a bank model, asks the bank for the samples' own adapters."""
+
+    def __init__(self, own=None):
+        self.own = own
+        self.path: Optional[str] = None  # the layer's name in the model, set with the bank
+        self.bank = None
+        self._x: Optional[torch.Tensor] = None
+
+    def read(self, x: torch.Tensor) -> None:
+        if self.own is not None:
+            self.own.read(x)
+        if self.bank is not None:
+            self._x = x
+
+    def write(self, h: torch.Tensor) -> torch.Tensor:
+        if self.bank is not None:
+            x, self._x = self._x, None
+            if self.bank.serves(("ffn", self.path)):  # every row, the layer's own delta being one of the bank's
+                return self.bank.adapters(("ffn", self.path), h, x)
+        if self.own is not None:
+            h = self.own.write(h)
+        return h
+
+
 class _DeltaLayerMixin:
     """The FFN hooks, shared by encoder and decoder layers."""
 
@@ -53,9 +82,10 @@ class _DeltaLayerMixin:
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         _check_quant_noise(q_noise)
-        site = self.plan.build(self.plan.at("ffn"), dim=input_dim)
-        if site is not None:  # fc1 is built before fc2: the site is created here and shared by both
-            self.delta_ffn = site
+        own = self.plan.build(self.plan.at("ffn"), dim=input_dim)
+        if own is not None:  # fc1 is built before fc2: the site is created here and shared by both
+            self.delta_ffn = own
+        self.ffn_site = FFNSite(own)
         return self._ffn_linear(input_dim, output_dim, "in")
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
@@ -65,29 +95,47 @@ class _DeltaLayerMixin:
     def _ffn_linear(self, input_dim, output_dim, role):
         spec = self.plan.at("fc1" if role == "in" else "fc2")  # LoRA / DoRA on W_1, W_2; (IA)³ on fc2's input
         delta = self.plan.build(spec, in_features=input_dim, out_features=output_dim)
-        site = getattr(self, "delta_ffn", None)
-        if role == "in" and self._reads_residual():
+        site = self.ffn_site
+        if role == "in" and self.normalize_before:
             site = None  # the pre-LN residual is read by a hook on final_layer_norm instead (see below)
         return DeltaLinear(input_dim, output_dim, delta=delta, site=site, role=role)
 
-    def _reads_residual(self) -> bool:
-        """Pre-LN (mBART): the parallel FFN adapter reads the residual stream x, not
-        final_layer_norm(x), as the paper's code did."""
-        site = getattr(self, "delta_ffn", None)
-        return self.normalize_before and site is not None and site.parallel
-
     def _hook_residual_read(self) -> None:
-        if self._reads_residual():
-            # final_layer_norm's input in a pre-LN layer is exactly the FFN sub-layer's residual stream
+        """Pre-LN (mBART): a parallel FFN adapter reads the residual stream x, not final_layer_norm(x),
+        as the paper's code did; final_layer_norm's input in a pre-LN layer is exactly that stream. (A
+        sequential adapter reads nothing.) The bank keeps this hook when it swaps the layer norm."""
+        if self.normalize_before:
             self.final_layer_norm.register_forward_pre_hook(self._read_residual)
 
     def _read_residual(self, module, inputs):
-        self.delta_ffn.read(inputs[0])
+        self.ffn_site.read(inputs[0])
 
     def _attention(self, embed_dim, num_heads, prefix, kind, **kwargs):
         _check_quant_noise(self.quant_noise)
         return DeltaMultiheadAttention(embed_dim, num_heads, plan=self.plan, kind=kind, layer_idx=self.layer_idx,
                                        prefix=prefix, **kwargs)
+
+
+class DeltaLayerNorm(nn.LayerNorm):
+    """fairseq's LayerNorm (same parameter objects and names) whose bias a bank serves per sample
+    (BitFit). Swapped in by the bank (model_bank.attach_bank): fairseq builds its layer norms inline."""
+
+    batch_dim = 1  # T x B x C inside layers; layernorm_embedding sees B x T x C (0)
+    path: Optional[str] = None
+
+    @classmethod
+    def swap(cls, ln: nn.LayerNorm, path: str) -> "DeltaLayerNorm":
+        new = cls(ln.normalized_shape, eps=ln.eps, elementwise_affine=ln.elementwise_affine)
+        new.weight, new.bias = ln.weight, ln.bias
+        new._forward_pre_hooks.update(ln._forward_pre_hooks)  # the pre-LN residual read (above)
+        new.path, new.batch_dim = path, (0 if path.endswith("layernorm_embedding") else 1)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bank = self.__dict__.get("_bank")
+        if bank is None or not bank.serves(("bias", self.path + ".bias")):
+            return super().forward(x)
+        return bank.layer_norm(self, x)
 
 
 def _set_before_init(module: nn.Module, **attrs) -> None:
@@ -180,11 +228,38 @@ def _output_projection_2d(decoder, features: torch.Tensor) -> torch.Tensor:
     return decoder.output_projection(features.reshape(B * T, C)).view(B, T, -1)
 
 
+@contextlib.contextmanager
+def _bank_prefix_pass(bank, keys):
+    """Training a bank: each prefix MLP of the bank runs once per encoder/decoder forward for all its
+    layers (PrefixProvider.begin_pass, as _share_prefix_mlp_per_pass arranges for a model's own delta)."""
+    provs = [p for key in keys for _, (p, _) in bank.entries(key) if p.mid_dim > 0] if torch.is_grad_enabled() else []
+    for p in provs:
+        p.begin_pass()
+    try:
+        yield
+    finally:
+        for p in provs:
+            p.end_pass()
+
+
+def _prompt_too_long(n_tokens: int, l: int, positions: int, max_input: int) -> ValueError:
+    return ValueError(
+        f"prompt tuning: an input of {n_tokens} tokens plus the {l} prompt vectors needs {n_tokens + l} "
+        f"positions, but the model has {positions}. Inputs must be at most {max_input} tokens: pass "
+        f"--max-positions/--tokens-per-sample {max_input} with --shorten-method truncate (sentence_prediction) "
+        f"or --truncate-source (translation), or a shorter prompt (--attn-bn)")
+
+
 class DeltaTransformerEncoder(TransformerEncoder):
+    """fairseq's encoder with deltas. In a bank model (`_bank` set by model_bank.attach_bank) it takes
+    delta_ids (LongTensor [B]; fairseq passes sample["net_input"] on), prepends each sample's own prompt,
+    and carries the ids in encoder_out["delta_ids"], which reorder_encoder_out reorders with the beams."""
+
     def __init__(self, args, dictionary, embed_tokens, plan: DeltaPlan, return_fc=False):
         _set_before_init(self, plan=plan, delta=plan.cfg, _n_layers_built=0)
         super().__init__(args, dictionary, embed_tokens, return_fc=return_fc)
         self.delta_prompt = plan.build(plan.at("embed"), dim=embed_tokens.embedding_dim)
+        self.path: Optional[str] = None  # set with the bank
         _share_prefix_mlp_per_pass(self, [getattr(self, "delta_prefix", None)], args)
 
     def build_encoder_layer(self, args):
@@ -198,18 +273,17 @@ class DeltaTransformerEncoder(TransformerEncoder):
         return _wrap_layer(layer, cfg)
 
     def forward(self, src_tokens, src_lengths: Optional[torch.Tensor] = None,
-                return_all_hiddens: bool = False, token_embeddings: Optional[torch.Tensor] = None):
+                return_all_hiddens: bool = False, token_embeddings: Optional[torch.Tensor] = None,
+                delta_ids: Optional[torch.Tensor] = None):
+        bank = self.__dict__.get("_bank")
+        if bank is not None:
+            return self._bank_forward(bank, src_tokens, src_lengths, return_all_hiddens, token_embeddings, delta_ids)
         if self.delta_prompt is not None:
             # B x T -> B x (l+T): the prompt vectors go in front of the token embeddings; the
             # placeholder ids (bos, never padding) only feed fairseq's padding mask and positions.
             B, l = src_tokens.size(0), self.delta_prompt.weight.size(0)
             if self.embed_positions is not None and src_tokens.size(1) + l > super().max_positions():
-                raise ValueError(
-                    f"prompt tuning: an input of {src_tokens.size(1)} tokens plus the {l} prompt vectors needs "
-                    f"{src_tokens.size(1) + l} positions, but the model has {super().max_positions()}. Inputs must "
-                    f"be at most {self.max_positions()} tokens: pass --max-positions/--tokens-per-sample "
-                    f"{self.max_positions()} with --shorten-method truncate (sentence_prediction) or "
-                    f"--truncate-source (translation), or a shorter prompt (--attn-bn)")
+                raise _prompt_too_long(src_tokens.size(1), l, super().max_positions(), self.max_positions())
             if token_embeddings is None:
                 token_embeddings = self.embed_tokens(src_tokens)
             token_embeddings = self.delta_prompt.prepend(token_embeddings)
@@ -218,16 +292,53 @@ class DeltaTransformerEncoder(TransformerEncoder):
                 src_lengths = src_lengths + l
         return super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
 
+    def _bank_forward(self, bank, src_tokens, src_lengths, return_all_hiddens, token_embeddings, delta_ids):
+        ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
+        with bank.using(ids), _bank_prefix_pass(bank, [("prefix", self.path, "self")]):
+            prompts = bank.prompt_rows(("prompt", self.path), ids)
+            if prompts is not None:
+                # per-sample prompts, left-aligned and padded to the longest: [prompt_i, pad, source].
+                # Padding is masked and skipped by fairseq's positions, so each row equals its own
+                # single-delta layout [prompt_i, source] (a row without a prompt equals the base)
+                rows, lengths = prompts
+                l_max = rows.size(1)
+                if self.embed_positions is not None and src_tokens.size(1) + l_max > super().max_positions():
+                    raise _prompt_too_long(src_tokens.size(1), l_max, super().max_positions(), self.max_positions())
+                if token_embeddings is None:
+                    token_embeddings = self.embed_tokens(src_tokens)
+                token_embeddings = torch.cat([rows.to(token_embeddings.dtype), token_embeddings], dim=1)
+                slots = torch.arange(l_max, device=src_tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+                holders = torch.where(slots, self.dictionary.bos(), self.dictionary.pad())
+                src_tokens = torch.cat([holders, src_tokens], dim=1)
+                if src_lengths is not None:
+                    src_lengths = src_lengths + lengths
+            out = super().forward(src_tokens, src_lengths, return_all_hiddens, token_embeddings)
+        out["delta_ids"] = [ids]
+        return out
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[torch.Tensor]], new_order):
+        out = super().reorder_encoder_out(encoder_out, new_order)
+        if "delta_ids" in encoder_out:
+            out["delta_ids"] = [encoder_out["delta_ids"][0].index_select(0, new_order)]
+        return out
+
     def max_positions(self):
+        bank = self.__dict__.get("_bank")
+        if bank is not None:  # the bank's longest prompt (a model's own prompt is one of the bank's)
+            return super().max_positions() - max(self.plan.prompt_len, bank.max_prompt_len(("prompt", self.path)))
         return super().max_positions() - self.plan.prompt_len
 
 
 class DeltaTransformerDecoder(TransformerDecoder):
+    """fairseq's decoder with deltas. In a bank model it reads the ids from encoder_out["delta_ids"]
+    (reordered with the beams) in a full forward and in incremental decoding alike."""
+
     def __init__(self, args, dictionary, embed_tokens, plan: DeltaPlan, no_encoder_attn=False,
                  output_projection=None):
         _set_before_init(self, plan=plan, delta=plan.cfg, _n_layers_built=0)
         super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn,
                          output_projection=output_projection)
+        self.path: Optional[str] = None  # set with the bank
         _share_prefix_mlp_per_pass(
             self, [getattr(self, "delta_prefix_self", None), getattr(self, "delta_prefix_cross", None)], args)
 
@@ -248,3 +359,34 @@ class DeltaTransformerDecoder(TransformerDecoder):
                                   self.delta_prefix_cross, no_encoder_attn=no_encoder_attn)
         self._n_layers_built += 1
         return _wrap_layer(layer, cfg)
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **kwargs):
+        bank = self.__dict__.get("_bank")
+        if bank is None:
+            return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
+        ids = self._delta_ids(prev_output_tokens.size(0), encoder_out, incremental_state)
+        with bank.using(bank.batch_ids(ids, prev_output_tokens.size(0), prev_output_tokens.device)), \
+                _bank_prefix_pass(bank, [("prefix", self.path, "self"), ("prefix", self.path, "cross")]):
+            return super().extract_features(prev_output_tokens, encoder_out, incremental_state, **kwargs)
+
+    def _delta_ids(self, B: int, encoder_out, incremental_state) -> Optional[torch.Tensor]:
+        """The ids of the decoder's B rows. BART's beamable cross-attention leaves encoder_out at one
+        row per sentence and never reorders it (set_beam_size), so the decoder keeps its own copy in
+        the incremental state, which beam search reorders with every step (reorder_incremental_state)."""
+        if incremental_state is not None:
+            saved = self.get_incremental_state(incremental_state, "bank")
+            if saved is not None and saved.get("delta_ids") is not None and saved["delta_ids"].numel() == B:
+                return saved["delta_ids"]
+        ids = encoder_out["delta_ids"][0] if encoder_out and encoder_out.get("delta_ids") else None
+        if ids is not None and ids.numel() != B and ids.numel() and B % ids.numel() == 0:
+            ids = ids.repeat_interleave(B // ids.numel())  # beam rows of a sentence are consecutive
+        if ids is not None and incremental_state is not None:
+            self.set_incremental_state(incremental_state, "bank", {"delta_ids": ids})
+        return ids
+
+    def reorder_incremental_state_scripting(self, incremental_state, new_order: torch.Tensor):
+        super().reorder_incremental_state_scripting(incremental_state, new_order)
+        saved = self.get_incremental_state(incremental_state, "bank")
+        if saved is not None and saved.get("delta_ids") is not None:
+            self.set_incremental_state(incremental_state, "bank",
+                                       {"delta_ids": saved["delta_ids"].index_select(0, new_order)})

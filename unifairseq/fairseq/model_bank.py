@@ -30,10 +30,12 @@ from unifairseq.core.config import DeltaConfig
 from unifairseq.core.methods import METHODS
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
-from unifairseq.fairseq.bank_layers import (BankAttention, BankDecoderLayer, BankEncoderLayer, BankLayerNorm,
-                                            BankLinear, BankTransformerDecoder, BankTransformerEncoder)
+from unifairseq.core.modules import DeltaLinear
+from unifairseq.fairseq.attention import DeltaMultiheadAttention
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint,
                                               load_checkpoint_file, tensor_to_str as _tensor_to_str)
+from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaLayerNorm, DeltaTransformerDecoder,
+                                       DeltaTransformerEncoder)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -240,31 +242,88 @@ def _stack_of(path: str) -> str:
     return path.split(".layers.")[0]
 
 
+def empty_plan() -> DeltaPlan:
+    """The plan a bank model's layers are built with: no delta of their own, every site served by the bank."""
+    return DeltaPlan(DeltaConfig())
+
+
+_LAYERS = (DeltaEncoderLayer, DeltaDecoderLayer)
+_STACKS = (DeltaTransformerEncoder, DeltaTransformerDecoder)
+
+
 def attach_bank(model: nn.Module) -> ModelBank:
-    """Once, after fairseq built the model: name every site, give it the bank, freeze the base."""
+    """Once, after fairseq built the model on the delta layers (empty_plan): name every site, give it
+    the bank, freeze the base."""
+    if getattr(getattr(model, "args", None), "checkpoint_activations", False):
+        # the bank hands a batch's ids to its sites for the length of a forward; a re-entrant
+        # checkpointed backward re-runs layers after that forward has returned
+        raise BankError("--checkpoint-activations is not supported by bank models yet; drop it")
     setattr(model, BANK_ATTR, nn.ModuleDict())
     bank = ModelBank(model)
     object.__setattr__(model, "bank", bank)
     for path, m in list(model.named_modules()):
         if type(m) is nn.LayerNorm and "lm_head" not in path:  # BitFit's layer-norm biases per sample
-            new = BankLayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.elementwise_affine)
-            new.weight, new.bias = m.weight, m.bias
-            new.path, new.batch_dim = path, (0 if path.endswith("layernorm_embedding") else 1)
+            new = DeltaLayerNorm.swap(m, path)
             parent, _, attr = path.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new)
             m = new
-        if isinstance(m, (BankLinear, BankAttention, BankLayerNorm, BankTransformerEncoder, BankTransformerDecoder)):
+        if isinstance(m, (DeltaLinear, DeltaMultiheadAttention, DeltaLayerNorm) + _STACKS):
             m.path = path
             object.__setattr__(m, "_bank", bank)
-        if isinstance(m, BankAttention):
+        if isinstance(m, DeltaMultiheadAttention):
             m.prefix_key = ("prefix", _stack_of(path), m.kind)
-        if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
-            m.bank_ffn.path, m.bank_ffn.bank = path, bank
-    for m in model.modules():
-        if isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
-            m.hook_residual_read()
+        if isinstance(m, _LAYERS):
+            m.ffn_site.path, m.ffn_site.bank = path, bank
     for p in model.parameters():
         p.requires_grad_(False)
+    return bank
+
+
+def own_delta_set(model: nn.Module) -> DeltaSet:
+    """A single-delta model's own delta (its modules where they are) as a delta of a bank on that model:
+    the set only indexes them by site key, so nothing is registered or saved twice and the model's
+    parameter names and state-dict keys stay its own."""
+    plan = model.delta_plan
+    if plan.at("bias") is not None:
+        raise BankError("a delta that trains the base's own biases in place (BitFit) cannot share its model with "
+                        "other deltas: their sentences would see its biases; serve it from a bank model "
+                        "(unifairseq-bank build) instead")
+    ds = DeltaSet(plan.cfg)
+    for path, m in model.named_modules():
+        if path.startswith(BANK_ATTR):
+            continue
+        if isinstance(m, DeltaLinear) and m.delta is not None:
+            ds.sites[("proj", path)] = m.delta
+        elif isinstance(m, DeltaMultiheadAttention) and m.delta_out is not None:
+            ds.sites[("attn_out", path)] = m.delta_out
+        elif isinstance(m, _LAYERS) and getattr(m, "delta_ffn", None) is not None:
+            ds.sites[("ffn", path)] = m.delta_ffn.delta_adapter
+        elif isinstance(m, _STACKS):
+            enc = isinstance(m, DeltaTransformerEncoder)
+            for kind, attr in (("self", "delta_prefix"),) if enc else (("self", "delta_prefix_self"),
+                                                                      ("cross", "delta_prefix_cross")):
+                if getattr(m, attr, None) is not None:
+                    ds.sites[("prefix", path, kind)] = (getattr(m, attr), plan.at("heads", kind).opts["form"])
+            if enc and m.delta_prompt is not None:
+                ds.sites[("prompt", path)] = m.delta_prompt
+    return ds
+
+
+def serve_with_others(model: nn.Module, own_name: str, others: "OrderedDict[str, object]") -> ModelBank:
+    """A single-delta model (its base and delta loaded) that decodes mixed batches with more deltas: a
+    bank on it holding its own delta as `own_name` (bank index 0, the default) and `others` (name ->
+    delta file or folder), each checked against the base as ModelBank.add checks any delta."""
+    if getattr(model, "delta_plan", None) is None:
+        raise BankError(f"{type(model).__name__} is not a delta model: --add-deltas needs a delta checkpoint "
+                        "(--path DELTA.pt or a delta folder's model.pt)")
+    own = own_delta_set(model)
+    bank = attach_bank(model)
+    bank.sets[own_name] = own
+    bank.default = own_name
+    bank.base_path = getattr(model, "base_path", None)
+    for name, source in others.items():
+        bank.add(name, source)
+    bank.changed()
     return bank
 
 
@@ -275,13 +334,13 @@ def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
     for path, m in model.named_modules():
         if path.startswith(BANK_ATTR):
             continue
-        if isinstance(m, BankAttention):
+        if isinstance(m, DeltaMultiheadAttention):
             for pname in ("q_proj", "k_proj", "v_proj", "out_proj"):
                 _put_projection(ds, plan, plan.at(pname, m.kind), f"{path}.{pname}", getattr(m, pname))
             spec = plan.at("attn_out", m.kind)
             if spec is not None:
                 ds.put(f"{path}.delta_out", plan.build(spec, dim=m.embed_dim), ("attn_out", path))
-        elif isinstance(m, (BankEncoderLayer, BankDecoderLayer)):
+        elif isinstance(m, _LAYERS):
             for pname in ("fc1", "fc2"):
                 _put_projection(ds, plan, plan.at(pname), f"{path}.{pname}", getattr(m, pname))
             spec = plan.at("ffn")
@@ -289,8 +348,8 @@ def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
                 site = plan.build(spec, dim=m.fc1.in_features)
                 ds.put(f"{path}.delta_ffn", site)
                 ds.sites[("ffn", path)] = site.delta_adapter  # Adapter.forward(h_out, x_in): the vmapped call
-        elif isinstance(m, (BankTransformerEncoder, BankTransformerDecoder)):
-            enc = isinstance(m, BankTransformerEncoder)
+        elif isinstance(m, _STACKS):
+            enc = isinstance(m, DeltaTransformerEncoder)
             for kind in ("self",) if enc else ("self", "cross"):
                 spec = plan.at("heads", kind)
                 attn = getattr(m.layers[0], "self_attn" if kind == "self" else "encoder_attn", None)

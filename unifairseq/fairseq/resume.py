@@ -97,13 +97,18 @@ def repair_last_checkpoint(args) -> Optional[str]:
             f"{last} ({size:,} bytes) is truncated or corrupt (a fairseq-train killed while copying it?) and no "
             f"other checkpoint in {save_dir} is readable: restore it from a copy, or move it away to start again")
     torn = _aside(last)
-    os.replace(last, torn)  # kept: the user's bytes are never deleted
     tmp = os.path.join(save_dir, f".{LAST}.tmp.{os.getpid()}")
     try:
         shutil.copyfile(fallback, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, last)  # atomic: the next kill leaves either no checkpoint_last.pt or a whole one
+        # the torn bytes kept under a second name, then replaced atomically: checkpoint_last.pt never goes missing,
+        # since under DDP the other ranks look for it meanwhile (a missing one makes fairseq start them afresh)
+        try:
+            os.link(last, torn)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(last, torn)
+        os.replace(tmp, last)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

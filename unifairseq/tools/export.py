@@ -161,7 +161,6 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
 def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
     """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
     trained task heads travel with the merged model. CKPT may be a delta folder."""
-    from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
     from unifairseq.tools.share import read_input
 
     state = read_input(path, base, with_base_args=True)
@@ -200,12 +199,7 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
     if new["cfg"] is not None and new["cfg"].get("common") is not None:
         new["cfg"]["common"]["user_dir"] = None  # vanilla fairseq needs no plugin for this file
     set_model_arg(new, "user_dir", None)
-    # nothing torch's default weights-only load refuses: the args as an OrderedDict (plain_args.py: why)
-    new = primitive_args(new)
-    left = unloadable_objects(new)
-    if left:
-        raise DeltaCheckpointError(f"{path}: the merged checkpoint would hold objects that plain torch.load "
-                                   f"refuses ({'; '.join(left[:3])}); not written")
+    new = plain_fairseq_state(new, path, "merged")
     _refuse_same_file(path, out)
     atomic_save(new, out, overwrite=force)
     logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with {', '.join(m.name for m in plan.methods)} "
@@ -237,10 +231,24 @@ def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = Fa
         del base[k]  # the delta's task head is not part of the base
     new = {k: v for k, v in merged.items() if k != UNMERGE_KEY}
     new["model"] = base
+    new = plain_fairseq_state(new, merged_path, "unmerged")  # a base plain fairseq loads, like the merged file
     _refuse_same_file(merged_path, out)
     atomic_save(new, out, overwrite=force)
     logger.info(f"wrote {out}: {', '.join(m.name for m in plan.methods)} taken back out of {merged_path}")
     return dict(bytes=os.path.getsize(out))
+
+
+def plain_fairseq_state(state: dict, path: str, what: str) -> dict:
+    """`state` with nothing torch's default weights-only load refuses (the args as an OrderedDict:
+    plain_args.py says why), so that plain fairseq loads the file without --user-dir or an allow-list."""
+    from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
+
+    new = primitive_args(state)
+    left = unloadable_objects(new)
+    if left:
+        raise DeltaCheckpointError(f"{path}: the {what} checkpoint would hold objects that plain torch.load "
+                                   f"refuses ({'; '.join(left[:3])}); not written")
+    return new
 
 
 def _refuse_same_file(src: str, out: str) -> None:

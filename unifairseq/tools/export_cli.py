@@ -9,6 +9,7 @@
                                            a trained classification head travels with it
     unifairseq-export unmerge MERGED CKPT OUT   the merge taken back out: the base again
     unifairseq-export hf CKPT OUT [--peft]     Hugging Face transformers / peft folders (tools/export_hf.py)
+    merge / hf on a bank checkpoint (unifairseq-bank build, --arch bank_*) take one of its deltas: --delta NAME
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ from unifairseq import cli
 
 # The parser is built here, without torch or fairseq: `unifairseq-export --help` imports neither. The
 # commands themselves (tools/export.py, tools/export_hf.py) are imported once the arguments are parsed.
+
+
+def _add_bank_pick(p) -> None:
+    p.add_argument("--delta", metavar="NAME", help="CKPT a delta bank: the delta to export (a merge is of one delta)")
+    p.add_argument("--data", help="with --delta: fairseq-preprocess output with the base's dictionaries "
+                                  "(default: the bank's)")
 
 
 def _add_hf_parser(sub) -> None:
@@ -51,9 +58,11 @@ def main(argv=None) -> int:
     p.add_argument("ckpt"), p.add_argument("out")
     p.add_argument("--base", help="base name or checkpoint (default: the delta's record, by the search order of "
                                   "docs/sharing.md)")
+    _add_bank_pick(p)
     p = sub.add_parser("unmerge", help="take a merged delta back out of a merged checkpoint")
     p.add_argument("merged"), p.add_argument("ckpt"), p.add_argument("out")
     _add_hf_parser(sub)
+    _add_bank_pick(sub.choices["hf"])
     for p in sub.choices.values():
         p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
@@ -65,8 +74,16 @@ def main(argv=None) -> int:
     from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
     from unifairseq.tools import export, export_hf
 
+    import tempfile
+
+    from unifairseq.core.bank import BankError
+    from unifairseq.fairseq.bank_export import one_delta
+
     unifairseq.fairseq.register()  # architecture names, safe globals
     try:
+        if a.cmd in ("merge", "hf"):
+            picked = tempfile.TemporaryDirectory(prefix="unifairseq-export-")
+            a.ckpt = one_delta(a.ckpt, a.delta, picked.name, f"export {a.cmd}", a.data, a.base)
         if a.cmd == "inference":
             dicts = {k: v for k, v in (("source", a.source_dict), ("target", a.target_dict)) if v}
             export.export_inference(a.ckpt, a.out, a.force, a.base, dicts)
@@ -76,7 +93,7 @@ def main(argv=None) -> int:
             export_hf.run(a)
         else:
             export.export_unmerge(a.merged, a.ckpt, a.out, a.force)
-    except (DeltaCheckpointError, DeltaFileError, export_hf.HFExportError) as e:
+    except (DeltaCheckpointError, DeltaFileError, export_hf.HFExportError, BankError) as e:
         return cli.error("unifairseq-export", e)
     return 0
 

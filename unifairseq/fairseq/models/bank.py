@@ -21,8 +21,8 @@ from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture
 
 from unifairseq.core.bank import BankError
-from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, parse_bank_deltas
-from unifairseq.fairseq.bank_layers import BankTransformerDecoder, BankTransformerEncoder
+from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
+from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, empty_plan, parse_bank_deltas
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, load_checkpoint_file,
@@ -155,12 +155,12 @@ class BankBARTModel(BankModelMixin, BARTModel):
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        return BankTransformerEncoder(args, src_dict, embed_tokens)
+        return DeltaTransformerEncoder(args, src_dict, embed_tokens, empty_plan())
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
-        return BankTransformerDecoder(args, tgt_dict, embed_tokens,
-                                      no_encoder_attn=getattr(args, "no_cross_attention", False))
+        return DeltaTransformerDecoder(args, tgt_dict, embed_tokens, empty_plan(),
+                                       no_encoder_attn=getattr(args, "no_cross_attention", False))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, *args, delta_ids=None, **kwargs):
         ids = self.bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)

@@ -17,8 +17,8 @@ from fairseq.models.roberta.model import (RobertaClassificationHead, roberta_bas
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from unifairseq.core.bank import BankError
-from unifairseq.fairseq.model_bank import attach_bank
-from unifairseq.fairseq.bank_layers import BankTransformerEncoder
+from unifairseq.fairseq.layers import DeltaTransformerEncoder
+from unifairseq.fairseq.model_bank import attach_bank, empty_plan
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
 from unifairseq.fairseq.models.bank import BankModelMixin, add_bank_args, fill_bank
@@ -27,7 +27,7 @@ from unifairseq.fairseq.models.roberta import roberta_defaults
 
 class BankRobertaEncoder(RobertaEncoder):
     def build_encoder(self, args, dictionary, embed_tokens):
-        encoder = BankTransformerEncoder(args, dictionary, embed_tokens)
+        encoder = DeltaTransformerEncoder(args, dictionary, embed_tokens, empty_plan())
         encoder.apply(init_bert_params)  # as fairseq's RobertaEncoder
         return encoder
 

@@ -40,6 +40,7 @@ from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq import register
 from unifairseq.fairseq.checkpoint_io import atomic_save, find_base, load_checkpoint_file
 # BankTaskError and split_tag are imported from here too
+from unifairseq.core.bank import by_delta, restore_order, take_rows
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -105,6 +106,12 @@ class DeltaBankConfig(TranslationRougeConfig):
     delta_per_line: Optional[str] = field(
         default=None, metadata={"help": "fairseq-generate: a file with one delta name per example of the split "
                                         "(empty line: --default-delta); default DATA/<split>.delta when it exists"})
+    add_deltas: Optional[str] = field(
+        default=None, metadata={"help": "decoding a single-delta checkpoint (--path DELTA.pt): more deltas that "
+                                        "share its model, NAME=FILE_OR_FOLDER,...; its own delta is --own-delta"})
+    own_delta: str = field(
+        default="own", metadata={"help": "with --add-deltas: the name of the --path checkpoint's own delta "
+                                         "(the default delta of lines that name none)"})
     bank_tasks: Optional[str] = field(
         default=None, metadata={"help": "multi-task training: NAME:DATA,NAME:DATA,... each DATA a fairseq-preprocess "
                                         "output (same dictionaries as DATA), its examples trained with delta NAME"})
@@ -129,11 +136,24 @@ class DeltaBankTask(TranslationRougeTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         bank = getattr(model, "bank", None)
-        if bank is None:
-            raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...); "
+        if bank is None and self.cfg.add_deltas:
+            # a single-delta model: its own delta and the added ones become its bank once its base and
+            # delta are loaded (build_generator, which fairseq calls after loading, before decoding)
+            from unifairseq.fairseq.model_bank import NAME_RE, parse_bank_deltas
+
+            self._added = parse_bank_deltas(self.cfg.add_deltas)
+            own = self.cfg.own_delta
+            if not NAME_RE.match(own or "") or own in self._added:
+                raise BankTaskError(f"--own-delta {own!r}: give the --path checkpoint's delta a name of letters, "
+                                    "digits, '_' or '-' that --add-deltas does not use")
+            self.bank_names, self.bank_default = [own, *self._added], own
+        elif bank is None:
+            raise BankTaskError(f"--task delta_bank needs a bank model (e.g. --arch bank_bart_base --bank-deltas ...) "
+                                f"or, for a single-delta checkpoint, --add-deltas NAME=FILE,...; "
                                 f"{type(model).__name__} has no .bank")
-        self.bank_names = list(bank.names)
-        self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
+        else:
+            self.bank_names = list(bank.names)
+            self.bank_default = getattr(bank, "default", None)  # --bank-default, when --default-delta is not given
         self.resolve([n for n, _ in self.tasks or ()] + [self.cfg.default_delta] * bool(self.cfg.default_delta))
         model_max = model.max_positions()
         limits = [self.cfg.max_source_positions, model_max[0] if isinstance(model_max, tuple) else model_max]
@@ -247,6 +267,16 @@ class DeltaBankTask(TranslationRougeTask):
         return DeltaTaggedDataset(ds, list(delta_names or [None] * len(src_tokens)), self.resolve,
                                   on_collate=self._pending.append)
 
+    def build_generator(self, models, args, **kwargs):
+        added = getattr(self, "_added", None)
+        if added is not None:
+            from unifairseq.fairseq.model_bank import serve_with_others
+
+            for model in models:
+                if getattr(model, "bank", None) is None:
+                    serve_with_others(model, self.cfg.own_delta, added)
+        return super().build_generator(models, args, **kwargs)
+
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """fairseq-interactive builds its sample from src_tokens/src_lengths only and drops delta_ids;
         its batches reach this method in the order the inference dataset collated them."""
@@ -262,7 +292,20 @@ class DeltaBankTask(TranslationRougeTask):
                 net["src_tokens"].device)))
         elif self._pending and torch.equal(self._pending[0]["net_input"]["src_tokens"], net["src_tokens"].cpu()):
             self._pending.popleft()  # a caller that kept delta_ids as collated (fairseq's hub interface)
-        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints)
+        sample, order = by_delta(sample)  # each delta's sentences contiguous: views at every site
+        if order is not None:
+            n = order.numel()
+            prefix_tokens, constraints = take_rows(prefix_tokens, order, n), take_rows(constraints, order, n)
+        hypos = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                       constraints=constraints)
+        return restore_order(hypos, order)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        # the loss and its gradients are sums over sentences: the same in any row order
+        return super().train_step(by_delta(sample)[0], model, criterion, optimizer, update_num, ignore_grad)
+
+    def valid_step(self, sample, model, criterion):
+        return super().valid_step(by_delta(sample)[0], model, criterion)
 
 
 # ------------------------------------------------------------------ build a bank checkpoint
