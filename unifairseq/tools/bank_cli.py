@@ -1,8 +1,7 @@
-"""unifairseq-bank: build a bank checkpoint, or extract one delta of it (fairseq/tasks/bank.py and
-fairseq/bank_export.py are the library).
+"""unifairseq-bank: build a bank checkpoint, or extract one delta of it (the commands: fairseq/tasks/bank.py run).
 
 The parser is built here, without torch or fairseq, so that `unifairseq-bank --help` imports neither;
-the bank modules (which import fairseq) are imported once the arguments are parsed, in `run`.
+the bank module (which imports fairseq) is imported once the arguments are parsed.
 """
 from __future__ import annotations
 
@@ -31,33 +30,10 @@ def main(argv=None) -> int:
     x.add_argument("--data", help="fairseq-preprocess output with the base's dictionaries (default: the bank's)")
     x.add_argument("--base", help="the bank's base, a name or a checkpoint (default: the path the bank records)")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    return run(ap.parse_args(argv))
+    a = ap.parse_args(argv)
+    from unifairseq.fairseq.tasks.bank import run  # deferred: fairseq and torch (see above)
 
-
-def run(a) -> int:
-    # here, after parsing: fairseq and torch, which --help does not need (see above)
-    from unifairseq.fairseq import register
-    from unifairseq.fairseq.bank_export import extract
-    from unifairseq.fairseq.tasks.bank import BankTaskError, build_bank_checkpoint
-
-    register()
-    try:
-        if a.cmd == "extract":
-            arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
-            print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
-            return 0
-        deltas = {}
-        for item in a.deltas:
-            name, eq, path = item.partition("=")
-            if not eq or not name or not path:
-                raise BankTaskError(f"{item!r} is not NAME=DELTA (a delta .pt file or folder)")
-            deltas[name] = path
-        names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
-    except (BankTaskError, ValueError, RuntimeError, OSError) as e:
-        print(f"bank build: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
-    return 0
+    return run(a)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from the model the task built (fairseq-train loads the validation data before it
 
 import logging
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -36,9 +37,10 @@ from fairseq.tasks.translation import load_langpair_dataset
 from unifairseq.core.bases import BaseNotFound
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.presets import PRESETS
+from unifairseq.fairseq import register
 from unifairseq.fairseq.checkpoint_io import atomic_save, find_base, load_checkpoint_file
-from unifairseq.core.bank import by_delta, restore_order, take_rows
 # BankTaskError and split_tag are imported from here too
+from unifairseq.core.bank import by_delta, restore_order, take_rows
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -306,7 +308,7 @@ class DeltaBankTask(TranslationRougeTask):
         return super().valid_step(by_delta(sample)[0], model, criterion)
 
 
-# ------------------------------------------------------------------ build a bank checkpoint (unifairseq-bank build)
+# ------------------------------------------------------------------ build a bank checkpoint
 def delta_spec(cfg) -> str:
     """A --bank-deltas preset spec (PRESET:key=value...) that rebuilds exactly this DeltaConfig: the
     preset closest to it plus the fields that differ. A bank checkpoint's args name its deltas this way,
@@ -370,6 +372,31 @@ def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_l
     args.bank_deltas = ",".join(f"{n}={delta_spec(model.bank.delta_config(n))}" for n in model.bank.names)
     atomic_save(checkpoint_state(model, args), out, overwrite=force)
     return model.bank.names
+
+
+def run(a) -> int:
+    """The commands of unifairseq-bank (tools/bank_cli.py parses them without importing this module)."""
+    register()
+    try:
+        if a.cmd == "extract":
+            from unifairseq.fairseq.bank_export import extract  # imports the bank models (see delta_spec)
+
+            arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
+            print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
+            return 0
+        deltas = {}
+        for item in a.deltas:
+            name, eq, path = item.partition("=")
+            if not eq or not name or not path:
+                raise BankTaskError(f"{item!r} is not NAME=DELTA (a delta .pt file or folder)")
+            deltas[name] = path
+        names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
+    except (BankTaskError, ValueError, RuntimeError, OSError) as e:
+        print(f"bank build: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
+    return 0
+
 
 
 if __name__ == "__main__":  # the command line is tools/bank_cli.py; this module is its task and library
