@@ -258,3 +258,57 @@ def test_fresh_deltas_start_from_the_base_loaded_under_them():
     key = "encoder.layers.0.self_attn.q_proj.delta_dora.m"
     assert torch.allclose(dict(ds["dr"].named_parameters())[key], dict(single.named_parameters())[key], atol=1e-6)
     assert not torch.allclose(dict(ds["dr"].named_parameters())[key], torch.ones(32))
+
+
+# ------------------------------------------------------------ one model for one or many deltas
+from methods import IDS, METHODS  # noqa: E402
+
+
+@pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
+def test_single_delta_model_serves_its_delta_mixed_with_others(name, arch, flags, identity):
+    """A single-delta model of every method-table row takes more deltas (serve_with_others): a mixed
+    batch (its own delta, two others, the plain base) equals each sentence on its own model; the own
+    delta keeps its parameters and state-dict keys. BitFit, which trains the base's biases in place,
+    is refused in one line."""
+    from unifairseq.fairseq.model_bank import serve_with_others
+
+    own, _ = single(name, seed=3)
+    others = {"pf": single("pfeiffer", seed=4), "mam": single("mam", seed=5)}
+    keys = list(own.state_dict().keys())
+    if name == "bitfit":
+        with pytest.raises(BankError, match="trains the base's own biases in place"):
+            serve_with_others(own, "own", {n: s[1] for n, s in others.items()})
+        return
+    bank = serve_with_others(own, "own", {n: s[1] for n, s in others.items()})
+    assert bank.names == ["own", "pf", "mam"] and bank.default == "own"
+    d, src, lens, prev, _, _ = mixed_batch(pattern="one_each")
+    ids = torch.tensor([0, 1, 2, -1, 0])
+    with torch.no_grad():
+        out, _ = own(src, lens, prev, delta_ids=ids)
+        plain = tiny_model("bart_base")[0]
+        torch.nn.Module.load_state_dict(plain, plain_base()[0], strict=True)
+        refs = {0: own, 1: others["pf"][0], 2: others["mam"][0], -1: plain.eval()}
+        for b in range(src.size(0)):
+            keep = int(lens[b])
+            m = refs[int(ids[b])]
+            if m is own:  # its own delta alone: the same model without the bank's ids
+                with bank.using(torch.zeros(1, dtype=torch.long)):
+                    ref, _ = m(src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1], delta_ids=torch.zeros(1).long())
+                alone, _ = single(name, seed=3)
+                ref2, _ = alone(src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+                assert float((ref - ref2).abs().max()) < 1e-5
+            else:
+                ref, _ = m(src[b:b + 1, -keep:], lens[b:b + 1], prev[b:b + 1])
+            assert float((out[b] - ref[0]).abs().max()) < 1e-5, (name, b)
+    assert [k for k in own.state_dict().keys() if not k.startswith("delta_bank.")] == keys
+
+
+def test_a_merged_own_delta_is_refused():
+    from unifairseq.fairseq.model_bank import serve_with_others
+
+    own, _ = single("lora_attn", seed=3)
+    for m in own.modules():
+        if hasattr(m, "merge") and getattr(m, "delta", None) is not None:
+            m.merge()
+    with pytest.raises(BankError, match="merged into its weights"):
+        serve_with_others(own, "own", {})

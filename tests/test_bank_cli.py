@@ -241,7 +241,7 @@ def test_delta_spec_rebuilds_each_config_exactly():
     """A bank checkpoint names its deltas as presets + overrides: the spec must rebuild the same config."""
     from unifairseq.core.config import DeltaConfig
     from unifairseq.fairseq.bank import preset_config
-    from unifairseq.fairseq.tasks.bank import delta_spec
+    from unifairseq.tools.bank_build import delta_spec
 
     cases = {"lora_attn:attn_bn=4": dict(attn_mode="lora", attn_bn=4, lora_alpha=32.0, lora_dropout=0.1),
              "mam:attn_bn=4:ffn_bn=8:mid_dim=16": None,

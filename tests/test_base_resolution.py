@@ -142,7 +142,8 @@ def test_bank_build_and_extract_take_a_base_name(tmp_path, delta, monkeypatch):
     base, pt, folder, d, task = delta
     from unifairseq.core.bank import BankError
     from unifairseq.fairseq.bank_export import load_bank_checkpoint
-    from unifairseq.fairseq.tasks.bank import BankTaskError, build_bank_checkpoint
+    from unifairseq.fairseq.tasks.bank import BankTaskError
+    from unifairseq.tools.bank_build import build_bank_checkpoint
 
     data = tmp_path / "data"
     data.mkdir()

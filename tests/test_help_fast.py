@@ -1,6 +1,6 @@
-"""`--help` of every unifairseq console script imports neither torch nor fairseq (issue 19 item 7): the
-parsers are built from light modules and the heavy imports wait in the functions that run a command.
-Each script runs in a fresh interpreter as its entry point would; the imported modules are asserted,
+"""`--help` of every unifairseq console script imports neither torch nor fairseq (issue 19 item 7), nor
+optuna (issue 17): the parsers are built from light modules and the heavy imports wait in the functions
+that run a command. Each script runs in a fresh interpreter as its entry point would; the imported modules are asserted,
 not the time (printed for information: `pytest -s`)."""
 import json
 import subprocess
@@ -21,7 +21,7 @@ try:
     code = getattr(importlib.import_module(module), func)()
 except SystemExit as e:
     code = e.code
-heavy = sorted(m for m in ("torch", "fairseq", "transformers") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "fairseq", "transformers", "optuna") if m in sys.modules)
 print(json.dumps({"code": code, "heavy": heavy}))
 '''
 

@@ -289,6 +289,9 @@ def own_delta_set(model: nn.Module) -> DeltaSet:
                         "other deltas: their sentences would see its biases; serve it from a bank model "
                         "(unifairseq-bank build) instead")
     ds = DeltaSet(plan.cfg)
+    if any(isinstance(m, DeltaLinear) and m.merged for m in model.modules()):
+        raise BankError("this model's delta is merged into its weights (DeltaLinear.merge): the other deltas' "
+                        "sentences would see it; unmerge it first")
     for path, m in model.named_modules():
         if path.startswith(BANK_ATTR):
             continue

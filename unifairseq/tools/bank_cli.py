@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     x.add_argument("--base", help="the bank's base, a name or a checkpoint (default: the path the bank records)")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
-    from unifairseq.fairseq.tasks.bank import run  # deferred: fairseq and torch (see above)
+    from unifairseq.tools.bank_build import run  # deferred: fairseq and torch (see above)
 
     return run(a)
 

@@ -22,6 +22,7 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
+from unifairseq.fairseq.models.bart import DeltaIdsMixin
 from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, empty_plan, parse_bank_deltas
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
@@ -137,7 +138,7 @@ class BankModelMixin:
 
 
 @register_model("bank_bart")
-class BankBARTModel(BankModelMixin, BARTModel):
+class BankBARTModel(BankModelMixin, DeltaIdsMixin, BARTModel):
     @staticmethod
     def add_args(parser):
         BARTModel.add_args(parser)
@@ -161,11 +162,6 @@ class BankBARTModel(BankModelMixin, BARTModel):
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         return DeltaTransformerDecoder(args, tgt_dict, embed_tokens, empty_plan(),
                                        no_encoder_attn=getattr(args, "no_cross_attention", False))
-
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, *args, delta_ids=None, **kwargs):
-        ids = self.bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
-        with self.bank.using(ids):  # the encoder reads them here (BART's forward does not pass them on)
-            return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
 
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         raise BankError("bank_bart has no classification heads; use bank_roberta_base for sentence classification")

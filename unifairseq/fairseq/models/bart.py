@@ -22,8 +22,25 @@ from unifairseq.fairseq.models.common import (building, current_plan, fill_missi
                                               prepare_delta_model, register_presets)
 
 
+class DeltaIdsMixin:
+    """The model's forward takes `delta_ids` (LongTensor [B], bank indices; fairseq passes
+    sample["net_input"] on) when a bank serves the model (a bank architecture, or a single-delta model
+    with more deltas, model_bank.serve_with_others): the sites read them for the length of the forward."""
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, *args, delta_ids=None, **kwargs):
+        bank = self.__dict__.get("bank")
+        if bank is None:
+            if delta_ids is not None:
+                raise ValueError("delta_ids given to a model that holds one delta; give it more deltas first "
+                                 "(--add-deltas, unifairseq.fairseq.model_bank.serve_with_others)")
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
+        ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
+        with bank.using(ids):  # the encoder reads them here (BART's forward does not pass them on)
+            return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
+
+
 @register_model("delta_bart")
-class DeltaBARTModel(DeltaCheckpointMixin, BARTModel):
+class DeltaBARTModel(DeltaCheckpointMixin, DeltaIdsMixin, BARTModel):
     @staticmethod
     def add_args(parser):
         BARTModel.add_args(parser)

@@ -22,7 +22,6 @@ from the model the task built (fairseq-train loads the validation data before it
 
 import logging
 import os
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -34,16 +33,10 @@ from fairseq.data.language_pair_dataset import LanguagePairDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import load_langpair_dataset
 
-from unifairseq.core.bases import BaseNotFound
-from unifairseq.core.config import DeltaConfig
-from unifairseq.core.presets import PRESETS
-from unifairseq.fairseq import register
-from unifairseq.fairseq.checkpoint_io import atomic_save, find_base, load_checkpoint_file
 # BankTaskError and split_tag are imported from here too
 from unifairseq.core.bank import by_delta, restore_order, take_rows
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
-from unifairseq.tools.tiny_base import checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -306,97 +299,6 @@ class DeltaBankTask(TranslationRougeTask):
 
     def valid_step(self, sample, model, criterion):
         return super().valid_step(by_delta(sample)[0], model, criterion)
-
-
-# ------------------------------------------------------------------ build a bank checkpoint
-def delta_spec(cfg) -> str:
-    """A --bank-deltas preset spec (PRESET:key=value...) that rebuilds exactly this DeltaConfig: the
-    preset closest to it plus the fields that differ. A bank checkpoint's args name its deltas this way,
-    so that fairseq builds their modules before it loads the base and then the trained tensors."""
-    from unifairseq.fairseq.bank import preset_config  # the bank models: importing a task registers no model
-
-    target = cfg.to_dict()
-    best = None
-    for name, values in PRESETS.items():
-        try:
-            near = DeltaConfig(**values).validate().to_dict()
-        except ValueError:
-            continue
-        diff = [k for k in target if target[k] != near[k]]
-        if best is None or len(diff) < len(best[1]):
-            best = (name, diff)
-    spec = ":".join([best[0]] + [f"{k}={target[k]}" for k in best[1]])
-    if preset_config(spec).to_dict() != target:
-        raise BankTaskError(f"cannot write the delta config {cfg.describe()} as a --bank-deltas preset ({spec})")
-    return spec
-
-
-def _base_file(base: str) -> str:
-    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint_io.find_base)."""
-    try:
-        return find_base(base, option="--base PATH").path
-    except BaseNotFound as e:
-        raise BankTaskError(str(e)) from None
-
-
-def build_bank_checkpoint(base: str, deltas: dict, data: str, out: str, source_lang=None, target_lang=None,
-                          force: bool = False) -> List[str]:
-    """Write OUT, a bank checkpoint over BASE holding the delta files {name: path} (bank index = order):
-    what fairseq-generate/-interactive --task delta_bank --path OUT load. It holds the deltas and BASE's
-    path, as bank checkpoints written by fairseq-train do; BASE is read again at load time."""
-    import argparse
-
-    from fairseq import tasks
-
-    from unifairseq.fairseq.bank import load_bank  # the bank models: importing a task registers no model
-
-    base = _base_file(base)
-    state = load_checkpoint_file(base)
-    args = state.get("args")
-    if args is None:
-        raise BankTaskError(f"{base} records no model arguments ('args'); give a fairseq checkpoint of a BART base")
-    arch = str(getattr(args, "arch", ""))
-    if arch not in ("bart_base", "bart_large"):
-        raise BankTaskError(f"{base} is a {arch!r} checkpoint; `build` writes translation banks over bart_base or "
-                            f"bart_large bases (bank_roberta: use unifairseq.fairseq.bank.load_bank)")
-    args = argparse.Namespace(**vars(args))
-    args.data, args.task = data, "delta_bank"
-    args.source_lang = source_lang or getattr(args, "source_lang", None)
-    args.target_lang = target_lang or getattr(args, "target_lang", None)
-    for k, v in vars(DeltaBankConfig()).items():
-        if not hasattr(args, k):
-            setattr(args, k, v)
-    task = tasks.setup_task(args)
-    model = load_bank(base, dict(deltas), task=task)
-    args.arch = args._name = f"bank_{arch}"
-    args.bank_deltas = ",".join(f"{n}={delta_spec(model.bank.delta_config(n))}" for n in model.bank.names)
-    atomic_save(checkpoint_state(model, args), out, overwrite=force)
-    return model.bank.names
-
-
-def run(a) -> int:
-    """The commands of unifairseq-bank (tools/bank_cli.py parses them without importing this module)."""
-    register()
-    try:
-        if a.cmd == "extract":
-            from unifairseq.fairseq.bank_export import extract  # imports the bank models (see delta_spec)
-
-            arch = extract(a.bank, a.name, a.out, a.data, a.base, a.force)
-            print(f"wrote {a.out}: delta {a.name!r} of {a.bank} as a single-delta {arch} checkpoint")
-            return 0
-        deltas = {}
-        for item in a.deltas:
-            name, eq, path = item.partition("=")
-            if not eq or not name or not path:
-                raise BankTaskError(f"{item!r} is not NAME=DELTA (a delta .pt file or folder)")
-            deltas[name] = path
-        names = build_bank_checkpoint(a.base, deltas, a.data, a.out, a.source_lang, a.target_lang, a.force)
-    except (BankTaskError, ValueError, RuntimeError, OSError) as e:
-        print(f"bank build: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {a.out}: a bank of {len(names)} deltas ({', '.join(names)}) over {a.base}")
-    return 0
-
 
 
 if __name__ == "__main__":  # the command line is tools/bank_cli.py; this module is its task and library

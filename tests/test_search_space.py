@@ -1,0 +1,175 @@
+"""unifairseq-search's space (issue 17): read from the method registry, budgets from the plan's
+count (checked against built models and the paper's formulas), the paper grid, YAML grids, and
+the bad-input lines. No training here (tests/test_search_e2e.py runs real trials)."""
+import subprocess
+import sys
+
+import pytest
+
+from env import tool_env
+from tiny import DIM, FFN_DIM, LAYERS, tiny_roberta
+import unifairseq.fairseq.models  # noqa: F401  (registers the delta architectures tiny_roberta builds)
+from unifairseq.core.methods import ALL_KINDS, METHODS, Method, ModelShape, Spec, register_method
+from unifairseq.search import space as sp
+from unifairseq.search.spacefile import file_grid
+from unifairseq.search.errors import SearchError
+
+ROBERTA_BASE = ModelShape.encoder_only(768, 3072, 12, 102_000)
+BASE_PARAMS = 124_645_632
+
+
+def test_every_registry_method_is_in_the_space():
+    methods = {c.method for d in sp.registry_designs() for c in d.sides()}
+    assert methods == set(METHODS)
+    labels = [d.label for d in sp.registry_designs()]
+    assert len(labels) == len(set(labels))
+    # the paper's dimensions are there: insertion, representation, composition, MAM
+    for want in ("adapter.ffn.parallel", "adapter.ffn.sequential", "adapter.attn.parallel", "lora.attn",
+                 "lora.ffn", "adapter.ffn.parallel.s=4.0", "prefix.attn.concat+adapter.ffn.parallel.s=4.0"):
+        assert want in labels
+    # pfeiffer is sequential (the plan builds the same thing): one design, not two
+    assert not any("pfeiffer" in l for l in labels)
+
+
+def test_a_method_added_to_the_registry_joins_the_space():
+    """A new method module (a toy attention-output form: 3*r*d per attention sub-layer) is in the
+    space with its size range from its preset, and the budget cuts its range by its own formula."""
+
+    class Toy(Method):
+        name = "toy_search"
+        attn_modes = ("toy_search",)
+        presets = {"toy_search": dict(attn_mode="toy_search", attn_bn=10)}
+
+        def specs(self, cfg):
+            return [Spec(self.name, "attn_out", ALL_KINDS, {"r": cfg.attn_bn})]
+
+        def formula(self, spec, shape):
+            return 3 * spec.opts["r"] * shape.d * shape.attn(spec.kinds)
+
+    register_method(Toy)
+    try:
+        designs = {d.label: d for d in sp.registry_designs()}
+        assert "toy_search.attn" in designs
+        toy = designs["toy_search.attn"]
+        assert toy.attn.size == (1, 20)  # up to twice its preset's size
+        assert "toy_search.attn+adapter.ffn.parallel" in designs  # and it combines with the FFN side
+        budget = 3 * 7 * 768 * 12 + 5  # r = 7 fits, r = 8 does not
+        entry = {e.design.label: e for e in sp.registry_space(ROBERTA_BASE, budget)}["toy_search.attn"]
+        assert entry.ranges == {"attn": (1, 7)}
+    finally:
+        del METHODS["toy_search"]
+    assert "toy_search.attn" not in {d.label for d in sp.registry_designs()}
+
+
+def test_paper_grid_sizes_are_the_largest_within_each_budget():
+    points = sp.paper_grid(ROBERTA_BASE, BASE_PARAMS, ["0.1%", "1%"])
+    groups = {p.group for p in points}
+    assert groups == {"insertion", "representation", "composition", "mam"}
+    d, L = 768, 12
+    for p in points:
+        budget = sp.parse_budget(p.extra["budget"], BASE_PARAMS)
+        assert p.stored == sp.stored_count(p.flags, ROBERTA_BASE) <= budget
+        f = p.flags
+        if f.get("ffn_mode") == "adapter" and f.get("attn_mode") is None:
+            assert p.stored == 2 * f["ffn_bn"] * d * L  # the paper's 2rd per FFN
+            assert 2 * (f["ffn_bn"] + 1) * d * L > budget  # the largest r that fits
+        if f.get("attn_mode") == "lora":
+            assert p.stored == 4 * f["attn_bn"] * d * L  # W_q and W_v: 2 x r(d + d)
+        if f.get("attn_mode") == "prefix" and f.get("ffn_mode") is None:
+            assert p.stored == 2 * f["attn_bn"] * d * L  # P_k, P_v: 2ld
+    budgets = {p.extra["budget"] for p in points if p.group == "mam"}
+    assert budgets == {"0.1%", "1%"}
+
+
+@pytest.mark.parametrize("budget", ["0.5%", "1%"])
+def test_counts_equal_the_built_models(budget):
+    """The count the search filters on (the plan alone) is the count a built model reports."""
+    shape = ModelShape.encoder_only(DIM, FFN_DIM, LAYERS)
+    base = 40_000
+    for p in sp.paper_grid(shape, base, [budget])[:6]:
+        model, _, _ = tiny_roberta("delta_roberta_base", p.argv())
+        assert model.delta_report["formula"] == p.stored, p.label
+
+
+def test_budget_parsing_and_filtering():
+    assert sp.parse_budget("0.5%", 1_000_000) == 5000
+    assert sp.parse_budget("1.2e4", 1) == 12000
+    for bad in ("lots", "-1%", "0"):
+        with pytest.raises(SearchError, match="budget"):
+            sp.parse_budget(bad, 1000)
+    pts = sp.paper_grid(ROBERTA_BASE, BASE_PARAMS, ["1%"])
+    kept = sp.within(pts, 1_220_000)
+    assert kept and all(p.stored <= 1_220_000 for p in kept) and len(kept) < len(pts)
+    with pytest.raises(SearchError, match="below every point .* raise --budget"):
+        sp.within(pts, 10)
+    with pytest.raises(SearchError, match="below every point"):
+        sp.registry_space(ROBERTA_BASE, 10)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_yaml_grid_expands_lists_and_presets(tmp_path):
+    path = write(tmp_path, "points:\n  - preset: lora_attn\n    attn_bn: [2, 4]\n"
+                           "  - ffn_mode: adapter\n    ffn_option: parallel\n    ffn_bn: 8\n")
+    pts = file_grid(path, ROBERTA_BASE)
+    assert [p.flags.get("attn_bn", p.flags.get("ffn_bn")) for p in pts] == [2, 4, 8]
+    assert pts[0].flags["lora_alpha"] == 32.0 and pts[0].stored == 4 * 2 * 768 * 12
+    assert pts[2].stored == 2 * 8 * 768 * 12
+
+
+@pytest.mark.parametrize("text,message", [
+    ("points:\n  - ffn_mode: adapter\n    ffn_bottleneck: 8\n", "unknown flag 'ffn_bottleneck'"),
+    ("points:\n  - preset: no_such\n", "unknown method \\(preset\\) 'no_such'"),
+    ("points:\n  - attn_mode: no_such\n", "unknown method --attn-mode 'no_such'"),
+    ("points:\n  - attn_mode: lora\n    attn_bn: 0\n", "--attn-bn: must be a positive"),
+    ("just text", "expected a list of points"),
+])
+def test_bad_space_files_name_the_fix(tmp_path, text, message):
+    with pytest.raises(SearchError, match=message):
+        file_grid(write(tmp_path, text), ROBERTA_BASE)
+
+
+def test_bad_storage_task_metric_data_are_one_line(tmp_path):
+    from unifairseq.search import study, trial
+
+    with pytest.raises(SearchError, match="cannot connect"):
+        study.storage(f"sqlite:///{tmp_path}/no/such/dir/s.db")
+    with pytest.raises(SearchError, match="do not produce it; choose one of accuracy"):
+        trial.check_metric("SST-2", "bleu")
+    (tmp_path / "data" / "bin" / "input0").mkdir(parents=True)
+    with pytest.raises(SearchError, match="bin/input0/train.idx is missing"):
+        trial.check_data("SST-2", str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{tmp}/none", "--tiny"], "--data {tmp}/none: no such folder"),
+    (["--worker", "--storage", "sqlite:///{tmp}/x.db", "--study", "nope"], "--study nope: no such study"),
+    (["--data", "{tmp}", "--tiny", "--metric", "bleu"], "--metric bleu: the SST-2 runs do not produce it"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "unifairseq.search.cli", *args], capture_output=True, text=True,
+                          env=tool_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("unifairseq-search: error:")]
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_front_and_best_per_budget():
+    from unifairseq.search import report
+
+    def row(n, stored, metric, state="COMPLETE"):
+        return dict(number=n, state=state, stored_params=stored, metric=metric, label=f"t{n}")
+
+    rows = [row(0, 100, 80.0), row(1, 200, 85.0), row(2, 300, 84.0), row(3, 50, 70.0), row(4, 200, 85.0),
+            row(5, 10, "", "FAIL"), row(6, 400, 90.0)]
+    front = report.front(rows, maximize=True)
+    assert [r["number"] for r in front] == [3, 0, 1, 4, 6]  # 2 is beaten by 1 (fewer stored, higher metric)
+    best = report.best_per_budget(rows, {"a": 40, "b": 250, "c": 1000}, maximize=True)
+    assert best["a"] is None and best["b"]["number"] == 1 and best["c"]["number"] == 6
+    assert [r["number"] for r in report.front(rows, maximize=False)] == [3]  # loss: lower is better

@@ -1,0 +1,208 @@
+"""unifairseq-search: walk the paper's design space (which representation, functional form,
+insertion, composition, size) on Optuna, each trial a real fairseq-train run of scripts/train_*.sh.
+
+    unifairseq-search --task SST-2 --data DATA --base roberta.base/model.pt --space paper --out runs/s
+    unifairseq-search --task SST-2 --data DATA --tiny --budget 1% --n-trials 20 --out runs/s
+    unifairseq-search --task SST-2 --data DATA --tiny --space my_space.yaml --workers 2 --out runs/s
+    unifairseq-search --worker --storage postgresql://host/db --study NAME      (one more worker)
+
+Spaces: `registry` (default: every method of the registry, alone or one per side, sizes sampled on
+a log scale; TPE on two objectives, metric and stored parameters), `paper` (the paper's comparisons
+as a grid at --budgets: sequential vs parallel, attention vs FFN, plain vs scaled, MAM), or a YAML
+file of points written like the presets' flags (a list value is a grid axis). --budget (0.5% of the
+base, or a count) drops every point whose stored-parameter count (the paper's, from the plan) is
+above it, before it trains.
+
+Rerunning the same command resumes the study: finished trials are kept, a trial that a killed search
+left running is marked failed and run once more. Outputs: OUT/trials.csv, OUT/pareto.png,
+OUT/best.json, and the best command per budget. Everything after '--' goes to fairseq-train.
+See docs/search.md (Slurm workers, optuna-dashboard).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import List, Optional, Sequence
+
+from unifairseq import cli
+
+from .errors import SearchError
+from .trial import TASKS
+
+PROG = "unifairseq-search"
+
+
+def build_parser():
+    ap = cli.parser(PROG, __doc__)
+    ap.add_argument("--task", choices=sorted(TASKS), default="SST-2", help="the task (default SST-2)")
+    ap.add_argument("--data", help="the preprocessing script's output folder (DATA/bin, DATA/meta.json)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--base", help="the pretrained model.pt the deltas train on")
+    g.add_argument("--tiny", action="store_true", help="the scripts' --tiny mode: a tiny random base (tests, CPU)")
+    ap.add_argument("--space", default="registry", help="registry (default), paper, or FILE.yaml")
+    ap.add_argument("--methods", default=None, help="registry space: only these methods (comma-separated)")
+    ap.add_argument("--budget", default=None, help="stored-parameter budget: a percentage of the base (0.5%%) "
+                                                   "or a count; points above it are not trained")
+    ap.add_argument("--budgets", default="0.1%,1%,5%",
+                    help="the paper grid's budgets and the report's (comma-separated; default 0.1%%,1%%,5%%)")
+    ap.add_argument("--metric", default=None, help="the validation metric (default: the task's, e.g. accuracy)")
+    ap.add_argument("--objective", choices=("pareto", "metric"), default="pareto",
+                    help="pareto: metric and stored parameters (default); metric: the metric alone, with pruning")
+    ap.add_argument("--sampler", choices=("tpe", "nsga2"), default="tpe", help="registry space sampler")
+    ap.add_argument("--n-trials", type=int, default=20, help="registry space: trials in all (default 20)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the script's)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--trial-timeout", type=float, default=None, help="seconds; a longer trial is stopped, failed")
+    ap.add_argument("--out", default="runs/search", help="output folder (default runs/search)")
+    ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///OUT/search.db)")
+    ap.add_argument("--study", default="search", help="study name (default search)")
+    ap.add_argument("--workers", type=int, default=1, help="local worker processes on the study (default 1)")
+    ap.add_argument("--worker", action="store_true", help="run as one more worker of --storage/--study")
+    ap.add_argument("--reference", type=float, default=None, help="full fine-tuning's metric: a line in the plot")
+    return ap
+
+
+def _budgets(text: str, base_params: int):
+    from .space import parse_budget
+
+    return {b.strip(): parse_budget(b.strip(), base_params) for b in text.split(",") if b.strip()}
+
+
+def _make_tiny_base(task: str, data: str, out: str) -> str:
+    """The base every --tiny trial shares, made as the scripts' --tiny mode makes it."""
+    path = os.path.join(out, "tiny_base.pt")
+    if not os.path.isfile(path):
+        sub = "input0" if task in ("SST-2", "MNLI") else ""
+        cmd = [sys.executable, "-m", "unifairseq.tools.tiny_base", "roberta", os.path.join(data, "bin", sub), path,
+               "--max-positions", "512", "--layers", "2", "--dim", "64", "--ffn-dim", "128", "--heads", "4"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SearchError(f"making the tiny base failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return path
+
+
+def _config(a, extra: List[str]) -> dict:
+    from . import space as sp
+    from . import spacefile
+    from . import trial as tr
+    from .study import base_shape
+
+    spec = tr.task_spec(a.task)
+    metric = a.metric or spec.metrics[0]
+    tr.check_metric(a.task, metric)
+    if not a.data:
+        raise SearchError("--data DIR is required (the output of scripts/preprocess_glue.sh)")
+    data = os.path.abspath(a.data)
+    tr.check_data(a.task, data)
+    out = os.path.abspath(a.out)
+    os.makedirs(out, exist_ok=True)
+    if a.tiny:
+        base = _make_tiny_base(a.task, data, out)
+    elif a.base:
+        base = os.path.abspath(a.base)
+        if not os.path.isfile(base):
+            raise SearchError(f"--base {a.base}: no such file; give the pretrained model.pt (or --tiny)")
+    else:
+        raise SearchError("give --base model.pt (the pretrained model) or --tiny")
+    shape, base_params = base_shape(base)
+    budget = sp.parse_budget(a.budget, base_params) if a.budget else None
+    methods = [m.strip() for m in a.methods.split(",")] if a.methods else None
+    if a.space == "registry":
+        grid, points = False, []
+        sp.registry_space(shape, budget, methods)  # bad methods and impossible budgets fail here
+    else:
+        if a.space == "paper":
+            points = sp.paper_grid(shape, base_params, [b.strip() for b in a.budgets.split(",") if b.strip()])
+        else:
+            points = spacefile.file_grid(a.space, shape)
+        points = sp.within(points, budget)
+        grid = True
+    if a.objective == "metric" and budget is None:
+        raise SearchError("--objective metric needs --budget (one objective: the metric under a parameter budget)")
+    return dict(task=a.task, data=data, base=base, tiny=a.tiny, epochs=a.epochs, seed=a.seed, extra=extra,
+                metric=metric, maximize=spec.maximize[metric], objective=a.objective, sampler=a.sampler,
+                grid=grid, points=[dict(label=p.label, method=p.method, flags=p.flags, stored=p.stored,
+                                        group=p.group) for p in points],
+                methods=methods, budget=budget, n_trials=a.n_trials, out=out, trial_timeout=a.trial_timeout,
+                shape=dict(vars(shape)), base_params=base_params, budgets=a.budgets,
+                space_key=a.space if a.space in ("registry", "paper") else os.path.abspath(a.space))
+
+
+class Progress:
+    """A bar over the study's trials (all workers'), and one line per finished trial."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="trial", desc=PROG, file=sys.stderr, dynamic_ncols=True)
+        self.shown = set()
+
+    def __call__(self, study) -> None:
+        from .study import finished
+
+        ts = finished(study)
+        done = sum(1 for x in ts if x.state.is_finished())
+        for t in ts:
+            if t.state.is_finished() and t.number not in self.shown and "label" in t.user_attrs:
+                self.shown.add(t.number)
+                value = "" if not t.values else f" {t.values[0]}"
+                self.bar.write(f"[{PROG}] trial {t.number} {t.state.name}{value}: {t.user_attrs['label']}")
+        self.bar.total = max(self.bar.total or 0, len(ts))
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self):
+        self.bar.close()
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: List[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    a = build_parser().parse_args(argv)
+    from . import report
+    from .study import open_study, reap, work, finished
+
+    if a.worker:
+        if not a.storage:
+            raise SearchError("--worker needs --storage URL and --study NAME (the study a search started)")
+        work(a.storage, a.study)
+        return 0
+    if a.workers < 1:
+        raise SearchError(f"--workers {a.workers}: give 1 or more")
+    cfg = _config(a, extra)
+    url = a.storage or f"sqlite:///{os.path.join(cfg['out'], 'search.db')}"
+    study, cfg = open_study(url, a.study, cfg)
+    reaped = reap(study)
+    if reaped:
+        print(f"[{PROG}] trials {', '.join(map(str, reaped))} were left running by a killed search: failed, "
+              "retried once", flush=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "unifairseq.search.cli", "--worker", "--storage", url,
+                               "--study", a.study]) for _ in range(a.workers - 1)]
+    progress = Progress(len(cfg["points"]) if cfg["grid"] else cfg["n_trials"])
+    progress.shown = {t.number for t in finished(study) if t.state.is_finished()}  # a resumed study's old ones
+    try:
+        work(url, a.study, cfg["out"], progress=progress)
+        for p in procs:
+            p.wait()
+        progress(study)
+    finally:
+        progress.close()
+    budgets = _budgets(cfg["budgets"], cfg["base_params"])
+    if cfg["budget"] is not None:
+        budgets.setdefault(a.budget, cfg["budget"])
+    doc = report.write_all(cfg["out"], finished(study), cfg, budgets, a.reference)
+    print(report.summary(doc))
+    print(f"[{PROG}] {cfg['out']}/trials.csv, pareto.png, best.json (storage {url}, study {a.study})")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.run(PROG, lambda: _main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
