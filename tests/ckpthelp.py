@@ -87,3 +87,34 @@ def no_unpickling_of(folder):
         yield seen
     finally:
         mp.undo()
+
+
+def trained_roberta_lora(root, base_dir: str = "base"):
+    """A LoRA RoBERTa with its classification head on a tiny RoBERTa base saved as released bases are
+    (ROOT/BASE_DIR/model.pt, `args` a Namespace), its deltas moved off their init, and its checkpoint as
+    fairseq's Trainer writes it (ROOT/delta.pt, the args in cfg.model); ROOT/data holds the dictionaries.
+    Returns (model, task, the plain base model, base path, delta path, data folder)."""
+    from tiny import perturb_deltas, tiny_roberta
+    from unifairseq.tools.tiny_base import build
+
+    model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion",
+                                                               "sentence_prediction", "--optimizer", "adam",
+                                                               "--lr", "1e-3", "--cpu"])
+    data = root / "data"
+    for sub, dic in (("input0", task.source_dictionary), ("label", task.label_dictionary)):
+        (data / sub).mkdir(parents=True)
+        dic.save(str(data / sub / "dict.txt"))
+    plain, plain_args = build("roberta", str(data / "input0"), layers=2, dim=32, ffn_dim=64, heads=4,
+                              max_positions=64, seed=3)
+    base = root / base_dir / "model.pt"
+    base.parent.mkdir()
+    torch_persistent_save(checkpoint_state(plain, plain_args), str(base))
+    model.load_base(str(base))
+    perturb_deltas(model)
+    args.data = str(data)
+    cfg = convert_namespace_to_omegaconf(args)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    trainer.consolidate_optimizer()
+    delta = root / "delta.pt"
+    trainer.save_checkpoint(str(delta), {})
+    return model, task, plain, base, delta, data

@@ -167,3 +167,54 @@ def test_gradients_stay_per_delta(name, arch, flags, identity, ids):
             if p.grad is not None:
                 p.sub_(0.1 * p.grad)  # an update of every delta leaves the base as it was
     assert_base_unchanged(bank)
+
+
+@pytest.mark.parametrize("kind", ["lora", "adapter_parallel", "adapter_sequential", "adapter_learnable"])
+def test_blocks_forward_equals_the_generic_per_delta_call(kind):
+    """A method's own batched math for a batch ordered by delta (blocks_forward) gives the outputs and
+    the gradients of the generic vmapped per-delta call of its forward."""
+    from unifairseq.core.bank_group import Group
+    from unifairseq.core.methods.adapter import Adapter
+    from unifairseq.core.methods.lora import LoRA
+
+    torch.manual_seed(0)
+    n, width, T, C = 3, 4, 5, 8
+
+    def make():
+        if kind == "lora":
+            m = LoRA(C, C, r=2, alpha=4.0)
+        else:
+            m = Adapter(C, 3, "sequential" if kind == "adapter_sequential" else "parallel",
+                        "learnable_scalar" if kind == "adapter_learnable" else 2.0)
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        return m
+
+    members = [(i, make()) for i in range(n)]
+    W, b = torch.randn(C, C), torch.randn(C)
+    h = torch.randn(T, n * width, C, requires_grad=True)
+    x = torch.randn(T, n * width, C, requires_grad=True)
+    local = torch.arange(n).repeat_interleave(width)
+    args, dims = ((h, W, b), (1, None, None)) if kind == "lora" else ((h, x), (1, 1))
+    with torch.no_grad():  # the method's own path is taken (not the fallback it may choose)
+        laid = [a if d is None else a.unflatten(1, (n, width)).movedim(1, 0).contiguous() for a, d in zip(args, dims)]
+        stacked = {k: torch.stack([dict(m.named_parameters())[k] for _, m in members]) for k, _ in
+                   members[0][1].named_parameters()}
+        assert members[0][1].blocks_forward(stacked, *laid) is not None
+    outs, grads = [], []
+    for fast in (True, False):
+        group = Group(members, n, torch.device("cpu"))
+        layout = group.layout(local)
+        assert layout[0] == "blocks"
+        if not fast:
+            group.template.blocks_forward = lambda *a: None  # the generic path
+        y = group.call(local, args, dims, 1, layout)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([p.grad.clone() for _, m in members for p in m.parameters()] + [h.grad.clone()])
+        for _, m in members:
+            m.zero_grad()
+        h.grad = x.grad = None
+    assert float((outs[0] - outs[1]).abs().max()) < 1e-5
+    for g0, g1 in zip(*grads):
+        assert float((g0 - g1).abs().max()) < 1e-4

@@ -9,16 +9,14 @@ import argparse
 import pytest
 import torch
 from fairseq.checkpoint_utils import torch_persistent_save
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.trainer import Trainer
 
+from ckpthelp import trained_roberta_lora
 from plainhelp import run_plain_roberta
-from tiny import HEAD, perturb_deltas, roberta_logits, roberta_tokens, tiny_roberta
+from tiny import HEAD, roberta_logits, roberta_tokens
 from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 from unifairseq.fairseq.plain_args import namespace_args, unloadable_objects
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.tools.export import export_inference, export_merge, export_unmerge
-from unifairseq.tools.tiny_base import build, checkpoint_state
 
 pytestmark = pytest.mark.slow
 
@@ -33,26 +31,7 @@ def roberta(tmp_path_factory):
 
     unifairseq.fairseq.register()  # the delta architectures, as --user-dir does (in this process only)
     root = tmp_path_factory.mktemp("plain")
-    model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion",
-                                                               "sentence_prediction", "--optimizer", "adam",
-                                                               "--lr", "1e-3", "--cpu"])
-    data = root / "data"
-    for sub, dic in (("input0", task.source_dictionary), ("label", task.label_dictionary)):
-        (data / sub).mkdir(parents=True)
-        dic.save(str(data / sub / "dict.txt"))
-    plain, plain_args = build("roberta", str(data / "input0"), layers=2, dim=32, ffn_dim=64, heads=4,
-                              max_positions=64, seed=3)
-    base = root / "base" / "model.pt"
-    base.parent.mkdir()
-    torch_persistent_save(checkpoint_state(plain, plain_args), str(base))
-    model.load_base(str(base))
-    perturb_deltas(model)
-    args.data = str(data)
-    cfg = convert_namespace_to_omegaconf(args)
-    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
-    trainer.consolidate_optimizer()
-    delta = root / "delta.pt"
-    trainer.save_checkpoint(str(delta), {})
+    model, task, plain, base, delta, data = trained_roberta_lora(root)
     tokens = roberta_tokens(task.source_dictionary)
     model.eval(), plain.eval()
     with torch.no_grad():

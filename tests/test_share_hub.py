@@ -6,9 +6,6 @@ import os
 
 import pytest
 import torch
-from fairseq.checkpoint_utils import torch_persistent_save
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.trainer import Trainer
 
 from ckpthelp import no_unpickling_of, save_plain_base
 from tiny import full_logits, perturb_deltas, random_batch, tiny_dict
@@ -17,7 +14,6 @@ from unifairseq.core.modules import is_delta_name
 from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 from unifairseq.fairseq.deltafolder import load_delta
 from unifairseq.tools.export import export_inference
-from unifairseq.tools.tiny_base import checkpoint_state
 
 SMALL = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
 
@@ -97,30 +93,11 @@ def test_hub_by_name_and_switching_deltas(tmp_path):
 
 
 def test_roberta_hub_with_head_from_shared_delta(tmp_path):
-    from tiny import tiny_roberta
+    from ckpthelp import trained_roberta_lora
     from unifairseq.fairseq.models.roberta import DeltaRobertaModel
-    from unifairseq.tools.tiny_base import build
 
-    model, task, args = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4", "--criterion",
-                                                               "sentence_prediction", "--optimizer", "adam",
-                                                               "--lr", "1e-3", "--cpu"])
+    model, task, _, base, _, data = trained_roberta_lora(tmp_path, "roberta.tiny")
     d = task.source_dictionary
-    data = tmp_path / "data"
-    for sub, dic in (("input0", d), ("label", task.label_dictionary)):
-        (data / sub).mkdir(parents=True)
-        dic.save(str(data / sub / "dict.txt"))
-    plain, plain_args = build("roberta", str(data / "input0"), layers=2, dim=32, ffn_dim=64, heads=4,
-                              max_positions=64, seed=3)
-    base = tmp_path / "roberta.tiny" / "model.pt"
-    base.parent.mkdir()
-    torch_persistent_save(checkpoint_state(plain, plain_args), str(base))
-    model.load_base(str(base))
-    perturb_deltas(model)
-    args.data = str(data)
-    cfg = convert_namespace_to_omegaconf(args)
-    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
-    trainer.consolidate_optimizer()
-    trainer.save_checkpoint(str(tmp_path / "delta.pt"), {})
     out = tmp_path / "shared"
     info = export_inference(str(tmp_path / "delta.pt"), str(out))
     assert info["config"]["heads"] == {"sentence_classification_head": {"num_classes": 2, "inner_dim": 32}}
@@ -137,6 +114,8 @@ def test_roberta_hub_with_head_from_shared_delta(tmp_path):
                                       classification_head_name="sentence_classification_head")[0], -1)
         got = hub.predict("sentence_classification_head", tokens)
     assert torch.equal(got, ref)
-    plain_sd = plain.state_dict()
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+
+    plain_sd = load_checkpoint_file(str(base))["model"]  # the base file, read weights-only
     own = hub.model.full_state_dict()
     assert all(torch.equal(own[k], v) for k, v in plain_sd.items() if not is_delta_name(k))

@@ -114,8 +114,11 @@ class Group:
             # then run on dense [n, rows, C] operands instead of copying strided ones at every op
             laid = [a if d is None else a.unflatten(0, (n_present, width))[:, 0] if d == "r"
                     else a.unflatten(d, (n_present, width)).movedim(d, 0).contiguous() for a, d in zip(args, dims)]
-            block_dims = (0, *[None if d is None else 0 for d in dims])
-            out = vmap(one, in_dims=block_dims, out_dims=0, randomness="different")(stacked, *laid)
+            fast = getattr(self.template, "blocks_forward", None)  # the method's own batched math, if any
+            out = fast(stacked, *laid) if fast is not None else None
+            if out is None:
+                block_dims = (0, *[None if d is None else 0 for d in dims])
+                out = vmap(one, in_dims=block_dims, out_dims=0, randomness="different")(stacked, *laid)
             return out.movedim(0, out_dim).flatten(out_dim, out_dim + 1)
         _, sub, n_present, width, flat, pad_idx, first = layout
         if sub is not None:

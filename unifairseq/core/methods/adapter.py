@@ -36,6 +36,26 @@ class Adapter(DeltaModule):
     def reset_delta_parameters(self) -> None:
         pass  # its parts (form, compose) are DeltaModules and reset themselves
 
+    def blocks_forward(self, p, h_out: torch.Tensor, x_in: Optional[torch.Tensor] = None):
+        """n adapters of this structure at once, each on its own block of rows (the delta bank,
+        core/bank_group.py): p the stacked parameters, h_out/x_in [n, ..., d] dense. The same formula
+        as forward in batched matmuls; None (the generic per-delta path) with a layer norm or active
+        dropout."""
+        form = self.form
+        if type(self).forward is not Adapter.forward or form.ln_in is not None or form.ln_out is not None or (form.dropout is not None and self.training):
+            return None
+        src = x_in if self.insertion == "parallel" else h_out
+        n, shape = h_out.size(0), h_out.shape
+        sf = src.reshape(n, -1, shape[-1])  # [n, rows, d]
+        z = torch.relu(torch.baddbmm(p["form.W_down.bias"].unsqueeze(1), sf, p["form.W_down.weight"].transpose(1, 2)))
+        y = torch.baddbmm(p["form.W_up.bias"].unsqueeze(1), z, p["form.W_up.weight"].transpose(1, 2))
+        s = p.get("compose.s")
+        if s is not None:  # learnable scalar, [n, 1]
+            y = y * s.view(n, 1, 1)
+        elif self.compose.s != 1.0:
+            y = y * self.compose.s
+        return (h_out.reshape(n, -1, shape[-1]) + y).view(shape)
+
     def forward(self, h_out: torch.Tensor, x_in: Optional[torch.Tensor] = None) -> torch.Tensor:
         src = x_in if self.insertion == "parallel" else h_out
         assert src is not None, "a parallel adapter needs the sub-layer input"

@@ -46,6 +46,23 @@ class LoRA(LinearDelta):
         xd = self.dropout(x) if self.dropout is not None else x
         return F.linear(x, W, b) + self.scaling * self.W_up(self.W_down(xd))
 
+    def blocks_forward(self, p, x, W, b):
+        """The forward of n LoRA deltas of this structure at once, each on its own block of rows (the
+        delta bank, core/bank_group.py): p the stacked parameters ([n, r, in], [n, out, r]), x [n, ..., in]
+        dense, W and b the shared base (b, or BitFit's [n, out] per-delta biases). One matmul for the
+        base, two batched ones for the deltas -- the same formula as forward. None (the generic
+        per-delta path) where dropout draws random masks."""
+        if type(self).forward is not LoRA.forward or (self.dropout is not None and self.training):
+            return None  # a subclass with its own formula (DoRA), or random dropout masks
+        n, shape = x.size(0), x.shape
+        xf = x.reshape(n, -1, shape[-1])  # [n, rows, in]
+        y = F.linear(xf, W)
+        if b is not None:
+            y = y + (b.unsqueeze(1) if b.dim() == 2 else b)
+        low = torch.bmm(xf, p["W_down.weight"].transpose(1, 2))  # [n, rows, r]
+        y = y + self.scaling * torch.bmm(low, p["W_up.weight"].transpose(1, 2))
+        return y.view(*shape[:-1], y.size(-1))
+
     def merged(self, W, b):
         return W + self.delta_weight().to(W.dtype), b
 
