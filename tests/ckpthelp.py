@@ -16,7 +16,7 @@ from fairseq.trainer import Trainer
 from tiny import TINY, tiny_args
 from trainhelp import TRAIN_FLAGS
 from unifairseq.core.modules import is_delta_name
-from unifairseq.fairseq.models.common import ARCH_PARENT
+from unifairseq.fairseq.ckpt_args import ARCH_PARENT
 from unifairseq.tools.tiny_base import checkpoint_state
 
 

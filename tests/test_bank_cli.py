@@ -272,7 +272,7 @@ def test_export_merge_of_a_bank_takes_one_named_delta(bank):
     import subprocess
 
     from env import BIN, REPO, tool_env
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     def export(*args):
         return subprocess.run([str(BIN / "unifairseq-export"), "merge", *map(str, args)],

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bankdata import BANK_TASK, BIN, DIMS, REPO, binarize, generate, make_base, make_dict, run, train_delta, write_raw
-from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import META_KEYS, load_checkpoint_file
 
 TRAIN = ["--criterion", "cross_entropy", "--optimizer", "adam", "--dropout", "0", "--batch-size", "8",
          "--required-batch-size-multiple", "1", "--no-epoch-checkpoints", "--cpu", "--num-workers", "0",

@@ -89,7 +89,7 @@ def test_folder_of_another_base_is_refused_with_both_fingerprints(deltas, tmp_pa
 def test_bank_build_tool_and_bank_deltas_flag_take_folders(deltas, tmp_path):
     """`python -m unifairseq.tools.bank_cli build OUT name=FOLDER ...` writes each folder's tensors."""
     from tiny import tiny_dict
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
     from unifairseq.tools.bank_cli import main
 
     for lang in ("src", "tgt"):

@@ -11,7 +11,7 @@ from fairseq.trainer import Trainer
 import unifairseq.fairseq
 
 unifairseq.fairseq.register()
-from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import META_KEYS, load_checkpoint_file
 from unifairseq.fairseq.tasks.bank import BankTaskError
 
 from bankdata import BIN, DIMS, REPO, binarize, make_base, make_dict, run, write_raw

@@ -1,4 +1,4 @@
-"""One base lookup for every tool (unifairseq.fairseq.checkpoint.find_base over core/bases.resolve):
+"""One base lookup for every tool (unifairseq.fairseq.checkpoint_io.find_base over core/bases.resolve):
 names validated, errors that say what was tried, damaged cache entries skipped, a read-only cache,
 an atomic `unifairseq-base add`, and the same answer from export merge/hf, bank build, the hub and
 fairseq's own loading of a delta folder's entry file (--path DIR/model.pt)."""
@@ -17,7 +17,7 @@ from fairseq.tasks.translation import TranslationTask
 import unifairseq.fairseq
 from tiny import tiny_args, tiny_dict, tiny_model
 from unifairseq.core import bases
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError, find_base
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, find_base
 from unifairseq.tools import base as base_tool
 from unifairseq.tools.export import export_inference, export_merge
 from unifairseq.tools.tiny_base import checkpoint_state
@@ -287,7 +287,7 @@ def test_hub_and_share_reader_use_the_same_lookup(tmp_path, delta, monkeypatch):
     base, pt, folder, d, task = delta
     moved = move_base(tmp_path, base)
     monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
-    from unifairseq.fairseq.models.sharing import hub_arguments
+    from unifairseq.fairseq.deltafolder import hub_arguments
     from unifairseq.tools.share import read_input
 
     where = hub_arguments(None, "model.pt", ".", folder, {})

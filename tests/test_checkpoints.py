@@ -9,7 +9,7 @@ from methods import IDS, MERGEABLE, METHODS
 from ckpthelp import save_base_checkpoint, write_delta_checkpoint
 from tiny import HEAD, full_logits, perturb_deltas, random_batch, roberta_logits, roberta_tokens, tiny_dict, tiny_model
 from trainhelp import make_trainer, toy_sample
-from unifairseq.fairseq.checkpoint import META_KEYS, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import META_KEYS, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.core.modules import is_delta_name
 from unifairseq.tools.export import export_inference, export_merge, export_unmerge
 from unifairseq.tools.export_cli import main as export_main

@@ -26,7 +26,7 @@ unifairseq.fairseq.register()  # as --user-dir user_dir does: models, tasks, tor
 from unifairseq.core.modules import is_delta_name
 
 try:  # delta checkpoints carry two metadata entries besides tensors of the model
-    from unifairseq.fairseq.checkpoint import META_KEYS
+    from unifairseq.fairseq.checkpoint_io import META_KEYS
 except ImportError:  # pragma: no cover
     META_KEYS = ()
 

@@ -9,7 +9,7 @@ import torch
 
 from e2ehelp import _enro_data, demo, train_argv  # noqa: F401  (fixtures: used by name)
 from env import REPO
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
 

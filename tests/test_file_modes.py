@@ -9,7 +9,7 @@ import torch
 from deltahelp import lora_config, lora_tensors
 
 from unifairseq.core.deltafile import CONFIG_NAME, TENSORS_NAME, write_delta
-from unifairseq.fairseq.checkpoint import atomic_save
+from unifairseq.fairseq.checkpoint_io import atomic_save
 from unifairseq.tools.export_hf import _Folder
 
 

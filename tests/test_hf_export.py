@@ -110,7 +110,7 @@ def test_merge_onto_a_legacy_roberta_file(tmp_path):
     _, _, ckpt = delta("lora_attn_roberta_base", ["--attn-bn", "4"], "roberta", tmp_path)
     from fairseq.checkpoint_utils import torch_persistent_save
 
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     base = load_checkpoint_file(str(tmp_path / "base.pt"))
     torch_persistent_save({**base, "model": legacy_roberta_names(base["model"])}, str(tmp_path / "legacy.pt"))
@@ -226,7 +226,7 @@ def test_base_only_is_the_frozen_base(tmp_path):
     assert export_main(["hf", str(ckpt), str(out), "--base-only"]) == 0
     hf = transformers.BartForConditionalGeneration.from_pretrained(str(out)).eval()
     twin, _, _ = tiny_model("bart_base")
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     twin.load_state_dict(load_checkpoint_file(str(tmp_path / "base.pt"))["model"], strict=True)
     ref, inputs, keep = fairseq_out(twin.eval(), "bart", task.source_dictionary)

@@ -245,7 +245,7 @@ def test_imported_checkpoint_loads_in_plain_fairseq_and_old_namespace_files_stil
     from transformers import RobertaConfig, RobertaModel
 
     from plainhelp import run_plain_roberta
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
     from unifairseq.fairseq.plain_args import namespace_args, unloadable_objects
 
     src = tmp_path / "hf"

@@ -13,7 +13,7 @@ from fairseq.checkpoint_utils import torch_persistent_save
 from ckpthelp import trained_roberta_lora
 from plainhelp import run_plain_roberta
 from tiny import HEAD, roberta_logits, roberta_tokens
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 from unifairseq.fairseq.plain_args import namespace_args, unloadable_objects
 from unifairseq.fairseq.safe_globals import register_safe_globals
 from unifairseq.tools.export import export_inference, export_merge, export_unmerge

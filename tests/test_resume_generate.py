@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unifairseq.fairseq.checkpoint import META_KEYS, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import META_KEYS, load_checkpoint_file
 
 from e2ehelp import _enro_data, demo, losses, run, train_argv  # noqa: F401  (fixtures: used by name)
 from env import BIN, REPO

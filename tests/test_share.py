@@ -17,8 +17,8 @@ from tiny import TINY, full_logits, random_batch, tiny_args, tiny_dict
 from trainhelp import TRAIN_FLAGS, make_trainer, toy_sample
 from unifairseq.core import bases
 from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, TENSORS_NAME, read_delta
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError, load_checkpoint_file
-from unifairseq.fairseq.models.common import ARCH_PARENT
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.ckpt_args import ARCH_PARENT
 from unifairseq.tools.export import export_inference
 
 
@@ -119,7 +119,7 @@ def test_other_dictionary_refused(tmp_path):
 
 
 def test_base_moved_and_renamed_is_found_by_fingerprint(tmp_path, monkeypatch):
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint_io import file_content_fingerprint
 
     arch, flags = "lora_attn_bart_base", ["--attn-bn", "4"]
     model, base, out, d = trained_delta(tmp_path, arch, flags)
@@ -250,7 +250,7 @@ def test_old_pt_delta_without_info_exports_with_the_base_read(tmp_path, monkeypa
     (the recorded path, else --base NAME_OR_PATH); without either the export says what to pass."""
     from fairseq.checkpoint_utils import torch_persistent_save
 
-    from unifairseq.fairseq.checkpoint import INFO_KEY
+    from unifairseq.fairseq.checkpoint_io import INFO_KEY
 
     model, base, _, d = trained_delta(tmp_path, "lora_attn_bart_base", ["--attn-bn", "4"])
     state = load_checkpoint_file(str(tmp_path / "checkpoint_last.pt"))

@@ -11,8 +11,8 @@ from ckpthelp import no_unpickling_of, save_plain_base
 from tiny import full_logits, perturb_deltas, random_batch, tiny_dict
 from trainhelp import make_trainer, toy_sample
 from unifairseq.core.modules import is_delta_name
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
-from unifairseq.fairseq.models.sharing import load_delta
+from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+from unifairseq.fairseq.deltafolder import load_delta
 from unifairseq.tools.export import export_inference
 
 SMALL = ["--attn-bn", "5", "--ffn-bn", "6", "--mid-dim", "16"]
@@ -114,7 +114,7 @@ def test_roberta_hub_with_head_from_shared_delta(tmp_path):
                                       classification_head_name="sentence_classification_head")[0], -1)
         got = hub.predict("sentence_classification_head", tokens)
     assert torch.equal(got, ref)
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     plain_sd = load_checkpoint_file(str(base))["model"]  # the base file, read weights-only
     own = hub.model.full_state_dict()

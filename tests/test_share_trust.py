@@ -17,7 +17,7 @@ from tiny import random_batch, tiny_dict, tiny_model
 from unifairseq.core import bases
 from unifairseq.core.deltafile import CONFIG_NAME, DeltaFileError, read_delta
 from deltahelp import resign
-from unifairseq.fairseq.checkpoint import INFO_KEY, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import INFO_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.tools.export import export_inference, export_merge
 from unifairseq.tools.tiny_base import checkpoint_state
 
@@ -120,7 +120,7 @@ def test_folder_with_a_v1_fingerprint_still_applies_and_is_found_by_content(trai
     target = fresh(d, "--delta-base", str(base))
     target.apply_delta_file(str(folder))
     assert torch.equal(logits(target, d), logits(model, d))
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint_io import file_content_fingerprint
 
     os.rename(base.parent, base.parent.parent / "renamed")
     from unifairseq.tools.base import find

@@ -19,7 +19,7 @@ PY = sys.executable
 # atomic_save of an object whose pickling kills the process: torch.save has begun writing the tmp file
 KILLED_SAVE = """
 import os, signal, sys
-from unifairseq.fairseq.checkpoint import atomic_save
+from unifairseq.fairseq.checkpoint_io import atomic_save
 class Die:
     def __reduce__(self):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -54,7 +54,7 @@ def tmp_files(folder):
 
 
 def test_killed_export_leftovers_are_removed_by_the_next_export(tmp_path, caplog):
-    from unifairseq.fairseq.checkpoint import atomic_save
+    from unifairseq.fairseq.checkpoint_io import atomic_save
 
     pid = killed(KILLED_SAVE, tmp_path / "mam.pt")
     (left,) = tmp_files(tmp_path)

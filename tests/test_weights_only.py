@@ -20,7 +20,7 @@ import unifairseq.fairseq
 from env import REPO, tool_env
 from tiny import tiny_args, tiny_dict, tiny_model
 from unifairseq.core import bases
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
 from unifairseq.tools.export import export_inference
 from unifairseq.tools.tiny_base import checkpoint_state
 
@@ -104,7 +104,7 @@ def test_the_payload_is_real(tmp_path, marker):
 
 
 def test_load_checkpoint_file_refuses(tmp_path, marker):
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 
     with pytest.raises(DeltaCheckpointError, match=REFUSED) as e:
         load_checkpoint_file(payload(tmp_path / "p.pt", marker))
@@ -211,7 +211,7 @@ def test_a_strangers_entry_file_is_refused_by_find(tmp_path, delta, marker, caps
     assert tool.main(["find", folder]) == 2
     out = capsys.readouterr()
     assert out.out == "" and REFUSED in one_line(out.err) and entry in out.err
-    from unifairseq.fairseq.models.sharing import hub_arguments
+    from unifairseq.fairseq.deltafolder import hub_arguments
 
     assert hub_arguments(None, "model.pt", ".", folder, {})[0] == os.path.dirname(base)  # the base, not model.pt
 

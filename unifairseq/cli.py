@@ -56,7 +56,7 @@ def _split(values: Iterable[str]) -> List[str]:
 def preset_names() -> List[str]:
     """The presets' names. They are declared by the method modules, which import torch: a parser takes
     this function (not its value) as `choices`, so that --help imports nothing heavy."""
-    from unifairseq.core.presets import PRESETS
+    from unifairseq.core.presets import PRESETS  # torch: not at --help (see above)
 
     return list(PRESETS)
 

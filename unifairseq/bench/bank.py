@@ -50,9 +50,13 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from .. import cli
+from ..tools.count import build_translation_model, dummy_dictionary
 from . import peft_row
 from .common import progress
+from .mergecheck import TOL, TOL_FP16, compare_decodes, top_hypotheses
 from .report import spread
+from .worker import make_batch
 
 SHAPES = ["--encoder-layers", "3", "--decoder-layers", "3", "--encoder-embed-dim", "256",
           "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",
@@ -70,8 +74,6 @@ MERGEABLE = ("lora_attn", "lora_ffn")
 
 
 def parse(argv=None) -> argparse.Namespace:
-    from .. import cli
-
     ap = cli.parser("unifairseq-bench-bank", __doc__)
     cli.add_methods(ap, None, default=list(METHODS), what="presets, a bank of N deltas of each")
     ap.add_argument("--ns", nargs="+", type=int, default=[1, 2, 8, 32])
@@ -102,8 +104,6 @@ def build_bank(method: str, n: int, o, d):
     """A bank of n fresh deltas of `method` on a random base, each moved off its init (different per delta)."""
     import torch
 
-    from ..tools.count import build_translation_model
-
     spec = ",".join(f"d{k}={method}" for k in range(n))
     torch.manual_seed(0)  # the same base for every bank
     model, task, _ = build_translation_model("bank_bart_base", [*(TINY_SHAPES if o.tiny else SHAPES),
@@ -122,8 +122,6 @@ def merged_copies(bank_model, n: int, o, d):
     import copy
 
     import torch
-
-    from ..tools.count import build_translation_model
 
     plain, _, _ = build_translation_model("bart_base", TINY_SHAPES if o.tiny else SHAPES, d)
     base = bank_model.bank.base_state()
@@ -152,11 +150,9 @@ class Row:
         self.key, self.calls = key, calls  # calls: [(generator, model, sample, sentence positions)]
 
     def run(self, batch: int):
-        from .mergecheck import top_hypotheses
-
         import torch
 
-        from ..core.bank import by_delta, restore_order
+        from ..core.bank import by_delta, restore_order  # torch: not at --help
 
         hyps: List[Optional[dict]] = [None] * batch
         with torch.no_grad():
@@ -171,8 +167,6 @@ class Row:
 def rows_for(method: str, n: int, o, d, dev):
     import torch
     from fairseq.sequence_generator import SequenceGenerator
-
-    from .worker import make_batch
 
     model, task = build_bank(method, n, o, d)
     src, lengths, _, _ = make_batch(d, o.batch, o.src_len, 2)
@@ -210,8 +204,6 @@ def rows_for(method: str, n: int, o, d, dev):
 def check(rows: List[Row], hyps: Dict[tuple, list], fp16: bool = False) -> List[dict]:
     """Mixed (and merged) vs sequential decodes of the same bank: same tokens and scores per sentence;
     the peft rows against each adapter alone (tokens)."""
-    from .mergecheck import TOL, TOL_FP16, compare_decodes
-
     out = []
     by = {r.key: hyps[r.key] for r in rows if r.key[2] != "peft"}
     for (method, n, kind), h in by.items():
@@ -237,8 +229,6 @@ def peft_wanted(o) -> bool:
 
 def measure(o) -> dict:
     import torch
-
-    from ..tools.count import dummy_dictionary
 
     if o.device == "cpu":
         torch.set_num_threads(o.threads)
@@ -309,8 +299,6 @@ def profile(o, spec: str) -> str:
     """torch.profiler's top operators (self CPU time) of the mixed decode at N and at N = 1."""
     import torch
     from torch.profiler import ProfilerActivity, profile as prof
-
-    from ..tools.count import dummy_dictionary
 
     method, n = spec.split(":")
     torch.set_num_threads(o.threads)

@@ -13,6 +13,8 @@ import time
 from .. import cli
 from .common import BASELINES, DEFAULT_METHODS, EXTRA, MIN_ROUNDS_FOR_TARGETS, arch_for, malloc_env, progress
 from .report import add_ratios, check_targets, compare, merged_checks, summarize, tables, targets_judged
+from .rounds import THIS_CHECKOUT, checkout_root, run_rounds
+from .worker import worker
 
 PROG = "unifairseq-bench"
 
@@ -76,14 +78,10 @@ def worker_flags(o: argparse.Namespace) -> list:
 def main(argv=None) -> int:
     o = parse(argv)
     if o.worker:
-        from .worker import worker
-
         res = worker(o)
         with open(o.worker_out, "w") as f:
             json.dump(res, f)
         return 0
-
-    from .rounds import THIS_CHECKOUT, checkout_root, run_rounds
 
     before = None
     if o.compare_with:

@@ -17,7 +17,9 @@ import time
 from collections import OrderedDict
 from typing import Dict, List
 
+from ..tools.count import BART_VOCAB, build_translation_model, dummy_dictionary
 from .common import TINY_DIMS, TINY_VOCAB, arch_for, progress
+from .mergecheck import TOL, TOL_FP16, compare_decodes, forced_scores, top_hypotheses
 
 
 def rss_kb() -> int:
@@ -69,14 +71,14 @@ def make_adam(params, kind: str):
 
 
 def worker(o: argparse.Namespace) -> dict:
+    # torch, fairseq and the models only here, in the worker process: bench/cli.py imports this module
+    # for its parser too, and `unifairseq-bench --help` loads neither
     import torch
     import torch.nn.functional as F
     from fairseq.sequence_generator import SequenceGenerator
 
-    from ..tools.count import BART_VOCAB, build_translation_model, dummy_dictionary
     from ..core.modules import DeltaLinear
     from ..tools.export import fold_prefix_mlps
-    from .mergecheck import TOL, TOL_FP16, compare_decodes, forced_scores, top_hypotheses
 
     logging.getLogger("unifairseq").setLevel(logging.WARNING)
     logging.getLogger("fairseq").setLevel(logging.WARNING)

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from unifairseq.convert.hf_to_fairseq import ACTIVATIONS, ROBERTA_LAYER_NAMES
+from unifairseq.convert.hf_tokenize import HFVocabError, build_vocab_map
 from unifairseq.errors import UnifairseqError
 
 # fairseq activation -> the HF name (the first HF spelling that hf_to_fairseq maps to it)
@@ -163,8 +164,6 @@ def _heads(sd) -> List[str]:
 
 def _vocab_perm(hf_vocab_dir: str, dict_symbols: Optional[Sequence[str]], n_rows: int):
     """HF row j <- fairseq row perm[j], and the HF ids of <s> <pad> </s> <unk>, by the importer's mapping."""
-    from unifairseq.convert.hf_tokenize import HFVocabError, build_vocab_map
-
     try:
         vocab = build_vocab_map(hf_vocab_dir)
     except (HFVocabError, OSError) as e:

@@ -19,7 +19,7 @@ base's own tensors (names, shapes, dtypes, every byte of the values: "v2:<hex>";
 sampled "v1" digest, still verified with that function) as stored in the file: it does not depend on
 the method a delta trains (BitFit's plan fingerprint skips the biases it trains; this one does not).
 torch only; reading a file's tensors is the caller's (`fingerprint_file`), so this module never loads
-a checkpoint itself: every tool calls the one lookup, unifairseq.fairseq.checkpoint.find_base, which
+a checkpoint itself: every tool calls the one lookup, unifairseq.fairseq.checkpoint_io.find_base, which
 reads files through the weights-only loader.
 
 A base name is one folder name: letters, digits, `.`, `_`, `-`, not starting with `.` (so never `.`,
@@ -305,7 +305,7 @@ def resolve(flag: Optional[str] = None, name: Optional[str] = None, fingerprint:
     fingerprint) and a recorded fingerprint, step 5 can run, and with `verify` a file found by name or
     recorded path whose content differs is passed over (without `verify` the caller's loader checks the
     file it reads anyway, so nothing is read twice). `option`: how to give a path, for the error message.
-    Tools call this through unifairseq.fairseq.checkpoint.find_base."""
+    Tools call this through unifairseq.fairseq.checkpoint_io.find_base."""
     if flag and as_path(flag) is None and not valid_name(flag):
         if os.sep in flag or (os.altsep and os.altsep in flag):
             raise BaseNotFound(f"base {flag!r}: no such checkpoint file, nor a folder holding {BASE_FILE}; "

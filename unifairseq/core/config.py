@@ -191,7 +191,7 @@ def add_delta_args(parser) -> None:
     g.add_argument("--prefix-dropout", type=float, help="dropout on the prefix key/value vectors")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha; the scale is s = alpha / r")
     g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input")
-    # delta checkpoints (see unifairseq/fairseq/checkpoint.py, core/bases.py for the search order)
+    # delta checkpoints (see unifairseq/fairseq/checkpoint.py and checkpoint_io.py, core/bases.py for the search order)
     g.add_argument("--delta-base", type=str, metavar="NAME_OR_PATH",
                    help="the pretrained (full) checkpoint the deltas sit on: a file, a folder holding model.pt, or "
                         "a base name (bart.large, ...) found through $UNIFAIRSEQ_BASES and the cache; default: the "

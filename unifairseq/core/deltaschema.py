@@ -31,6 +31,8 @@ from typing import Optional
 
 from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig, DeltaConfigError
+from unifairseq.core.methods import METHODS
+from unifairseq.core.plan import DeltaPlan
 from unifairseq.errors import UnifairseqError
 
 FORMAT = "unifairseq-delta"
@@ -171,8 +173,6 @@ def _delta(path, d) -> DeltaConfig:
 
 def _sizes(path, cfg: DeltaConfig, model: dict, parameters: int) -> None:
     """A length or rank of n costs at least n*d stored parameters (d the model width)."""
-    from unifairseq.core.methods import METHODS
-
     d = min(v for k, v in model.items() if k.endswith("_embed_dim"))
     chosen = [m for m in METHODS.values() if m.selected(cfg)]
     used = []
@@ -279,8 +279,6 @@ def validate(config, path: str, versions, tensor_bytes: Optional[int] = None, te
 
 def _names(path, cfg: DeltaConfig, names, heads) -> None:
     """Exactly what the plan trains: a base tensor under a plan that does not train it is refused."""
-    from unifairseq.core.plan import DeltaPlan
-
     try:
         plan = DeltaPlan(cfg)
     except DeltaConfigError as e:  # e.g. two methods on one site

@@ -1,7 +1,7 @@
 """Temporary files of our own atomic writes, and the ones a killed export left behind.
 
 Every unifairseq write goes to `.NAME.tmp.PID` beside its target and is renamed into place
-(fairseq/checkpoint.py atomic_save, core/deltafile.py write_delta, fairseq/resume.py). A process killed
+(fairseq/checkpoint_io.py atomic_save, core/deltafile.py write_delta, fairseq/resume.py). A process killed
 before the rename leaves that file; nothing else would ever remove it. The next write into the same
 folder removes the ones that follow exactly this naming and whose process is gone, in one notice
 line, and reports (and keeps) those whose PID is a running process -- another export writing now, or a

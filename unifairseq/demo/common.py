@@ -11,6 +11,7 @@ import time
 from typing import Sequence
 
 from ..data.tsv import REPO
+from ..plugin import user_dir as packaged
 from unifairseq.errors import UnifairseqError
 
 RUN_DIR = REPO if os.path.isdir(REPO) else os.getcwd()  # where the tool processes start
@@ -65,8 +66,6 @@ def tool(name: str) -> str:
 
 def user_dir() -> str:
     """The packaged --user-dir plugin: the same in a checkout and after a plain pip install."""
-    from ..plugin import user_dir as packaged
-
     path = packaged()
     if not os.path.isfile(os.path.join(path, "__init__.py")):
         raise DemoError(f"the fairseq --user-dir plugin {path} is missing from this install; reinstall unifairseq")

@@ -6,6 +6,7 @@ import os
 import random
 from typing import List, Optional, Tuple
 
+from ..convert.hf_tokenize import HFTokenizer
 from ..data.tsv import TsvError, read_glue_tsv, resolve_data_root
 from .common import DemoError, run_logged, tail, tool
 
@@ -52,8 +53,6 @@ def majority(rows: List[Tuple[str, str]]) -> float:
 
 
 def stage_data(workdir: str, imported: dict, train: list, dev: list, n_train: int, seed: int) -> dict:
-    from ..convert.hf_tokenize import HFTokenizer
-
     n_total = len(train)
     if n_train < len(train):
         train = random.Random(seed).sample(train, n_train)

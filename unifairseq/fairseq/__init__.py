@@ -7,7 +7,14 @@
   models/          delta_bart / delta_roberta and the <method>_<family>_<size> architectures
   tasks/           translation_rouge, translation_mbart
   optim.py         --optimizer torch_adam
-  checkpoint.py    delta checkpoints: trained tensors + base fingerprint, base loading
+  checkpoint_io.py the bottom layer: checkpoint file I/O, the meta keys, the base lookup, DeltaCheckpointError
+  ckpt_args.py     a checkpoint's model args; ARCH_PARENT (delta architecture -> plain fairseq parent)
+  deltacheck.py    the one check of a delta (.pt or folder) against the model it loads into
+  deltafolder.py   shared delta folders on a loaded base: --model-overrides, from_pretrained(base, delta=),
+                   load_delta
+  resume.py        the torn checkpoint_last.pt repair before fairseq-train resumes
+  checkpoint.py    the delta checkpoint mixin: trained tensors + base fingerprint, base loading
+  errorhook.py     unifairseq's user errors as one line under fairseq's command lines
   bank.py          the delta bank's API (load_bank); model_bank.py its mechanism (ModelBank), below the
                    bank architectures in models/, built on the same layers; bank_hub.py
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
@@ -55,11 +62,11 @@ _require("fairseq")
 
 
 def register() -> None:
-    from . import safe_globals
+    # here, not at the top: importing unifairseq.fairseq registers nothing (the register_* decorators run
+    # when models/tasks/optim are imported), and the torch/fairseq checks above come first
+    from . import errorhook, models, optim, safe_globals, tasks  # noqa: F401
 
     safe_globals.register_safe_globals()
-    from . import models, optim, tasks  # noqa: F401  (the register_* decorators run on import)
-
     # fairseq's command lines catch nothing: unifairseq's user errors (a damaged delta folder, a base
     # not found or not the delta's) are printed as their one line instead of a traceback
-    models.sharing.install_error_hook()
+    errorhook.install_error_hook()

@@ -21,7 +21,7 @@ import torch
 
 from unifairseq.core.bank import BankError
 from unifairseq.core.config import DeltaConfigError
-from unifairseq.fairseq.checkpoint import load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 from unifairseq.fairseq.model_bank import (BANK_ATTR, ModelBank, attach_bank, build_delta_set, delta_source,
                                            parse_bank_deltas, preset_config, read_delta)
 from unifairseq.fairseq.models.bank import BankBARTModel

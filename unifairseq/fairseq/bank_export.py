@@ -13,9 +13,9 @@ from typing import Optional
 from unifairseq.core.bank import BankError
 from unifairseq.core.bases import content_fingerprint
 from unifairseq.core.plan import DeltaPlan
-from unifairseq.fairseq.models.sharing import task_dictionaries
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _str_to_tensor, atomic_save,
-                                           base_name_of, fingerprint, load_checkpoint_file)
+from unifairseq.fairseq.deltafolder import task_dictionaries
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, atomic_save, base_name_of,
+                                              fingerprint, load_checkpoint_file, str_to_tensor as _str_to_tensor)
 
 BANK_ONLY_ARGS = ("bank_deltas", "bank_default", "bank_save_full", "bank_tasks")
 
@@ -43,7 +43,7 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
                         "DIR (fairseq-preprocess output with the base's dictionaries)")
     if base:  # a name or a path, by the one lookup (the model would resolve it the same way)
         from unifairseq.core.bases import BaseNotFound
-        from unifairseq.fairseq.checkpoint import find_base
+        from unifairseq.fairseq.checkpoint_io import find_base
 
         try:
             base = find_base(base, option="--base PATH").path

@@ -4,10 +4,7 @@ A delta model's `state_dict()` -- which is what fairseq's trainer writes into
 `checkpoint_last.pt`, `checkpoint_best.pt`, epoch/update checkpoints -- holds only the
 trained tensors plus two small entries:
 
-  unifairseq_meta.fingerprint  sha256 of the frozen base under the plan (names, shapes, dtypes, sampled values)
-  unifairseq_meta.base_path    where the base checkpoint was loaded from
-  unifairseq_meta.info         JSON: the base's name and content fingerprint (core/bases.py, every byte,
-                               independent of the method plan) and the fingerprints of the task's dictionaries
+  unifairseq_meta.fingerprint, unifairseq_meta.base_path, unifairseq_meta.info (checkpoint_io.py)
 
 Loading such a dict (resume, fairseq-generate, hub `from_pretrained`) first loads the
 base from `--delta-base` if given, else from the stored path, checks it as a delta folder is
@@ -20,153 +17,31 @@ by the content.
 
 A shared delta folder (core/deltafile.py) comes in through `delta_file` (model overrides or the
 hub's `delta=`): fairseq loads the base as a full checkpoint, then `apply_delta_file` puts the
-folder's tensors on top (models/sharing.py), with nothing unpickled.
+folder's tensors on top (deltafolder.py), with nothing unpickled. File I/O, the meta keys and the
+base lookup are the layer below (checkpoint_io.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
-import zipfile
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
 from unifairseq.core import bases
-from unifairseq.core.accounting import as_plan
-from unifairseq.core.fileperm import as_umask
 from unifairseq.core.modules import base_init_values, is_delta_name
-from unifairseq.core.tmpfiles import sweep_stale, tmp_path
 from unifairseq.fairseq.basefit import other_size
-from unifairseq.fairseq.plain_args import namespace_args
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
+                                              base_name_of, find_base, fingerprint, is_delta_only,
+                                              load_checkpoint_file, str_to_tensor, tensor_to_str,
+                                              weights_only_default_off)
+from unifairseq.fairseq.deltacheck import check_base, check_dictionary, check_tensors
+from unifairseq.fairseq.deltafolder import apply_delta, hub_arguments
 from unifairseq.fairseq.safe_globals import register_safe_globals
-from unifairseq.errors import UnifairseqError
 
 logger = logging.getLogger(__name__)
-
-FINGERPRINT_KEY = "unifairseq_meta.fingerprint"
-BASE_PATH_KEY = "unifairseq_meta.base_path"
-INFO_KEY = "unifairseq_meta.info"
-META_KEYS = (FINGERPRINT_KEY, BASE_PATH_KEY, INFO_KEY)
-
-
-class DeltaCheckpointError(UnifairseqError, RuntimeError):
-    """A checkpoint that cannot be used as asked; the message says why and what to do."""
-
-
-# ----------------------------------------------------------------- file I/O
-def load_checkpoint_file(path: str) -> dict:
-    """torch.load with messages a user can act on (missing, truncated, corrupt, not fairseq)."""
-    if not os.path.isfile(path):
-        raise DeltaCheckpointError(f"checkpoint {path!r} does not exist")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise DeltaCheckpointError(f"checkpoint {path!r} is empty (0 bytes): the write that made it was "
-                                   "interrupted; use another checkpoint or retrain")
-    register_safe_globals()
-    try:
-        # weights_only explicitly: torch's default can be turned off by the environment
-        # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), and a stranger's file must never run code on load
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeltaCheckpointError(
-            f"checkpoint {path!r} ({size:,} bytes) is truncated or corrupt and cannot be read "
-            f"({first}); re-copy or re-export it") from None
-    except Exception as e:  # pickle.UnpicklingError and friends: not a torch checkpoint, or code to run
-        text = str(e)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            what = re.search(r"GLOBAL (\S+)", text)
-            raise DeltaCheckpointError(f"{path!r} holds a Python object beyond weights "
-                                       f"({what.group(1) if what else 'a global not on the allow-list'}); refused: "
-                                       "loading it could run code (unifairseq loads checkpoints weights-only)") from None
-        raise DeltaCheckpointError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                                   f"{text.splitlines()[0] if text else ''})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise DeltaCheckpointError(f"{path!r} is a PyTorch file but not a fairseq checkpoint (no 'model' entry)")
-    return namespace_args(state)  # a merged file's args (plain_args.py) as the Namespace every reader expects
-
-
-def weights_only_default_off() -> bool:
-    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set as torch reads it: a bare torch.load (fairseq's own) unpickles."""
-    return os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true")
-
-
-def atomic_save(obj, path: str, overwrite: bool = False) -> None:
-    """Write to a temporary file beside `path`, then rename: an interruption never leaves a
-    half-written checkpoint, and an existing file is only replaced when asked."""
-    if os.path.exists(path) and not overwrite:
-        raise DeltaCheckpointError(f"{path!r} exists; refusing to overwrite it (pass --force to replace it)")
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    sweep_stale(d, names=[os.path.basename(path)], suffix=".pt")  # what a killed earlier export left here
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        as_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# --------------------------------------------------------------- metadata
-def _str_to_tensor(s: str) -> torch.Tensor:
-    return torch.tensor(list(s.encode("utf-8")), dtype=torch.uint8)
-
-
-def _tensor_to_str(t: torch.Tensor) -> str:
-    return bytes(t.tolist()).decode("utf-8")
-
-
-def file_content_fingerprint(path: str, version: str = bases.CONTENT_VERSION) -> str:
-    """The plan-independent content fingerprint (core/bases.py) of a base checkpoint file; `version`:
-    "v1" for the sampled one older deltas recorded."""
-    return bases.content_fingerprint(load_checkpoint_file(path)["model"], version)
-
-
-def find_base(flag: Optional[str] = None, name: Optional[str] = None, fingerprint: Optional[str] = None,
-              recorded_path: Optional[str] = None, verify: bool = True, option: str = "--delta-base PATH") -> "bases.Found":
-    """THE base lookup of every tool (fairseq-generate/-interactive/-train under --user-dir, the hub,
-    unifairseq-export, unifairseq-bank, unifairseq-base): core/bases.py's search order, with the content
-    fingerprints read by the weights-only loader above. `flag`: what the user gave (name or path);
-    `name`, `fingerprint`, `recorded_path`: the delta's record; `verify=False` when the caller checks
-    the content of the file it loads itself (nothing is read twice)."""
-    return bases.resolve(flag, name, fingerprint, recorded_path, file_content_fingerprint, verify=verify, option=option)
-
-
-def base_name_of(path: Optional[str], flag: Optional[str] = None) -> Optional[str]:
-    """The name a delta records for its base: the name given with --delta-base, else the base file's
-    folder (bart.large/model.pt -> bart.large; the same for checkpoint*.pt, whose file names say nothing
-    about the model), else the file's stem (tiny_bart.pt -> tiny_bart)."""
-    if flag and bases.as_path(flag) is None:
-        return flag
-    if not path:
-        return None
-    file = os.path.basename(path)
-    if file == bases.BASE_FILE or file.startswith("checkpoint"):
-        return os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def fingerprint(state: Dict[str, torch.Tensor], delta) -> str:
-    """The frozen base tensors under `delta`'s plan (what it does not train): the fingerprint `.pt`
-    deltas record and check (core.bases.sampled_digest)."""
-    plan = as_plan(delta)
-    return bases.sampled_digest(state, lambda name: plan.is_trainable(name) or name in META_KEYS or name.endswith("version"))
-
-
-def is_delta_only(state_dict, model_keys, delta) -> bool:
-    """True when the dict holds no base tensor of the model (a delta checkpoint)."""
-    plan = as_plan(delta)
-    return not any(k in model_keys and not plan.is_trainable(k) and not k.endswith("version")
-                   for k in state_dict)
-
 
 class DeltaCheckpointMixin:
     """For fairseq models with deltas: what `state_dict()` saves and how `load_state_dict()` loads.
@@ -187,8 +62,6 @@ class DeltaCheckpointMixin:
                         delta=None, **kwargs):
         """fairseq's hub loading, with the torch.load allow-list in place. `model_name_or_path` may be a
         base name (core/bases.py's search order); `delta=DIR` puts a shared delta folder on that base."""
-        from unifairseq.fairseq.models.sharing import hub_arguments
-
         register_safe_globals()
         model_name_or_path, checkpoint_file, data_name_or_path, kwargs = hub_arguments(
             model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs)
@@ -212,14 +85,14 @@ class DeltaCheckpointMixin:
         full = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
         if not getattr(self, "save_delta_only", False):
             if self.base_content is not None:  # --delta-save-full: the base's record travels (not the weights')
-                full[prefix + INFO_KEY] = _str_to_tensor(json.dumps(self.info(), sort_keys=True))
+                full[prefix + INFO_KEY] = str_to_tensor(json.dumps(self.info(), sort_keys=True))
             return full
         if self.base_fingerprint is None:
             self.base_fingerprint = fingerprint(self.full_state_dict(), self.delta_plan)
         out = OrderedDict((k, v) for k, v in full.items() if self.delta_plan.is_trainable(k[len(prefix):]))
-        out[prefix + FINGERPRINT_KEY] = _str_to_tensor(self.base_fingerprint)
-        out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.base_path or "")
-        out[prefix + INFO_KEY] = _str_to_tensor(json.dumps(self.info(), sort_keys=True))
+        out[prefix + FINGERPRINT_KEY] = str_to_tensor(self.base_fingerprint)
+        out[prefix + BASE_PATH_KEY] = str_to_tensor(self.base_path or "")
+        out[prefix + INFO_KEY] = str_to_tensor(json.dumps(self.info(), sort_keys=True))
         return out
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
@@ -227,9 +100,9 @@ class DeltaCheckpointMixin:
         stored_fp = state_dict.pop(FINGERPRINT_KEY, None)
         stored_path = state_dict.pop(BASE_PATH_KEY, None)
         info = state_dict.pop(INFO_KEY, None)
-        info = json.loads(_tensor_to_str(info)) if info is not None else {}
-        stored_fp = _tensor_to_str(stored_fp) if stored_fp is not None else None
-        stored_path = _tensor_to_str(stored_path) if stored_path is not None else None
+        info = json.loads(tensor_to_str(info)) if info is not None else {}
+        stored_fp = tensor_to_str(stored_fp) if stored_fp is not None else None
+        stored_path = tensor_to_str(stored_path) if stored_path is not None else None
         full = self.full_state_dict()
         if is_delta_only(state_dict, full, self.delta_plan):
             self._ensure_base(stored_path, info)
@@ -321,17 +194,13 @@ class DeltaCheckpointMixin:
         self.load_base(found.path)
 
     def apply_delta_file(self, folder: str) -> None:
-        """Put a shared delta folder's tensors on the loaded base (models/sharing.py)."""
-        from unifairseq.fairseq.models.sharing import apply_delta
-
+        """Put a shared delta folder's tensors on the loaded base (deltafolder.py)."""
         apply_delta(self, folder)
 
     def _check_delta(self, tensors, stored_fp: Optional[str], stored_path: Optional[str], info: dict) -> None:
         """A .pt delta gets a folder's checks (fairseq/deltacheck.py): the base by the content fingerprint
         it records (else, older files, the plan fingerprint), the dictionaries it records (older files
         without a record: a warning), the tensors' names, shapes and dtypes."""
-        from unifairseq.fairseq.deltacheck import check_base, check_dictionary, check_tensors
-
         where = f"the delta checkpoint (base {stored_path or 'unknown path'})"
         check_base(self, where, info.get("base_content"), info.get("base_name"), stored_fp)
         # files from before the record have no "dictionary" at all; an empty record is refused like a folder's

@@ -1,9 +1,13 @@
 """The model's arguments inside a fairseq checkpoint state, new style (`cfg["model"]`) or old (`args`),
-and a delta architecture's plain fairseq parent. A leaf: the exporters and the sharing code both read
-checkpoints through it, and neither imports the other for it."""
+and a delta architecture's plain fairseq parent. A leaf: the exporters, the checks (deltacheck.py) and the
+sharing code all read checkpoints through it, and none imports another for it."""
 from __future__ import annotations
 
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
+
+# delta architecture -> plain fairseq architecture (for merged exports and a folder's family check); filled
+# by models/common.py's register_presets as the architectures register
+ARCH_PARENT = {}
 
 
 def model_args(state: dict):
@@ -26,8 +30,6 @@ def set_model_arg(state: dict, name: str, value) -> None:
 
 
 def parent_arch(arch: str) -> str:
-    from unifairseq.fairseq.models.common import ARCH_PARENT
-
     if arch not in ARCH_PARENT:
         raise DeltaCheckpointError(f"unknown delta architecture {arch!r}; cannot name its plain fairseq parent")
     return ARCH_PARENT[arch]

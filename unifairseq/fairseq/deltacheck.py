@@ -16,6 +16,8 @@ import torch
 
 from unifairseq.core import bases
 from unifairseq.core.deltaschema import SHAPE_ARGS
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
+from unifairseq.fairseq.ckpt_args import ARCH_PARENT
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 FORCE = ("pass --delta-allow-base-mismatch (--model-overrides \"{'delta_allow_base_mismatch': True}\") "
@@ -23,8 +25,6 @@ FORCE = ("pass --delta-allow-base-mismatch (--model-overrides \"{'delta_allow_ba
 
 
 def refuse(model, msg: str, allow: bool = False) -> None:
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError
-
     if allow:
         logger.warning("unifairseq: " + msg + " (loading anyway: --delta-allow-base-mismatch)")
         return
@@ -32,8 +32,6 @@ def refuse(model, msg: str, allow: bool = False) -> None:
 
 
 def family_of(arch: Optional[str]) -> Optional[str]:
-    from unifairseq.fairseq.models.common import ARCH_PARENT
-
     if not arch:
         return None
     return ARCH_PARENT.get(arch, arch).split("_")[0]
@@ -41,9 +39,6 @@ def family_of(arch: Optional[str]) -> Optional[str]:
 
 def check_arch(where: str, config: dict) -> None:
     """A folder's arch is a registered delta architecture of its own family and parent."""
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError
-    from unifairseq.fairseq.models.common import ARCH_PARENT
-
     arch = config["arch"]
     if ARCH_PARENT.get(arch) != config["parent_arch"]:
         raise DeltaCheckpointError(f"{where}: field 'arch' {arch!r} is not a unifairseq architecture of "

@@ -32,10 +32,10 @@ from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint,
+                                              load_checkpoint_file, tensor_to_str as _tensor_to_str)
 from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaLayerNorm, DeltaTransformerDecoder,
                                        DeltaTransformerEncoder)
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, _tensor_to_str, fingerprint,
-                                           load_checkpoint_file)
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")

@@ -25,7 +25,11 @@ import sys
 import zipfile
 from typing import List, Optional
 
-from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+import torch
+import torch.distributed as dist
+
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
+from unifairseq.fairseq.safe_globals import register_safe_globals
 
 logger = logging.getLogger("unifairseq.fairseq.resume")
 
@@ -42,8 +46,6 @@ def in_fairseq_train() -> bool:
 def _rank() -> int:
     """The distributed rank (fairseq initialises torch.distributed before it builds the model; the model's
     args keep the parsed --distributed-rank, the same in every worker)."""
-    import torch.distributed as dist
-
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -55,10 +57,6 @@ def readable(path: str) -> bool:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 return z.testzip() is None
-        import torch
-
-        from unifairseq.fairseq.safe_globals import register_safe_globals
-
         register_safe_globals()
         torch.load(path, map_location="cpu", weights_only=True)
         return True

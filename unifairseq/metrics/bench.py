@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 from unifairseq import cli
+from unifairseq.metrics import rouge_ref
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -114,9 +115,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
 
-    from . import rouge_ref
     try:
-        from . import rouge_fast
+        from . import rouge_fast  # the compiled extension: may be missing, said below
     except ImportError as e:
         sys.exit(f"rouge_fast is not compiled ({e}); build it with: "
                  "pip install --no-deps --no-build-isolation -e .")

@@ -16,6 +16,8 @@ The plugin has no `models/` or `tasks/` subfolders, so fairseq imports nothing e
 import os
 import sys
 
+from unifairseq import cli
+
 PLUGIN_NAME = "unifairseq_plugin"
 
 PROG = "unifairseq-user-dir"
@@ -28,8 +30,6 @@ def user_dir() -> str:
 
 def main(argv=None) -> int:
     """`unifairseq-user-dir`: print the path for `fairseq-* --user-dir "$(unifairseq-user-dir)"`."""
-    from unifairseq import cli
-
     cli.parser(PROG, "Prints the path of unifairseq's fairseq plugin, for\n"
                      "  fairseq-train DATA --user-dir \"$(unifairseq-user-dir)\" ...").parse_args(argv)
     path = user_dir()

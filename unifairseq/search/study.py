@@ -35,7 +35,7 @@ def base_shape(base: str) -> Tuple[ModelShape, int]:
     """(model shape, base parameter count) read off a base checkpoint's tensors: no model is built."""
     import re
 
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file  # deferred: torch
+    from unifairseq.fairseq.checkpoint_io import load_checkpoint_file  # deferred: torch
 
     state = load_checkpoint_file(base)
     model = state.get("model", state)

@@ -15,7 +15,7 @@ from unifairseq.core.config import DeltaConfig
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.bank import load_bank, preset_config
 from unifairseq.fairseq.bank_export import extract
-from unifairseq.fairseq.checkpoint import atomic_save, find_base, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import atomic_save, find_base, load_checkpoint_file
 from unifairseq.fairseq.tasks.bank import BankTaskError, DeltaBankConfig
 from unifairseq.tools.tiny_base import checkpoint_state
 
@@ -41,7 +41,7 @@ def delta_spec(cfg) -> str:
 
 
 def _base_file(base: str) -> str:
-    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint.find_base)."""
+    """--base NAME_OR_PATH by the one lookup every tool uses (unifairseq.fairseq.checkpoint_io.find_base)."""
     try:
         return find_base(base, option="--base PATH").path
     except BaseNotFound as e:

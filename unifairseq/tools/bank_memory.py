@@ -15,6 +15,8 @@ import gc
 import os
 from typing import Optional, Sequence
 
+from unifairseq.tools.count import build_translation_model
+
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -29,11 +31,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--n", type=int, default=8)
     a = ap.parse_args(argv)
 
+    # after parse_args: torch and fairseq, which --help does not need
     import torch
 
     from unifairseq.fairseq import register
     from unifairseq.fairseq.bank import preset_config
-    from unifairseq.tools.count import build_translation_model
 
     register()
     torch.set_grad_enabled(False)

@@ -18,22 +18,24 @@ import sys
 from unifairseq import cli
 
 
+# The imports inside this module's functions are deliberate: unifairseq.core and unifairseq.fairseq import
+# torch (and fairseq), which `unifairseq-base --help` must not load (tests/test_help_fast.py).
 def _fp(path: str, *version: str) -> str:
-    from unifairseq.fairseq.checkpoint import file_content_fingerprint
+    from unifairseq.fairseq.checkpoint_io import file_content_fingerprint  # torch + fairseq: only to read a file
 
     return file_content_fingerprint(path, *version)  # a version: what an older delta recorded (v1)
 
 
 def find(target: str) -> int:
-    from unifairseq.core import bases
-    from unifairseq.core.deltafile import is_delta_folder, read_config
+    from unifairseq.core import bases  # torch: not at --help
+    from unifairseq.core.deltafile import is_delta_folder, read_config  # torch: not at --help
 
-    # what checkpoint.find_base does, with its weights-only fingerprint (_fp) imported only when a file
+    # what checkpoint_io.find_base does, with its weights-only fingerprint (_fp) imported only when a file
     # is read: a JSON error or a lookup by name needs no fairseq
     if is_delta_folder(target):
         config = read_config(target)
         if "entry" in config:  # before anything is said about its base: the entry is what --path reads
-            from unifairseq.tools.share import check_entry
+            from unifairseq.tools.share import check_entry  # fairseq: only for a folder with an entry
 
             check_entry(target, config)
         rec = config["base"]
@@ -46,7 +48,7 @@ def find(target: str) -> int:
 
 
 def list_bases() -> int:
-    from unifairseq.core import bases
+    from unifairseq.core import bases  # torch: not at --help
 
     print("search path (in order):")
     for folder, where in bases.search_folders():
@@ -64,8 +66,9 @@ def list_bases() -> int:
 def add(path: str, name: str, do_copy: bool) -> int:
     """Validate first (a valid name, a readable fairseq checkpoint loaded weights-only, not a delta),
     then link or copy under a temporary name and rename: a failure leaves nothing in the cache."""
-    from unifairseq.core import bases
-    from unifairseq.fairseq.checkpoint import BASE_PATH_KEY, FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+    from unifairseq.core import bases  # torch: not at --help
+    # torch + fairseq: not at --help
+    from unifairseq.fairseq.checkpoint_io import BASE_PATH_KEY, FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 
     bases.check_name(name, "a base name (--name)")
     src = bases.as_path(path)
@@ -110,8 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("path"), p.add_argument("--name", required=True)
     p.add_argument("--copy", action="store_true", help="copy instead of linking")
     a = ap.parse_args(argv)
-    from unifairseq.core.bases import BaseNotFound
-    from unifairseq.core.deltafile import DeltaFileError
+    from unifairseq.core.bases import BaseNotFound  # torch: after parse_args, so not at --help
+    from unifairseq.core.deltafile import DeltaFileError  # torch: after parse_args, so not at --help
 
     try:
         if a.cmd == "find":
@@ -121,8 +124,8 @@ def main(argv=None) -> int:
         return add(a.path, a.name, a.copy)
     except (BaseNotFound, DeltaFileError, ValueError, OSError, RuntimeError) as e:
         # fairseq is imported only when a checkpoint is read (a JSON error needs none of it)
-        ckpt = sys.modules.get("unifairseq.fairseq.checkpoint")
-        if isinstance(e, RuntimeError) and not (ckpt and isinstance(e, ckpt.DeltaCheckpointError)):
+        ckpt_io = sys.modules.get("unifairseq.fairseq.checkpoint_io")
+        if isinstance(e, RuntimeError) and not (ckpt_io and isinstance(e, ckpt_io.DeltaCheckpointError)):
             raise
         return cli.error("unifairseq-base", e)
 

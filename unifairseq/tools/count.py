@@ -34,7 +34,7 @@ def parse_model_args(arch: str, flags: Sequence[str] = ()) -> argparse.Namespace
     """fairseq's own training-argument parsing, as `fairseq-train` does it."""
     from fairseq import options  # deferred: fairseq (see the imports above)
 
-    import unifairseq.fairseq.models  # noqa: F401  (registers the architectures)
+    import unifairseq.fairseq.models  # noqa: F401  (registers the architectures; deferred: fairseq)
 
     parser = options.get_training_parser()
     return options.parse_args_and_arch(parser, ["unused-data-dir", "--task", "translation", "--arch", arch,

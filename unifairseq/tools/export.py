@@ -22,9 +22,9 @@ from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
-                                           DeltaCheckpointError, _tensor_to_str, atomic_save,
-                                           load_checkpoint_file)
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
+                                              DeltaCheckpointError, atomic_save, load_checkpoint_file,
+                                              tensor_to_str as _tensor_to_str)
 
 logger = logging.getLogger("unifairseq.export")
 
@@ -95,7 +95,7 @@ def base_file_for(state: dict, path: str, base_override: Optional[str]) -> str:
     """The base of the delta `state` (read from `path`) by the one lookup (checkpoint.find_base): --base
     (a name or a path), else the delta's recorded name, path and content fingerprint."""
     from unifairseq.core.bases import BaseNotFound
-    from unifairseq.fairseq.checkpoint import find_base
+    from unifairseq.fairseq.checkpoint_io import find_base
 
     sd = state["model"]
     stored = _tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else None

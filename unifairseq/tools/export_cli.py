@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     # deferred to here: torch and fairseq, which --help and a usage error do not need
     import unifairseq.fairseq
     from unifairseq.core.deltafile import DeltaFileError
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError
+    from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
     from unifairseq.tools import export, export_hf
 
     import tempfile

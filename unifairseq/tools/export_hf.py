@@ -33,10 +33,12 @@ from typing import Optional
 from unifairseq.core.fileperm import as_umask
 from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
                                               upgrade_legacy)
-from unifairseq.fairseq.checkpoint import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
 from unifairseq.fairseq.ckpt_args import model_args
+from unifairseq.tools.export_adapters import export_adapters
 from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for,
                                      refuse_unmergeable)
+from unifairseq.tools.share import read_input
 
 ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "
                     "transformers 5.24 (adapters 1.3.0, its newest release, requires transformers~=4.57.6); for "
@@ -110,7 +112,6 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
     if sum((base_only, peft, adapters)) > 1:
         raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
     import_transformers()  # before any work: the one-line message when it is not installed
-    from unifairseq.tools.share import read_input
 
     state = read_input(ckpt, base, with_base_args=True)  # a .pt, or a delta folder (never unpickled)
     is_delta = FINGERPRINT_KEY in state["model"]
@@ -130,8 +131,6 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
             hf = to_hf(base_state["model"], _plain_args(base_state, state), **kw)
             save(hf, stage, kw["dict_symbols"], bpe_dir)
         elif adapters:
-            from unifairseq.tools.export_adapters import export_adapters
-
             hf = export_adapters(state, base_state, delta_plan(state), stage, kw, bpe_dir,
                                  _plain_args(base_state, state))
         elif peft:

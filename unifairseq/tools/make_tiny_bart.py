@@ -23,6 +23,7 @@ import sys
 from typing import Optional, Sequence
 from unifairseq import cli
 from unifairseq.errors import UnifairseqError
+from unifairseq.tools.tiny_base import TinyBaseError, build, checkpoint_state
 
 logger = logging.getLogger("unifairseq.tools.make_tiny_bart")
 
@@ -70,7 +71,6 @@ def build_tiny_bart(data_bin: str, layers: int = 2, dim: int = 64, ffn_dim: int 
                         "binarised with `fairseq-preprocess --joined-dictionary`")
     if dim % heads:
         raise ToolError(f"--dim {dim} is not divisible by --heads {heads}")
-    from .tiny_base import TinyBaseError, build
 
     try:
         return build("bart", data_bin, layers, dim, ffn_dim, heads, seed, src, tgt if os.path.isfile(tgt_path) else src,
@@ -111,8 +111,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ToolError as e:
         return cli.error("unifairseq-make-tiny-bart", e)
     from fairseq import checkpoint_utils
-
-    from .tiny_base import checkpoint_state
 
     out_dir = os.path.dirname(os.path.abspath(a.out_pt))
     os.makedirs(out_dir, exist_ok=True)

@@ -11,22 +11,26 @@ import shlex
 from argparse import Namespace
 
 import torch
+from fairseq.data import Dictionary
 
 from unifairseq import __version__
 from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.deltafile import write_delta
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
-                                           _str_to_tensor, _tensor_to_str, base_name_of,
-                                           file_content_fingerprint, find_base)
-from unifairseq.fairseq.models.sharing import SHAPE_ARGS
+from unifairseq.core.deltafile import (CONFIG_NAME, ENTRY_NAME, DeltaFileError, _sha256, is_delta_folder, read_config,
+                                       read_delta, write_delta)
+from unifairseq.core.deltaschema import SHAPE_ARGS
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
+                                              atomic_save, base_name_of, file_content_fingerprint, find_base,
+                                              load_checkpoint_file, str_to_tensor, tensor_to_str)
+from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
+from unifairseq.fairseq.deltacheck import check_arch, family_of
+from unifairseq.fairseq.deltafolder import dictionary_fingerprint
+from unifairseq.plugin import user_dir
 
 HEAD_PREFIX = "classification_heads."
 
 
 def _args(state: dict):
-    from unifairseq.fairseq.ckpt_args import model_args
-
     args = model_args(state)
     return Namespace(**args) if isinstance(args, dict) else args
 
@@ -40,8 +44,8 @@ def heads_of(sd) -> dict:
 def base_record(sd, ckpt: str, flag):
     """name, content fingerprint, plan fingerprint and path of the delta's base. A checkpoint from before
     the content fingerprint was recorded has it computed from its base file (found by --base or its path)."""
-    info = json.loads(_tensor_to_str(sd[INFO_KEY])) if INFO_KEY in sd else {}
-    path = _tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else ""
+    info = json.loads(tensor_to_str(sd[INFO_KEY])) if INFO_KEY in sd else {}
+    path = tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else ""
     content = info.get("base_content")
     if not content:
         try:
@@ -53,17 +57,13 @@ def base_record(sd, ckpt: str, flag):
         content = file_content_fingerprint(found.path)
         path = path or found.path
     return dict(name=info.get("base_name") or base_name_of(path, flag), fingerprint=content,
-                plan_fingerprint=_tensor_to_str(sd[FINGERPRINT_KEY]), path_hint=path or None), info
+                plan_fingerprint=tensor_to_str(sd[FINGERPRINT_KEY]), path_hint=path or None), info
 
 
 def dictionaries_of(family: str, ckpt: str, info: dict, dicts=None) -> dict:
     """What the delta records of its task's dictionaries, else the fingerprints of the dict files given
     (`dicts`: side -> dict.txt, a .pt delta from before they were recorded): a folder always has them."""
-    from unifairseq.fairseq.models.sharing import dictionary_fingerprint
-
     if dicts:
-        from fairseq.data import Dictionary
-
         for side, p in dicts.items():
             if not os.path.isfile(p):
                 raise DeltaCheckpointError(f"--{side}-dict: {p!r} does not exist")
@@ -80,8 +80,6 @@ def dictionaries_of(family: str, ckpt: str, info: dict, dicts=None) -> dict:
 
 
 def write_shared(state: dict, ckpt: str, out: str, base_flag=None, force: bool = False, dicts=None) -> dict:
-    from unifairseq.fairseq.ckpt_args import parent_arch
-
     args = _args(state)
     sd = state["model"]
     parent = parent_arch(args.arch)
@@ -102,9 +100,6 @@ def write_entry(state: dict, out: str, force: bool) -> dict:
     `fairseq-generate --path DIR/model.pt` loads it as any `.pt` delta (its base found inside the model).
     Written before the JSON, which records its sha256 (a crash in between leaves a folder whose JSON and
     entry disagree: refused by the reader, never half-trusted)."""
-    from unifairseq.core.deltafile import CONFIG_NAME, ENTRY_NAME, DeltaFileError, _sha256, is_delta_folder
-    from unifairseq.fairseq.checkpoint import atomic_save
-
     entry = os.path.join(out, ENTRY_NAME)
     if is_delta_folder(out) and not force:
         raise DeltaFileError(f"{out}: holds a delta already; refusing to overwrite it (pass --force)")
@@ -120,9 +115,6 @@ def check_entry(folder: str, config: dict = None) -> None:
     whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) and compared with the safetensors, bitwise: the
     same names, dtypes and values, the same architecture. What the sha256 in the JSON cannot show for a
     folder someone made by hand; a folder without an entry has nothing to check."""
-    from unifairseq.core.deltafile import ENTRY_NAME, DeltaFileError, read_config, read_delta
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
-
     config = config or read_config(folder)
     if "entry" not in config:
         return
@@ -149,8 +141,6 @@ def check_entry(folder: str, config: dict = None) -> None:
 
 
 def usage(out: str, config: dict) -> str:
-    from unifairseq.plugin import user_dir
-
     folder = os.path.abspath(out)
     # DIR/model.pt is a `.pt` delta: fairseq loads it, and the model finds its base by the one lookup
     # (the recorded name, path, fingerprint). The plugin's path is spelled out, not "$(unifairseq-user-dir)":
@@ -175,13 +165,8 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     tensors with the base's path and plan fingerprint under "model"; the model args are the base's with
     the delta's arch and flags on top when `with_base_args` -- a merged checkpoint is the base's args and
     weights -- else the folder's own flags and shape). The folder is read without unpickling."""
-    from unifairseq.core.deltafile import is_delta_folder, read_delta
-    from unifairseq.fairseq.checkpoint import load_checkpoint_file
-    from unifairseq.fairseq.ckpt_args import set_model_arg
-
     if not is_delta_folder(path):
         return load_checkpoint_file(path)
-    from unifairseq.fairseq.deltacheck import check_arch
 
     config, tensors = read_delta(path)
     check_arch(path, config)
@@ -201,8 +186,6 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
                 f"{path}: this delta was trained on a different base model: the delta records base {rec['name']!r} "
                 f"with fingerprint {rec['fingerprint'][:16]}…, {found.path} has {got[:16]}…; pass its own base "
                 "with --base NAME_OR_PATH")
-        from unifairseq.fairseq.deltacheck import family_of
-        from unifairseq.fairseq.ckpt_args import model_args
 
         base_args = model_args(base) if (base.get("args") is not None or base.get("cfg") is not None) else None
         base_arch = base_args.get("arch") if isinstance(base_args, dict) else getattr(base_args, "arch", None)
@@ -214,6 +197,6 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
             state.update(args=copy.deepcopy(base.get("args")), cfg=copy.deepcopy(base.get("cfg")))
             for k, v in {**own, "_name": config["arch"]}.items():
                 set_model_arg(state, k, v)
-        state["model"][BASE_PATH_KEY] = _str_to_tensor(found.path)
-    state["model"][FINGERPRINT_KEY] = _str_to_tensor(rec["plan_fingerprint"])
+        state["model"][BASE_PATH_KEY] = str_to_tensor(found.path)
+    state["model"][FINGERPRINT_KEY] = str_to_tensor(rec["plan_fingerprint"])
     return state

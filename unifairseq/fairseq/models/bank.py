@@ -26,8 +26,8 @@ from unifairseq.fairseq.models.bart import DeltaIdsMixin
 from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, empty_plan, parse_bank_deltas
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
-from unifairseq.fairseq.checkpoint import (BASE_PATH_KEY, FINGERPRINT_KEY, _str_to_tensor, _tensor_to_str,
-                                           load_checkpoint_file)
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, load_checkpoint_file,
+                                              str_to_tensor as _str_to_tensor, tensor_to_str as _tensor_to_str)
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -104,7 +104,7 @@ class BankModelMixin:
             return result
         if self.bank.base_path is None:  # a bank checkpoint: its base first
             from unifairseq.core.bases import BaseNotFound
-            from unifairseq.fairseq.checkpoint import find_base
+            from unifairseq.fairseq.checkpoint_io import find_base
 
             flag = getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
             recorded = _tensor_to_str(stored) if stored is not None else ""

@@ -9,15 +9,18 @@ from typing import List
 
 from fairseq.models import register_model_architecture
 
+from unifairseq.core import bases
 from unifairseq.core.accounting import ModelShape, format_report, freeze_base, parameter_report
 from unifairseq.core.config import DeltaConfigError
 from unifairseq.core.modules import base_init_values, is_delta_name, reset_all_deltas
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, find_base
+from unifairseq.fairseq.ckpt_args import ARCH_PARENT
+from unifairseq.fairseq.deltafolder import adopt_delta_args, task_dictionaries
+from unifairseq.fairseq.resume import repair_last_checkpoint
 
 logger = logging.getLogger("unifairseq.fairseq.models")
-
-ARCH_PARENT = {}  # delta architecture -> plain fairseq architecture (for merged exports)
 
 
 _BUILDING: List[DeltaPlan] = []
@@ -25,9 +28,7 @@ _BUILDING: List[DeltaPlan] = []
 
 def plan_for(args, family: str) -> DeltaPlan:
     """The plan of a model about to be built: validated once, refused when it trains nothing. With a
-    shared delta folder (`delta_file`), its JSON gives the plan (models/sharing.py)."""
-    from unifairseq.fairseq.models.sharing import adopt_delta_args
-
+    shared delta folder (`delta_file`), its JSON gives the plan (fairseq/deltafolder.py)."""
     adopt_delta_args(args)
     plan = DeltaPlan.from_args(args)
     if plan.empty:
@@ -72,11 +73,6 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
                         before_base=None):
     """After fairseq built the model: re-initialise deltas (fairseq's init_bert_params ran over
     them), freeze the base, log the parameter accounting, and set up delta checkpoints."""
-    from unifairseq.core import bases
-    from unifairseq.fairseq.checkpoint import DeltaCheckpointError, find_base
-    from unifairseq.fairseq.models.sharing import task_dictionaries
-    from unifairseq.fairseq.resume import repair_last_checkpoint
-
     reset_all_deltas(model)
     freeze_base(model, plan)
     model.delta, model.delta_plan = plan.cfg, plan

@@ -22,9 +22,9 @@ from unifairseq.core.config import add_delta_args
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
+from unifairseq.fairseq.deltafolder import adopt_delta_args, register_heads
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
-from unifairseq.fairseq.models.sharing import adopt_delta_args, register_heads
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 

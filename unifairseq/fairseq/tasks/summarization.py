@@ -49,6 +49,7 @@ from fairseq.ngram_repeat_block import NGramRepeatBlock
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from unifairseq.data.bpe import get_encoder
 from unifairseq.data.check import check_task_split
 from unifairseq.metrics import pairwise_rouge
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
@@ -162,8 +163,6 @@ class TranslationRougeTask(TranslationTask):
 
                 self._rouge_tokenizer = DefaultTokenizer(use_stemmer=not self.cfg.eval_rouge_no_stemmer)
                 if self.cfg.eval_rouge_detok == "gpt2":
-                    from unifairseq.data.bpe import get_encoder
-
                     self._gpt2 = get_encoder(self.cfg.eval_rouge_gpt2_encoder_json, self.cfg.eval_rouge_gpt2_vocab_bpe)
         return model
 

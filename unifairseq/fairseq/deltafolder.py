@@ -1,4 +1,5 @@
-"""Shared delta folders (core/deltafile.py) on a base that fairseq loaded itself.
+"""Shared delta folders (core/deltafile.py) on a base that fairseq loaded itself. Below the models and the
+checkpoint mixin (checkpoint.py), which call it; it imports neither.
 
 fairseq-generate and fairseq-interactive torch.load their --path, so what fairseq loads is the base, and
 the delta folder comes through the model overrides, which reach the model args for old (`args`) and new
@@ -25,9 +26,9 @@ import torch
 
 from unifairseq.core import deltafile
 from unifairseq.core.config import DeltaConfig
-from unifairseq.core.deltaschema import DELTA_FIELDS, SHAPE_ARGS  # noqa: F401 (SHAPE_ARGS: share.py's import)
+from unifairseq.core.deltaschema import DELTA_FIELDS
 from unifairseq.core.modules import is_delta_name
-from unifairseq.errors import UnifairseqError
+from unifairseq.fairseq.checkpoint_io import find_base
 from unifairseq.fairseq.deltacheck import (check_arch, check_base, check_dictionary, check_shape, check_tensors,
                                            family_of, refuse)
 
@@ -110,8 +111,6 @@ def apply_delta(model, folder: str) -> None:
 def hub_arguments(model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs):
     """from_pretrained(base, delta=DIR): the base by name or path (None: the delta's own record), the
     delta folder as model overrides."""
-    from unifairseq.fairseq.checkpoint import find_base
-
     kwargs = dict(kwargs)
     config = deltafile.read_config(delta) if delta else None
     given = os.path.join(model_name_or_path, checkpoint_file) if model_name_or_path else None
@@ -174,29 +173,3 @@ def _restore_base(model) -> None:
         for k, v in saved.items():
             own[k].copy_(v)
     saved.clear()
-
-
-def install_error_hook() -> None:
-    """fairseq-generate / fairseq-interactive / fairseq-train catch nothing: a damaged delta folder, a
-    base that is not the delta's or not found, a bad flag would end in a traceback. Under --user-dir
-    (register()), unifairseq's user errors (unifairseq.errors.UnifairseqError) are printed as their one
-    line instead (exit status 1); every other exception goes to the previous hook unchanged. Installed once."""
-    import sys
-
-    previous = sys.excepthook
-    if getattr(previous, "_unifairseq", False):
-        return
-
-    def hook(kind, value, tb):
-        # fairseq's trainer re-raises any load_state_dict error as a bare Exception ("Cannot load model
-        # parameters from checkpoint"): the unifairseq error it hides is the one to print
-        hidden = value
-        while type(hidden) is Exception and isinstance(hidden.__context__, BaseException):
-            hidden = hidden.__context__
-        if isinstance(hidden, UnifairseqError):
-            print(f"unifairseq: error: {hidden}", file=sys.stderr)
-            return
-        previous(kind, value, tb)
-
-    hook._unifairseq = True
-    sys.excepthook = hook
