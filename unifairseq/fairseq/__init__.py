@@ -3,7 +3,8 @@
   attention.py     DeltaMultiheadAttention: fairseq's incremental buffers and beam layout around core.heads;
                    the one attention class of single-delta and bank models
   layers.py        encoder/decoder layers and stacks through fairseq's build hooks (the FFN site, the
-                   BitFit layer norm, a bank's delta_ids through encoder and decoder)
+                   BitFit layer norm, a bank's delta_ids through encoder and decoder); sites.py the FFN
+                   site and the BitFit layer norm
   models/          delta_bart / delta_roberta and the <method>_<family>_<size> architectures
   tasks/           translation_rouge, translation_mbart
   optim.py         --optimizer torch_adam

@@ -11,11 +11,12 @@ import os
 from typing import Optional
 
 from unifairseq.core.bank import BankError
-from unifairseq.core.bases import content_fingerprint
+from unifairseq.core.bases import BaseNotFound, content_fingerprint
 from unifairseq.core.plan import DeltaPlan
-from unifairseq.fairseq.deltafolder import task_dictionaries
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, atomic_save, base_name_of,
-                                              fingerprint, load_checkpoint_file, str_to_tensor as _str_to_tensor)
+                                              find_base, fingerprint, load_checkpoint_file, str_to_tensor)
+from unifairseq.fairseq.deltafolder import task_dictionaries
+from unifairseq.fairseq.model_bank import parse_bank_deltas
 
 BANK_ONLY_ARGS = ("bank_deltas", "bank_default", "bank_save_full", "bank_tasks")
 
@@ -42,9 +43,6 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
         raise BankError(f"the data folder of {path} ({getattr(args, 'data', None)!r}) is not there: pass --data "
                         "DIR (fairseq-preprocess output with the base's dictionaries)")
     if base:  # a name or a path, by the one lookup (the model would resolve it the same way)
-        from unifairseq.core.bases import BaseNotFound
-        from unifairseq.fairseq.checkpoint_io import find_base
-
         try:
             base = find_base(base, option="--base PATH").path
         except BaseNotFound as e:
@@ -61,6 +59,7 @@ def load_bank_checkpoint(path: str, data: Optional[str] = None, base: Optional[s
 
 def single_delta_state(model, args, name: str) -> dict:
     """The checkpoint a single-delta model of `name` would have written (fairseq-train's layout)."""
+    # the one writer of fairseq's checkpoint layout sits with the tools above this layer
     from unifairseq.tools.tiny_base import checkpoint_state
 
     bank = model.bank
@@ -71,13 +70,13 @@ def single_delta_state(model, args, name: str) -> dict:
         setattr(out, k, v)
     sd = dict(bank.delta_state(name))
     base_sd = bank.base_state()
-    sd[FINGERPRINT_KEY] = _str_to_tensor(fingerprint(base_sd, DeltaPlan(cfg)))  # what the model's check compares
-    sd[BASE_PATH_KEY] = _str_to_tensor(bank.base_path or "")
+    sd[FINGERPRINT_KEY] = str_to_tensor(fingerprint(base_sd, DeltaPlan(cfg)))  # what the model's check compares
+    sd[BASE_PATH_KEY] = str_to_tensor(bank.base_path or "")
     content = content_fingerprint(load_checkpoint_file(bank.base_path)["model"]) if bank.base_path and \
         os.path.isfile(bank.base_path) else content_fingerprint(base_sd)  # of the base file, as delta models do
     info = dict(base_name=base_name_of(bank.base_path, getattr(args, "delta_base", None)), base_content=content,
                 dictionary=getattr(model, "dictionary_fingerprints", None) or {})
-    sd[INFO_KEY] = _str_to_tensor(json.dumps(info, sort_keys=True))
+    sd[INFO_KEY] = str_to_tensor(json.dumps(info, sort_keys=True))
     state = checkpoint_state(model, out)
     state["model"] = sd
     return state
@@ -101,8 +100,6 @@ def bank_delta_names(path: str) -> Optional[list]:
     get = args.get if isinstance(args, dict) else (lambda k: getattr(args, k, None))
     if args is None or not str(get("arch") or "").startswith("bank_"):
         return None
-    from unifairseq.fairseq.model_bank import parse_bank_deltas
-
     return list(parse_bank_deltas(get("bank_deltas") or ""))
 
 

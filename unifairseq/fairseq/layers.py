@@ -35,6 +35,7 @@ from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
+from unifairseq.fairseq.sites import FFNSite
 
 
 # ------------------------------------------------------------------ helpers
@@ -46,33 +47,6 @@ def make_prefix(plan: DeltaPlan, kind: str, num_layers: int, dim: int, heads: in
 def _check_quant_noise(q_noise: float) -> None:
     if q_noise and q_noise > 0:
         raise ValueError("--quant-noise-pq is not supported together with unifairseq deltas; set it to 0")
-
-
-class FFNSite:
-    """Where a layer's FFN adapters read and write: fc1 (or, pre-LN, final_layer_norm) hands over the FFN
-    input x, fc2 its output h. It holds the layer's own adapter (`delta_ffn`, a registered module of the
-    layer, or None) and, in a bank model, asks the bank for the samples' own adapters."""
-
-    def __init__(self, own=None):
-        self.own = own
-        self.path: Optional[str] = None  # the layer's name in the model, set with the bank
-        self.bank = None
-        self._x: Optional[torch.Tensor] = None
-
-    def read(self, x: torch.Tensor) -> None:
-        if self.own is not None:
-            self.own.read(x)
-        if self.bank is not None:
-            self._x = x
-
-    def write(self, h: torch.Tensor) -> torch.Tensor:
-        if self.bank is not None:
-            x, self._x = self._x, None
-            if self.bank.serves(("ffn", self.path)):  # every row, the layer's own delta being one of the bank's
-                return self.bank.adapters(("ffn", self.path), h, x)
-        if self.own is not None:
-            h = self.own.write(h)
-        return h
 
 
 class _DeltaLayerMixin:
@@ -114,28 +88,6 @@ class _DeltaLayerMixin:
         _check_quant_noise(self.quant_noise)
         return DeltaMultiheadAttention(embed_dim, num_heads, plan=self.plan, kind=kind, layer_idx=self.layer_idx,
                                        prefix=prefix, **kwargs)
-
-
-class DeltaLayerNorm(nn.LayerNorm):
-    """fairseq's LayerNorm (same parameter objects and names) whose bias a bank serves per sample
-    (BitFit). Swapped in by the bank (model_bank.attach_bank): fairseq builds its layer norms inline."""
-
-    batch_dim = 1  # T x B x C inside layers; layernorm_embedding sees B x T x C (0)
-    path: Optional[str] = None
-
-    @classmethod
-    def swap(cls, ln: nn.LayerNorm, path: str) -> "DeltaLayerNorm":
-        new = cls(ln.normalized_shape, eps=ln.eps, elementwise_affine=ln.elementwise_affine)
-        new.weight, new.bias = ln.weight, ln.bias
-        new._forward_pre_hooks.update(ln._forward_pre_hooks)  # the pre-LN residual read (above)
-        new.path, new.batch_dim = path, (0 if path.endswith("layernorm_embedding") else 1)
-        return new
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bank = self.__dict__.get("_bank")
-        if bank is None or not bank.serves(("bias", self.path + ".bias")):
-            return super().forward(x)
-        return bank.layer_norm(self, x)
 
 
 def _set_before_init(module: nn.Module, **attrs) -> None:

@@ -33,9 +33,10 @@ from unifairseq.core.presets import PRESETS
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint,
-                                              load_checkpoint_file, tensor_to_str as _tensor_to_str)
-from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaLayerNorm, DeltaTransformerDecoder,
+                                              load_checkpoint_file, tensor_to_str)
+from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaTransformerDecoder,
                                        DeltaTransformerEncoder)
+from unifairseq.fairseq.sites import DeltaLayerNorm
 
 BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -67,7 +68,7 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[
     fp = tensors.pop(FINGERPRINT_KEY, None)
     tensors.pop(BASE_PATH_KEY, None)
     tensors.pop(INFO_KEY, None)  # the base's name/content record: the plan fingerprint above is what is checked
-    return _config(args, source), tensors, (_tensor_to_str(fp) if fp is not None else None)
+    return _config(args, source), tensors, (tensor_to_str(fp) if fp is not None else None)
 
 
 def _config(args, source) -> DeltaConfig:

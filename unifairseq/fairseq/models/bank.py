@@ -22,12 +22,13 @@ from fairseq.models.bart.model import bart_base_architecture, bart_large_archite
 
 from unifairseq.core.bank import BankError
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
-from unifairseq.fairseq.models.bart import DeltaIdsMixin
+from unifairseq.fairseq.models.bart import DeltaIdsMixin, mbart_cc25_architecture
 from unifairseq.fairseq.model_bank import BANK_ATTR, attach_bank, delta_source, empty_plan, parse_bank_deltas
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.resume import repair_last_checkpoint
-from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, load_checkpoint_file,
-                                              str_to_tensor as _str_to_tensor, tensor_to_str as _tensor_to_str)
+from unifairseq.core.bases import BaseNotFound
+from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, find_base, load_checkpoint_file,
+                                              str_to_tensor, tensor_to_str)
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -90,7 +91,7 @@ class BankModelMixin:
         if getattr(self.args, "bank_save_full", False):
             return full
         out = OrderedDict((k, v) for k, v in full.items() if k[len(prefix):].startswith(BANK_ATTR + "."))
-        out[prefix + BASE_PATH_KEY] = _str_to_tensor(self.bank.base_path or "")
+        out[prefix + BASE_PATH_KEY] = str_to_tensor(self.bank.base_path or "")
         return out
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
@@ -103,11 +104,8 @@ class BankModelMixin:
             self.bank.load_pending()  # delta files of --bank-deltas, on this base
             return result
         if self.bank.base_path is None:  # a bank checkpoint: its base first
-            from unifairseq.core.bases import BaseNotFound
-            from unifairseq.fairseq.checkpoint_io import find_base
-
             flag = getattr(self.args, "delta_base", None) or os.environ.get("UNIFAIRSEQ_DELTA_BASE")
-            recorded = _tensor_to_str(stored) if stored is not None else ""
+            recorded = tensor_to_str(stored) if stored is not None else ""
             try:  # the one lookup: a name or a path, else the recorded path
                 found = find_base(flag, recorded_path=recorded or None,
                                   option="--model-overrides \"{'delta_base': 'PATH'}\" or UNIFAIRSEQ_DELTA_BASE=PATH")
@@ -179,6 +177,4 @@ def bank_bart_large(args):
 
 @register_model_architecture("bank_bart", "bank_mbart_large")
 def bank_mbart_large(args):
-    from unifairseq.fairseq.models.bart import mbart_cc25_architecture
-
     mbart_cc25_architecture(args)  # pre-LN: parallel FFN adapters read the residual stream, as layers.py

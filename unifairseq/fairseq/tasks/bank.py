@@ -35,6 +35,7 @@ from fairseq.tasks.translation import load_langpair_dataset
 
 # BankTaskError and split_tag are imported from here too
 from unifairseq.core.bank import by_delta, restore_order, take_rows
+from unifairseq.fairseq.model_bank import NAME_RE, parse_bank_deltas, serve_with_others
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 
@@ -132,8 +133,6 @@ class DeltaBankTask(TranslationRougeTask):
         if bank is None and self.cfg.add_deltas:
             # a single-delta model: its own delta and the added ones become its bank once its base and
             # delta are loaded (build_generator, which fairseq calls after loading, before decoding)
-            from unifairseq.fairseq.model_bank import NAME_RE, parse_bank_deltas
-
             self._added = parse_bank_deltas(self.cfg.add_deltas)
             own = self.cfg.own_delta
             if not NAME_RE.match(own or "") or own in self._added:
@@ -263,8 +262,6 @@ class DeltaBankTask(TranslationRougeTask):
     def build_generator(self, models, args, **kwargs):
         added = getattr(self, "_added", None)
         if added is not None:
-            from unifairseq.fairseq.model_bank import serve_with_others
-
             for model in models:
                 if getattr(model, "bank", None) is None:
                     serve_with_others(model, self.cfg.own_delta, added)
