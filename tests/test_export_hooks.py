@@ -78,8 +78,9 @@ def test_a_registered_method_with_a_peft_hook_exports_without_edits(tmp_path, mo
 
 
 def test_each_export_command_reads_the_checkpoint_once(tmp_path, monkeypatch):
-    """The delta checkpoint is read once per command (before LoadedDelta, `hf` merged read it twice, and its
-    base twice): counted at torch.load, through which every checkpoint is read."""
+    """The delta checkpoint and its base are read once per command (before LoadedDelta, `export hf` read the
+    delta three times, its base twice and a merged.pt it wrote; `merge` and `hf --peft` the delta twice):
+    counted at torch.load, through which every checkpoint is read."""
     _, _, ckpt = delta("lora_attn_bart_base", ["--attn-bn", "4"], "bart", tmp_path)
     reads = []
     real = torch.load
