@@ -25,11 +25,66 @@ from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
                                               DeltaCheckpointError, atomic_save, load_checkpoint_file,
                                               tensor_to_str as _tensor_to_str)
+from unifairseq.tools.share import read_input, write_shared
 
 logger = logging.getLogger("unifairseq.export")
 
 UNMERGE_KEY = "unifairseq_unmerge"  # what an exact unmerge needs beside the merged weights (DoRA's norms)
 HEAD_PREFIX = "classification_heads."
+
+
+# ------------------------------------------------------------- the input
+class LoadedDelta:
+    """One export input, read once: the checkpoint (a `.pt`, or a delta folder presented as one by
+    tools/share.read_input), its plan, its classification heads, and -- on first use, then kept -- its
+    base's path and checkpoint. Every exporter takes one (or a path, which it loads)."""
+
+    def __init__(self, path: str, state: dict, base_flag: Optional[str] = None):
+        self.path, self.state, self.base_flag = path, state, base_flag
+        self._plan = self._base_path = self._base_state = None
+
+    @classmethod
+    def read(cls, path: str, base_flag: Optional[str] = None, with_base_args: bool = True) -> "LoadedDelta":
+        """`with_base_args`: a folder's args are its base's, with the delta's flags on top (what a merge
+        writes); else the folder's own (share.read_input)."""
+        return cls(path, read_input(path, base_flag, with_base_args=with_base_args), base_flag)
+
+    @property
+    def sd(self) -> Dict[str, torch.Tensor]:
+        return self.state["model"]
+
+    @property
+    def is_delta(self) -> bool:
+        return FINGERPRINT_KEY in self.sd
+
+    @property
+    def plan(self) -> DeltaPlan:
+        if self._plan is None:
+            self._plan = delta_plan(self.state)
+        return self._plan
+
+    @property
+    def heads(self) -> list:
+        """The names of the trained classification heads it holds."""
+        return sorted({k.split(".")[1] for k in self.sd if k.startswith(HEAD_PREFIX)})
+
+    @property
+    def base_path(self) -> str:
+        if self._base_path is None:
+            self._base_path = base_file_for(self.state, self.path, self.base_flag)
+        return self._base_path
+
+    @property
+    def base_state(self) -> dict:
+        """The base checkpoint, in the names the delta model uses (load_base_for); exporters copy its
+        "model" dict before changing entries, never change it in place."""
+        if self._base_state is None:
+            self._base_state = load_base_for(self.state, self.path, self.base_flag, self.base_path)
+        return self._base_state
+
+
+def _loaded(src, base: Optional[str], with_base_args: bool) -> LoadedDelta:
+    return src if isinstance(src, LoadedDelta) else LoadedDelta.read(src, base, with_base_args)
 
 
 # ------------------------------------------------------------------ helpers
@@ -123,9 +178,11 @@ def load_base_for(state: dict, path: str, base_override: Optional[str], base_pat
 
 
 # ----------------------------------------------------------------- commands
-def export_inference(path: str, out: str, force: bool = False, base: Optional[str] = None, dicts=None) -> dict:
-    state = load_checkpoint_file(path)
-    plan = delta_plan(state)
+def export_inference(src, out: str, force: bool = False, base: Optional[str] = None, dicts=None) -> dict:
+    """`src`: a LoadedDelta, or the path of a `.pt` delta checkpoint."""
+    delta = src if isinstance(src, LoadedDelta) else LoadedDelta(src, load_checkpoint_file(src), base)
+    path, state, base = delta.path, delta.state, delta.base_flag
+    plan = delta.plan
     sd = OrderedDict(state["model"])
     if FINGERPRINT_KEY not in sd:
         raise DeltaCheckpointError(f"{path!r} is not a delta checkpoint (no base fingerprint); "
@@ -145,8 +202,6 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
     _refuse_same_file(path, out)
     params = sum(v.numel() for k, v in sd.items() if k not in META_KEYS)
     if not out.endswith(".pt"):  # the shareable folder
-        from unifairseq.tools.share import write_shared
-
         config = write_shared(new, path, out, base, force, dicts)
         logger.info(f"wrote {out}/: {params:,} parameters in {config['tensors']['count']} tensors; dropped "
                     f"{dropped:,} prefix-MLP parameters and the optimizer state ({plan.describe()})")
@@ -158,15 +213,26 @@ def export_inference(path: str, out: str, force: bool = False, base: Optional[st
     return dict(params=params, dropped=dropped, bytes=os.path.getsize(out))
 
 
-def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = False) -> dict:
+def export_merge(src, out: str, base: Optional[str] = None, force: bool = False) -> dict:
     """Each method merges its own sites (LinearDelta.merged; BitFit's biases replace the base's);
-    trained task heads travel with the merged model. CKPT may be a delta folder."""
-    from unifairseq.tools.share import read_input
+    trained task heads travel with the merged model. `src`: a LoadedDelta (read with the base's args),
+    or a path (a `.pt` or a delta folder)."""
+    delta = _loaded(src, base, with_base_args=True)
+    new, parent = merged_state(delta)
+    path, plan = delta.path, delta.plan
+    _refuse_same_file(path, out)
+    atomic_save(new, out, overwrite=force)
+    logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with {', '.join(m.name for m in plan.methods)} "
+                f"merged ({os.path.getsize(out):,} bytes)")
+    return dict(bytes=os.path.getsize(out), arch=parent)
 
-    state = read_input(path, base, with_base_args=True)
-    plan = delta_plan(state)
+
+def merged_state(delta: LoadedDelta):
+    """(the merged plain fairseq checkpoint export_merge writes, its parent architecture), in memory."""
+    path, state = delta.path, delta.state
+    plan = delta.plan
     refuse_unmergeable(plan)
-    base_state = load_base_for(state, path, base)
+    base_state = delta.base_state
     merged = OrderedDict(base_state["model"])
     sd = state["model"]
     unmerge = {}
@@ -199,20 +265,14 @@ def export_merge(path: str, out: str, base: Optional[str] = None, force: bool = 
     if new["cfg"] is not None and new["cfg"].get("common") is not None:
         new["cfg"]["common"]["user_dir"] = None  # vanilla fairseq needs no plugin for this file
     set_model_arg(new, "user_dir", None)
-    new = plain_fairseq_state(new, path, "merged")
-    _refuse_same_file(path, out)
-    atomic_save(new, out, overwrite=force)
-    logger.info(f"wrote {out}: plain fairseq {parent} checkpoint with {', '.join(m.name for m in plan.methods)} "
-                f"merged ({os.path.getsize(out):,} bytes)")
-    return dict(bytes=os.path.getsize(out), arch=parent)
+    return plain_fairseq_state(new, path, "merged"), parent
 
 
-def export_unmerge(merged_path: str, delta_path: str, out: str, force: bool = False) -> dict:
-    from unifairseq.tools.share import read_input
-
+def export_unmerge(merged_path: str, src, out: str, force: bool = False) -> dict:
+    """`src`: the delta, a LoadedDelta read with its own args (with_base_args=False), or a path."""
     merged = load_checkpoint_file(merged_path)
-    state = read_input(delta_path)
-    plan = delta_plan(state)
+    delta = _loaded(src, None, with_base_args=False)
+    state, plan = delta.state, delta.plan
     refuse_unmergeable(plan)
     for m in plan.methods:
         if m.unmerge_refusal:

@@ -39,28 +39,29 @@ PAR_BN = {"adapter_residual_before_ln": False, "cross_adapter": False, "dropout"
           "stochastic_depth": 0.0, "use_gating": False}
 
 
-def refusal(cfg, family: str):
-    """Why this delta has no adapters form here (None: it has one)."""
-    if cfg.attn_mode != "none" or cfg.ffn_mode != "adapter" or cfg.ffn_option != "parallel":
-        return (f"--attn-mode {cfg.attn_mode} / --ffn-mode {cfg.ffn_mode} --ffn-option {cfg.ffn_option}: only a "
-                "parallel FFN adapter alone (pa_ffn, scaled_pa) computes what adapters' ParBnConfig computes")
-    if cfg.ffn_adapter_layernorm_option not in (None, "none"):
-        return f"--ffn-adapter-layernorm-option {cfg.ffn_adapter_layernorm_option} has no ParBnConfig equivalent"
-    if not isinstance(cfg.ffn_adapter_scalar, (int, float)):
-        return "a learnable adapter scalar is not exported (ParBnConfig's 'learned' scaling was not checked)"
+def adapterhub_form(plan, family: str):
+    """(the delta's one AdapterHub form, None) when it has one here (Method.adapterhub_form), else
+    (None, why not)."""
+    cfg = plan.cfg
+    forms = [plan.method(s).adapterhub_form(s) for s in plan.specs]
+    if len(forms) != 1 or forms[0] is None or forms[0]["config"] != "ParBn":
+        return None, (f"--attn-mode {cfg.attn_mode} / --ffn-mode {cfg.ffn_mode} --ffn-option {cfg.ffn_option}: only a "
+                      "parallel FFN adapter alone (pa_ffn, scaled_pa) computes what adapters' ParBnConfig computes")
+    if forms[0]["refusal"]:
+        return None, forms[0]["refusal"]
     if family != "bart":
-        return f"{family}: only post-LN BART was checked against adapters"
-    return None
+        return None, f"{family}: only post-LN BART was checked against adapters"
+    return forms[0], None
 
 
 def export_adapters(state, base_state, plan, stage: str, kw, bpe_dir, base_args) -> object:
     delta_sd = state["model"]
     hf = to_hf(base_state["model"], base_args, **kw)
-    why = refusal(plan.cfg, hf.family)
+    form, why = adapterhub_form(plan, hf.family)
     if why:
         raise HFExportError(f"--adapters: {why}")
     d = hf.config.d_model
-    r = plan.cfg.ffn_bn
+    r = form["r"]
     if d % r:
         raise HFExportError(f"--adapters: adapters sizes the bottleneck as d // reduction_factor; r={r} does not "
                             f"divide d={d}")
@@ -77,7 +78,7 @@ def export_adapters(state, base_state, plan, stage: str, kw, bpe_dir, base_args)
     os.makedirs(base_dir)
     os.makedirs(adapter_dir)
     save(hf, base_dir, kw["dict_symbols"], bpe_dir)
-    config = dict(PAR_BN, reduction_factor=d // r, scaling=float(plan.cfg.ffn_adapter_scalar))
+    config = dict(PAR_BN, reduction_factor=d // r, scaling=float(form["scaling"]))
     meta = {"config": config, "hidden_size": d, "model_class": hf.class_name, "model_name": "",
             "model_type": hf.family, "name": NAME, "version": "adapters.1.3.0"}
     with open(os.path.join(adapter_dir, "adapter_config.json"), "w", encoding="utf-8") as f:

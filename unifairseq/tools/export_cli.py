@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from unifairseq import cli
@@ -44,6 +45,13 @@ def _add_hf_parser(sub) -> None:
     p.add_argument("--bpe-dir", help="fairseq GPT-2 BPE files (encoder.json, vocab.bpe) -> vocab.json + merges.txt")
 
 
+def _is_bank(state: dict) -> bool:
+    """A bank checkpoint (unifairseq-bank build, --arch bank_*): one of its deltas is picked with --delta."""
+    args = state.get("args") or (state.get("cfg") or {}).get("model")
+    arch = args.get("arch") if isinstance(args, dict) else getattr(args, "arch", None)
+    return str(arch or "").startswith("bank_")
+
+
 def main(argv=None) -> int:
     ap = cli.parser("unifairseq-export", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -69,30 +77,33 @@ def main(argv=None) -> int:
 
     logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     # deferred to here: torch and fairseq, which --help and a usage error do not need
-    import unifairseq.fairseq
-    from unifairseq.core.deltafile import DeltaFileError
-    from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
-    from unifairseq.tools import export, export_hf
-
     import tempfile
 
+    import unifairseq.fairseq
     from unifairseq.core.bank import BankError
+    from unifairseq.core.deltafile import DeltaFileError
     from unifairseq.fairseq.bank_export import one_delta
+    from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, load_checkpoint_file
+    from unifairseq.tools import export, export_hf
 
     unifairseq.fairseq.register()  # architecture names, safe globals
     try:
+        src = a.ckpt  # read once, here or by the exporter: tools/export.LoadedDelta
         if a.cmd in ("merge", "hf"):
-            picked = tempfile.TemporaryDirectory(prefix="unifairseq-export-")
-            a.ckpt = one_delta(a.ckpt, a.delta, picked.name, f"export {a.cmd}", a.data, a.base)
+            if a.delta is None and os.path.isfile(a.ckpt):  # a .pt: read here, then handed on as read
+                src = export.LoadedDelta(a.ckpt, load_checkpoint_file(a.ckpt), a.base)
+            if a.delta is not None or (isinstance(src, export.LoadedDelta) and _is_bank(src.state)):
+                picked = tempfile.TemporaryDirectory(prefix="unifairseq-export-")
+                src = a.ckpt = one_delta(a.ckpt, a.delta, picked.name, f"export {a.cmd}", a.data, a.base)
         if a.cmd == "inference":
             dicts = {k: v for k, v in (("source", a.source_dict), ("target", a.target_dict)) if v}
-            export.export_inference(a.ckpt, a.out, a.force, a.base, dicts)
+            export.export_inference(src, a.out, a.force, a.base, dicts)
         elif a.cmd == "merge":
-            export.export_merge(a.ckpt, a.out, a.base, a.force)
+            export.export_merge(src, a.out, a.base, a.force)
         elif a.cmd == "hf":
-            export_hf.run(a)
+            export_hf.run(a, src)
         else:
-            export.export_unmerge(a.merged, a.ckpt, a.out, a.force)
+            export.export_unmerge(a.merged, src, a.out, a.force)
     except (DeltaCheckpointError, DeltaFileError, export_hf.HFExportError, BankError) as e:
         return cli.error("unifairseq-export", e)
     return 0

@@ -33,17 +33,15 @@ from typing import Optional
 from unifairseq.core.fileperm import as_umask
 from unifairseq.convert.fairseq_to_hf import (HFExportError, hf_module, import_transformers, save, to_hf,
                                               upgrade_legacy)
-from unifairseq.fairseq.checkpoint_io import FINGERPRINT_KEY, DeltaCheckpointError, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
 from unifairseq.fairseq.ckpt_args import model_args
+from unifairseq.fairseq.plain_args import namespace_args
+from unifairseq.tools.export import HEAD_PREFIX, LoadedDelta, linear_deltas, merged_state, refuse_unmergeable
 from unifairseq.tools.export_adapters import export_adapters
-from unifairseq.tools.export import (HEAD_PREFIX, base_file_for, delta_plan, export_merge, linear_deltas, load_base_for,
-                                     refuse_unmergeable)
-from unifairseq.tools.share import read_input
 
 ADAPTERS_VERDICT = ("the AdapterHub `adapters` library, which has them, cannot be installed beside this project's "
                     "transformers 5.24 (adapters 1.3.0, its newest release, requires transformers~=4.57.6); for "
                     "fairseq, `unifairseq-export inference CKPT OUT.pt` writes the small delta file")
-PEFT_METHODS = {"lora": "LORA", "dora": "LORA", "ia3": "IA3"}
 
 
 def _dict_symbols(dict_path: Optional[str], base_path: Optional[str]):
@@ -105,23 +103,24 @@ def _plain_args(state, fallback=None):
         return model_args(fallback)
 
 
-def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool = False, peft: bool = False,
+def export_hf(ckpt, out: str, base: Optional[str] = None, base_only: bool = False, peft: bool = False,
               head: Optional[str] = None, hf_vocab: Optional[str] = None, dict_path: Optional[str] = None,
               bpe_dir: Optional[str] = None, peft_base_name: Optional[str] = None, force: bool = False,
               adapters: bool = False) -> dict:
+    """`ckpt`: a LoadedDelta (read with the base's args), or a path: a plain fairseq checkpoint, a delta
+    `.pt` or a delta folder (never unpickled)."""
     if sum((base_only, peft, adapters)) > 1:
         raise HFExportError("--base-only, --peft and --adapters are alternatives; give one")
     import_transformers()  # before any work: the one-line message when it is not installed
-
-    state = read_input(ckpt, base, with_base_args=True)  # a .pt, or a delta folder (never unpickled)
-    is_delta = FINGERPRINT_KEY in state["model"]
+    delta = ckpt if isinstance(ckpt, LoadedDelta) else LoadedDelta.read(ckpt, base, with_base_args=True)
+    ckpt, state, is_delta = delta.path, delta.state, delta.is_delta
     if (base_only or peft or adapters) and not is_delta:
         raise HFExportError(f"{ckpt!r} is a plain fairseq checkpoint (no delta); --base-only/--peft/--adapters need "
                             "a delta checkpoint; drop them to convert this model as it is")
     base_path = ckpt
     if is_delta:
-        base_path = base_file_for(state, ckpt, base)  # a name resolves to its file (dict.txt beside it)
-        base_state = load_base_for(state, ckpt, base, base_path)
+        base_path = delta.base_path  # a name resolves to its file (dict.txt beside it)
+        base_state = delta.base_state
     kw = dict(hf_vocab_dir=hf_vocab, dict_symbols=_dict_symbols(dict_path, base_path))
     with _Folder(out, force, (ckpt, base_path, dict_path, hf_vocab, bpe_dir)) as stage:
         if not is_delta:
@@ -131,24 +130,21 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
             hf = to_hf(base_state["model"], _plain_args(base_state, state), **kw)
             save(hf, stage, kw["dict_symbols"], bpe_dir)
         elif adapters:
-            hf = export_adapters(state, base_state, delta_plan(state), stage, kw, bpe_dir,
-                                 _plain_args(base_state, state))
+            hf = export_adapters(state, base_state, delta.plan, stage, kw, bpe_dir, _plain_args(base_state, state))
         elif peft:
-            hf = _export_peft(state, base_state, stage, os.path.abspath(out), head, kw, bpe_dir, peft_base_name)
+            hf = _export_peft(delta, stage, os.path.abspath(out), head, kw, bpe_dir, peft_base_name)
         else:
-            plan = delta_plan(state)
             try:
-                refuse_unmergeable(plan)
+                refuse_unmergeable(delta.plan)
             except DeltaCheckpointError as e:
                 raise HFExportError(f"no transformers folder for this delta. {e}. For Hugging Face: LoRA, DoRA and "
                                     f"(IA)³ deltas export merged or as peft adapters (--peft); prefixes, adapters, "
                                     f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}; a "
                                     "parallel FFN adapter (pa_ffn, scaled_pa) alone exports for it with --adapters"
                                     ) from None
-            merged_path = os.path.join(stage, "merged.pt")
-            export_merge(ckpt, merged_path, base)  # the one merge (tools/export.py): heads travel with it
-            merged = load_checkpoint_file(merged_path)
-            os.remove(merged_path)
+            # the one merge (tools/export.py), heads travel with it; in memory, with the args as a reader of
+            # the merged file sees them (plain_args.py)
+            merged = namespace_args(merged_state(delta)[0])
             hf = to_hf(merged["model"], _plain_args(merged), head=head, **kw)
             save(hf, stage, kw["dict_symbols"], bpe_dir)
         with open(os.path.join(stage, "unifairseq_export.json"), "w", encoding="utf-8") as f:
@@ -156,41 +152,41 @@ def export_hf(ckpt: str, out: str, base: Optional[str] = None, base_only: bool =
     return dict(out=out, family=hf.family, class_name=hf.class_name, notes=hf.notes)
 
 
-def _export_peft(state, base_state, stage, final_out, head, kw, bpe_dir, peft_base_name):
-    from safetensors.torch import save_file
-
-    plan = delta_plan(state)
+def peft_method(plan):
+    """The plan's one method, when peft has its form at every site of it (Method.peft_form), with the
+    PeftType name; else HFExportError naming what has no form, or the two forms one folder would need."""
     names = sorted({m.name for m in plan.methods})
-    kinds = {PEFT_METHODS.get(n) for n in names}
-    if None in kinds or len(kinds) != 1 or names == ["dora", "lora"]:
-        other = [n for n in names if n not in PEFT_METHODS]
+    forms = {m.name: {m.peft_form(s) for s in plan.specs if s.method == m.name} for m in plan.methods}
+    other = [n for n in names if None in forms[n]]
+    if other or len(names) != 1 or len(forms[names[0]]) != 1:
         why = (f"{', '.join(other)} {'has' if len(other) == 1 else 'have'} no peft form" if other else
                f"{' + '.join(names)} would need two peft adapter types in one folder")
         raise HFExportError(f"--peft: {why}; peft takes LoRA, DoRA (LoRA use_dora) or (IA)³ deltas alone. Export "
                             f"the merged model instead (drop --peft) for LoRA/DoRA/(IA)³/BitFit; prefixes, adapters, "
                             f"MAM and prompts have no transformers/peft form, and {ADAPTERS_VERDICT}")
-    peft_type = kinds.pop()
+    method = plan.methods[0]
+    return method, forms[method.name].pop()
+
+
+def _export_peft(delta, stage, final_out, head, kw, bpe_dir, peft_base_name):
+    from safetensors.torch import save_file
+
+    state, base_state, plan = delta.state, delta.base_state, delta.plan
+    method, peft_type = peft_method(plan)
     delta_sd, base_sd = state["model"], upgrade_legacy(base_state["model"])
-    heads = sorted({k.split(".")[1] for k in delta_sd if k.startswith(HEAD_PREFIX)})
+    heads = delta.heads
     if head is None and len(heads) > 1:
         raise HFExportError(f"the delta has {len(heads)} classification heads ({', '.join(heads)}); name one with --head")
     head = head or (heads[0] if heads else None)
     hf = to_hf(base_sd, _plain_args(base_state, state), **kw)  # the base folder; hf.class_name: the adapter's model
-    tensors, targets, ff, ranks = {}, [], [], {}
+    tensors, modules = {}, {}
     for host, module in linear_deltas(plan, delta_sd, base_sd):
         name = hf_module(hf.family, host)
-        targets.append(name)
+        modules[name] = module
         p = f"base_model.model.{name}."
-        if peft_type == "LORA":
-            tensors[p + "lora_A.weight"] = module.W_down.weight
-            tensors[p + "lora_B.weight"] = module.W_up.weight
-            if hasattr(module, "m"):
-                tensors[p + "lora_magnitude_vector"] = module.m
-            ranks[name] = module.r
-        else:
-            tensors[p + "ia3_l"] = module.l.unsqueeze(0 if module.where == "in" else 1)
-            if module.where == "in":
-                ff.append(name)
+        for k, v in method.peft_tensors(module).items():
+            tensors[p + k] = v
+    targets = list(modules)
     modules_to_save, adapter_cls = None, hf.class_name
     if head is not None:
         if hf.family == "roberta":
@@ -213,32 +209,20 @@ def _export_peft(state, base_state, stage, final_out, head, kw, bpe_dir, peft_ba
            "fan_in_fan_out": False,
            "auto_mapping": {"base_model_class": adapter_cls,
                             "parent_library": f"transformers.models.{hf.family}.modeling_{hf.family}"}}
-    if peft_type == "LORA":
-        r0 = max(set(ranks.values()), key=list(ranks.values()).count)
-        cfg.update(r=r0, lora_alpha=float(plan.cfg.lora_alpha), lora_dropout=float(plan.cfg.lora_dropout),
-                   use_dora=any(n == "dora" for n in names), bias="none", init_lora_weights=True, use_rslora=False,
-                   # peft's scale is lora_alpha / r per module, unifairseq's alpha / r: the same alpha, each r
-                   rank_pattern={re_escape(n): r for n, r in ranks.items() if r != r0}, alpha_pattern={})
-    else:
-        cfg.update(feedforward_modules=ff, init_ia3_weights=True)
+    cfg.update(method.peft_config(plan.cfg, modules))
     adapter_dir = os.path.join(stage, "adapter")
     os.makedirs(adapter_dir)
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               os.path.join(adapter_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(adapter_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
-    hf.notes.append(f"peft {peft_type} adapter on {len(targets)} modules ({', '.join(names)}) for {adapter_cls}")
+    hf.notes.append(f"peft {peft_type} adapter on {len(targets)} modules ({method.name}) for {adapter_cls}")
     return hf
 
 
-def re_escape(name: str) -> str:
-    import re
-
-    return re.escape(name)
-
-
-def run(a) -> None:
-    for k, v in export_hf(a.ckpt, a.out, a.base, a.base_only, a.peft, a.head, a.hf_vocab, a.dict_path, a.bpe_dir,
+def run(a, src=None) -> None:
+    """`src`: the input as the command line read it (a LoadedDelta), default a.ckpt."""
+    for k, v in export_hf(a.ckpt if src is None else src, a.out, a.base, a.base_only, a.peft, a.head, a.hf_vocab, a.dict_path, a.bpe_dir,
                           a.peft_base_name, a.force, a.adapters).items():
         if k == "notes":
             for n in v:

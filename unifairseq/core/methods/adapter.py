@@ -142,3 +142,14 @@ class BottleneckAdapter(Method):
         o = spec.opts
         cls = FFNAdapterSite if spec.site == "ffn" else Adapter
         return cls(dim, o["r"], o["insertion"], o["scalar"], o["layernorm"], o["init"])
+
+    def adapterhub_form(self, spec):
+        """A parallel FFN adapter is adapters' ParBnConfig (tools/export_adapters.py says why only it)."""
+        if spec.site != "ffn" or spec.opts["insertion"] != "parallel":
+            return None
+        o, why = spec.opts, None
+        if o["layernorm"] not in (None, "none"):
+            why = f"--ffn-adapter-layernorm-option {o['layernorm']} has no ParBnConfig equivalent"
+        elif not isinstance(o["scalar"], (int, float)):
+            why = "a learnable adapter scalar is not exported (ParBnConfig's 'learned' scaling was not checked)"
+        return dict(config="ParBn", r=o["r"], scaling=o["scalar"], refusal=why)

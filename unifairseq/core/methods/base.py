@@ -19,7 +19,7 @@ Sites (the paper's "modified representation"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, List, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 PROJECTION_SITES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # a LinearDelta on a DeltaLinear
 ATTN_SITES = ("heads", "attn_out", "q_proj", "k_proj", "v_proj", "out_proj")
@@ -113,3 +113,23 @@ class Method:
     # ---- building (torch modules; dims are read off the host)
     def build(self, spec: Spec, **dims):
         raise NotImplementedError
+
+    # ---- export forms in other libraries (tools/export_hf.py, tools/export_adapters.py): a method
+    # declares its own, so the exporters compare no method names. None: no such form (refused there).
+    def peft_form(self, spec: Spec) -> Optional[str]:
+        """peft's PeftType name ("LORA", "IA3") that computes this spec as unifairseq does; None: none does."""
+        return None
+
+    def peft_tensors(self, module) -> Dict[str, object]:
+        """The trained module's tensors under peft's names (after `base_model.model.<target module>.`)."""
+        raise NotImplementedError(f"{self.name}: peft_form without peft_tensors")
+
+    def peft_config(self, cfg, modules: Dict[str, object]) -> dict:
+        """This method's entries of peft's adapter_config.json, in peft's order, for its trained modules
+        (transformers module name -> the method's module, in export order)."""
+        raise NotImplementedError(f"{self.name}: peft_form without peft_config")
+
+    def adapterhub_form(self, spec: Spec) -> Optional[dict]:
+        """This spec as an AdapterHub `adapters` config: {"config": its name, "r": bottleneck,
+        "scaling": s, "refusal": why this instance is not exported or None}; None: no such form."""
+        return None

@@ -75,3 +75,9 @@ class DoRAMethod(LoRAMethod):
     def formula(self, spec, shape) -> int:
         d_in, d_out, n = projection_shape(spec, shape)
         return super().formula(spec, shape) + d_out * n  # and the magnitude m
+
+    def peft_tensors(self, module):
+        return dict(super().peft_tensors(module), lora_magnitude_vector=module.m)
+
+    def peft_config(self, cfg, modules):
+        return dict(super().peft_config(cfg, modules), use_dora=True)  # peft's LoRA with use_dora

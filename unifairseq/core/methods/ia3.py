@@ -81,3 +81,12 @@ class IA3Method(Method):
     def build(self, spec, in_features: int, out_features: int) -> IA3:
         where = spec.opts["where"]
         return IA3(in_features if where == "in" else out_features, where)
+
+    def peft_form(self, spec):
+        return "IA3"
+
+    def peft_tensors(self, module):
+        return {"ia3_l": module.l.unsqueeze(0 if module.where == "in" else 1)}
+
+    def peft_config(self, cfg, modules):
+        return dict(feedforward_modules=[n for n, m in modules.items() if m.where == "in"], init_ia3_weights=True)

@@ -9,6 +9,7 @@ W_up zero (Δh = 0 at start). Count: r*(d_in + d_out) per projection (4*r*d per 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn as nn
@@ -126,3 +127,17 @@ class LoRAMethod(Method):
     def build(self, spec, in_features: int, out_features: int) -> LoRA:
         o = spec.opts
         return self.module_cls(in_features, out_features, o["r"], o["alpha"], o["dropout"])
+
+    def peft_form(self, spec):
+        return "LORA"
+
+    def peft_tensors(self, module):
+        return {"lora_A.weight": module.W_down.weight, "lora_B.weight": module.W_up.weight}
+
+    def peft_config(self, cfg, modules):
+        ranks = {n: m.r for n, m in modules.items()}
+        r0 = max(set(ranks.values()), key=list(ranks.values()).count)
+        return dict(r=r0, lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout), use_dora=False,
+                    bias="none", init_lora_weights=True, use_rslora=False,
+                    # peft's scale is lora_alpha / r per module, unifairseq's alpha / r: the same alpha, each r
+                    rank_pattern={re.escape(n): r for n, r in ranks.items() if r != r0}, alpha_pattern={})
