@@ -2,6 +2,7 @@
 count (checked against built models and the paper's formulas), the paper grid, YAML grids, and
 the bad-input lines. No training here (tests/test_search_e2e.py runs real trials)."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -173,3 +174,22 @@ def test_front_and_best_per_budget():
     best = report.best_per_budget(rows, {"a": 40, "b": 250, "c": 1000}, maximize=True)
     assert best["a"] is None and best["b"]["number"] == 1 and best["c"]["number"] == 6
     assert [r["number"] for r in report.front(rows, maximize=False)] == [3]  # loss: lower is better
+
+
+def test_base_is_found_by_name_as_by_every_tool(tmp_path, monkeypatch):
+    """--base takes a base name as every tool does (core/bases.py's search order, here $UNIFAIRSEQ_BASES),
+    and a name that is nowhere is one line naming what was tried."""
+    import shutil
+
+    from unifairseq.search.cli import find_search_base
+    from unifairseq.search.errors import SearchError
+
+    fixture = Path(__file__).parent / "fixtures" / "v1_folder" / "base" / "model.pt"  # a tiny plain BART base
+    (tmp_path / "bases" / "tiny.one").mkdir(parents=True)
+    shutil.copy(fixture, tmp_path / "bases" / "tiny.one" / "model.pt")
+    monkeypatch.setenv("UNIFAIRSEQ_BASES", str(tmp_path / "bases"))
+    assert find_search_base("tiny.one") == str(tmp_path / "bases" / "tiny.one" / "model.pt")
+    assert find_search_base(str(fixture)) == str(fixture)
+    with pytest.raises(SearchError, match=r"^--base: .*nowhere.*") as e:
+        find_search_base("nowhere")
+    assert "\n" not in str(e.value)

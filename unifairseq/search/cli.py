@@ -38,7 +38,7 @@ def build_parser():
     ap.add_argument("--task", choices=sorted(TASKS), default="SST-2", help="the task (default SST-2)")
     ap.add_argument("--data", help="the preprocessing script's output folder (DATA/bin, DATA/meta.json)")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--base", help="the pretrained model.pt the deltas train on")
+    g.add_argument("--base", help="the pretrained model the deltas train on: a base name (unifairseq-base) or its model.pt")
     g.add_argument("--tiny", action="store_true", help="the scripts' --tiny mode: a tiny random base (tests, CPU)")
     ap.add_argument("--space", default="registry", help="registry (default), paper, or FILE.yaml")
     ap.add_argument("--methods", default=None, help="registry space: only these methods (comma-separated)")
@@ -82,6 +82,19 @@ def _make_tiny_base(task: str, data: str, out: str) -> str:
     return path
 
 
+def find_search_base(flag: str) -> str:
+    """--base NAME_OR_PATH by the one lookup every tool uses (core/bases.py's search order: a path, a name
+    under $UNIFAIRSEQ_BASES or the cache, ...); the error names what was tried."""
+    # at run time, not import time: torch and fairseq stay out of --help
+    from unifairseq.core.bases import BaseNotFound
+    from unifairseq.fairseq.checkpoint_io import find_base
+
+    try:
+        return os.path.abspath(find_base(flag, option="--base NAME_OR_PATH").path)
+    except BaseNotFound as e:
+        raise SearchError(f"--base: {e}") from None
+
+
 def _config(a, extra: List[str]) -> dict:
     from . import space as sp
     from . import spacefile
@@ -100,9 +113,7 @@ def _config(a, extra: List[str]) -> dict:
     if a.tiny:
         base = _make_tiny_base(a.task, data, out)
     elif a.base:
-        base = os.path.abspath(a.base)
-        if not os.path.isfile(base):
-            raise SearchError(f"--base {a.base}: no such file; give the pretrained model.pt (or --tiny)")
+        base = find_search_base(a.base)
     else:
         raise SearchError("give --base model.pt (the pretrained model) or --tiny")
     shape, base_params = base_shape(base)
