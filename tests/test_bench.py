@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unifairseq.bench import cli, rounds as bench_rounds
+from unifairseq.bench import cli
 from unifairseq.bench.mergecheck import compare_decodes
 from unifairseq.bench.report import add_ratios, check_targets, compare, merged_checks, summarize
 
@@ -179,7 +179,7 @@ def test_merged_decode_failure_is_an_error_exit_and_in_the_json(tmp_path, monkey
         return [_round(r + 1, dict(full=2.0, frozen=1.0, frozen_2d=1.0, lora_attn=1.0), merged_ok=r != 1)
                 for r in range(o.rounds)]
 
-    monkeypatch.setattr(bench_rounds, "run_rounds", fake_rounds)
+    monkeypatch.setattr(cli, "run_rounds", fake_rounds)  # the name unifairseq.bench.cli calls
     out = tmp_path / "bench.json"
     assert cli.main(["--tiny", "--methods", "lora_attn", "--json", str(out)]) == 1
     mc = json.loads(out.read_text())["merged_decode_check"]

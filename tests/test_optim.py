@@ -57,9 +57,17 @@ def test_torch_adam_matches_fairseq_adam(wd):
 
 
 def test_fused_and_foreach_are_the_same_update():
-    """--adam-impl picks the kernel, not the math: fused and foreach give the same parameters."""
-    runs = {impl: trained("mam_bart_base", ["--optimizer", "torch_adam", "--adam-impl", impl, "--weight-decay",
-                                            "0.01"]) for impl in ("fused", "foreach")}
+    """--adam-impl picks the kernel, not the math: fused and foreach give the same parameters. One torch
+    thread: with two, the two runs differ by 7e-5 to 1e-4 on an adapter weight after the updates (on the code
+    of 687549e as on today's), above the tolerance, with one they agree within it -- the threads' split of
+    the forward/backward sums enters what the comparison measures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = {impl: trained("mam_bart_base", ["--optimizer", "torch_adam", "--adam-impl", impl, "--weight-decay",
+                                                "0.01"]) for impl in ("fused", "foreach")}
+    finally:
+        torch.set_num_threads(threads)
     assert runs["foreach"][0].optimizer.optimizer.defaults["foreach"]
     a, b = float_tensors(runs["fused"][1]), float_tensors(runs["foreach"][1])
     for k in a:

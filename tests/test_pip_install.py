@@ -60,7 +60,8 @@ def test_requirements_txt_is_pyproject_name_for_name():
     """requirements.txt (install.sh's list for a checkout) = dependencies + every extra + Cython, same specifiers."""
     meta = pyproject()
     extras = meta["project"]["optional-dependencies"]
-    assert set(extras) == {"test", "hf"} and extras["hf"] == ["transformers"]  # `unifairseq-export hf` needs it
+    assert set(extras) == {"test", "hf", "bench"} and extras["hf"] == ["transformers"]  # `unifairseq-export hf` needs it
+    assert set(extras["bench"]) == {"peft", "transformers"}  # unifairseq-bench-bank's peft row
     wanted = [*meta["project"]["dependencies"], *(r for reqs in extras.values() for r in reqs)]
     as_dict = lambda reqs: {canonicalize_name(Requirement(r).name): str(Requirement(r).specifier) for r in reqs}
     listed = as_dict(requirement_lines(REPO / "requirements.txt"))
