@@ -82,3 +82,17 @@ def test_adapter_output_layernorm_is_applied_after_the_scale():
         assert torch.allclose(a(h, x), ref, atol=1e-5)
         wrong = h + s * layer_norm(f, a.form.ln_out)
         assert not torch.allclose(a(h, x), wrong, atol=1e-3)
+
+
+def test_wrapping_a_projection_without_a_delta_draws_nothing_from_the_rng():
+    """Every attention projection is a DeltaLinear (a bank may serve any); one without a delta of its own
+    must not draw its placeholder weights from the RNG, so that a seed builds the same model as when only
+    the planned projections were wrapped (687549e and before): same initial deltas, same training run."""
+    lin = torch.nn.Linear(6, 4)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    wrapped = DeltaLinear.wrap(lin, None)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert wrapped.weight is lin.weight and wrapped.bias is lin.bias and not wrapped.weight.is_meta
+    x = torch.randn(3, 6)
+    assert torch.equal(wrapped(x), lin(x))

@@ -166,8 +166,8 @@ class DeltaLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 delta: Optional[LinearDelta] = None, site=None, role: Optional[str] = None):
-        super().__init__(in_features, out_features, bias=bias)
+                 delta: Optional[LinearDelta] = None, site=None, role: Optional[str] = None, device=None):
+        super().__init__(in_features, out_features, bias=bias, device=device)
         self.delta_name = delta.module_name if delta is not None else None
         if delta is not None:
             setattr(self, delta.module_name, delta)
@@ -184,8 +184,12 @@ class DeltaLinear(nn.Linear):
 
     @classmethod
     def wrap(cls, linear: nn.Linear, delta: Optional[LinearDelta]) -> "DeltaLinear":
-        """The same projection (the very same weight tensors, not copies) with a delta."""
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, delta=delta)
+        """The same projection (the very same weight tensors, not copies) with a delta. Its own placeholder
+        weights are made on the meta device when it has no delta: every attention projection is wrapped
+        (a bank may serve any), and a wrap without a delta of its own must not draw from the RNG, so that
+        a seed builds the same model as before all four were wrapped."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, delta=delta,
+                  device="meta" if delta is None else None)
         new.weight = linear.weight
         if linear.bias is not None:
             new.bias = linear.bias
