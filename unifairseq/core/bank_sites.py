@@ -2,7 +2,7 @@
 
 The one set of delta layers (core/modules.py DeltaLinear, fairseq/attention.py, fairseq/layers.py)
 serves single-delta and bank models alike: a site with a bank (`_bank`) whose deltas have something
-there (`bank.serves(key)`) hands its tensors over, and the bank computes every sample with its own
+there (`bank.has(key)`) hands its tensors over, and the bank computes every sample with its own
 delta; otherwise the site runs as it is. T x B x C inside layers (batch dim 1).
 """
 from __future__ import annotations
@@ -17,10 +17,6 @@ from unifairseq.core import heads
 
 class SiteComputations:
     """Needs of the Bank: ids_for, has, route, apply, bias_rows, prefix_rows (core/bank.py)."""
-
-    def serves(self, key) -> bool:
-        """True when some delta of the bank has something at this site."""
-        return self.has(key)
 
     def linear(self, host, x: torch.Tensor) -> torch.Tensor:
         """A projection (host: its nn.Linear, base weight and bias) for the rows of x [T, B, C_in]: LoRA /

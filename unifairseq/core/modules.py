@@ -222,7 +222,7 @@ class DeltaLinear(nn.Linear):
             site.read(x)
         delta = self.delta
         bank = self.__dict__.get("_bank")  # a delta bank (core/bank.py): each sample by its own delta
-        if bank is not None and (bank.serves(("proj", self.path)) or bank.serves(("bias", self.path + ".bias"))):
+        if bank is not None and (bank.has(("proj", self.path)) or bank.has(("bias", self.path + ".bias"))):
             y = bank.linear(self, x)
         elif delta is None or self.merged:
             y = F.linear(x, self.weight, self.bias)

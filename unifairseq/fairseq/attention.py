@@ -149,7 +149,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
         """The adapter on the attention output (parallel ones read the attention input x). With a bank,
         the bank computes it for every row (a model's own delta is one of the bank's)."""
         bank = self._served_by()
-        if bank is not None and bank.serves(("attn_out", self.path)):
+        if bank is not None and bank.has(("attn_out", self.path)):
             return bank.adapters(("attn_out", self.path), out, query)
         if self.delta_out is not None:
             out = self.delta_out(out, query)
@@ -157,7 +157,7 @@ class DeltaMultiheadAttention(MultiheadAttention):
 
     def _bank_prefix(self) -> bool:
         bank = self._served_by()
-        return bank is not None and bank.serves(self.prefix_key)
+        return bank is not None and bank.has(self.prefix_key)
 
     def _fused_ok(self, incremental_state) -> bool:
         if self._bank_prefix():

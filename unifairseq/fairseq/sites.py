@@ -33,7 +33,7 @@ class FFNSite:
     def write(self, h: torch.Tensor) -> torch.Tensor:
         if self.bank is not None:
             x, self._x = self._x, None
-            if self.bank.serves(("ffn", self.path)):  # every row, the layer's own delta being one of the bank's
+            if self.bank.has(("ffn", self.path)):  # every row, the layer's own delta being one of the bank's
                 return self.bank.adapters(("ffn", self.path), h, x)
         if self.own is not None:
             h = self.own.write(h)
@@ -57,6 +57,6 @@ class DeltaLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank = self.__dict__.get("_bank")
-        if bank is None or not bank.serves(("bias", self.path + ".bias")):
+        if bank is None or not bank.has(("bias", self.path + ".bias")):
             return super().forward(x)
         return bank.layer_norm(self, x)
