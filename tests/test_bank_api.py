@@ -62,21 +62,32 @@ def test_roberta_bank_logits_equal_single_delta_models():
             k = ref.size(-1)
             assert float((logits[b, :k] - ref[0]).abs().max()) < 1e-5, names[int(ids[b])]
             assert torch.isinf(logits[b, k:]).all()  # a 2-class head's row is padded to the widest (3)
+    # the hub: predict(head, tokens, deltas=[...]) gives each row its delta's head, as that model's own hub
+    from unifairseq.fairseq.hub import DeltaRobertaHub
+
+    hub = DeltaRobertaHub.from_model(bank, task)
+    with torch.no_grad():
+        got = hub.predict(head, src, deltas=[names[int(i)] for i in ids])
+        for b in range(src.size(0)):
+            keep = int(src[b].ne(d.pad()).sum())
+            ref = DeltaRobertaHub.from_model(singles[names[int(ids[b])]], task).predict(head, src[b, :keep])
+            assert float((got[b, :ref.size(-1)] - ref[0]).abs().max()) < 1e-5
+            assert float(got[b].exp().sum()) == pytest.approx(1.0, abs=1e-6)  # the -inf padding has probability 0
 
 
 def test_hub_translate_with_per_sentence_deltas():
-    from unifairseq.fairseq.bank_hub import BankHubInterface
+    from unifairseq.fairseq.hub import DeltaBARTHub
 
     bank, singles = make_bank(["lora_attn", "mam", "prompt"])
     _, task = plain_base()
     words = [f"w{i}" for i in range(4, 30)]
     sentences = [" ".join(words[i:i + 4 + i % 3]) for i in range(5)]
     deltas = ["lora_attn", None, "mam", "prompt", "lora_attn"]
-    hub = BankHubInterface(None, task, bank)
+    hub = DeltaBARTHub(None, task, bank)
     bank.bank.default = "mam"
     out = hub.translate(sentences, deltas=deltas, beam=2)
     for s, dn, got in zip(sentences, deltas, out):
-        ref = BankHubInterface(None, task, singles[dn or "mam"]).translate([s], beam=2)[0]
+        ref = DeltaBARTHub(None, task, singles[dn or "mam"]).translate([s], beam=2)[0]
         assert got == ref, (dn, got, ref)
 
 

@@ -2,6 +2,7 @@
 on the loaded base (same plan and another plan) without re-reading the base file, RoBERTa's head."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -119,3 +120,87 @@ def test_roberta_hub_with_head_from_shared_delta(tmp_path):
     plain_sd = load_checkpoint_file(str(base))["model"]  # the base file, read weights-only
     own = hub.model.full_state_dict()
     assert all(torch.equal(own[k], v) for k, v in plain_sd.items() if not is_delta_name(k))
+
+
+def test_hub_serves_more_deltas_per_sentence(tmp_path):
+    """from_pretrained(base, delta=DIR, deltas={...}): one hub, its own delta and more on the same base;
+    each sentence of a mixed generate equals its delta's own hub; add/remove and the refusals."""
+    from unifairseq.core.bank import BankError
+    from unifairseq.fairseq.hub import DeltaBARTHub
+    from unifairseq.fairseq.models.bart import DeltaBARTModel
+
+    d = tiny_dict()
+    base = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    save_plain_base(base, "lora_attn_bart_base", d, "args")
+    folders = {tag: delta_on(base, tmp_path, tag, arch, flags, d, seed=i)[1] for i, (tag, arch, flags) in enumerate([
+        ("lora1", "lora_attn_bart_base", SMALL), ("mam", "mam_bart_base", SMALL),
+        ("pfeiffer", "pfeiffer_bart_base", SMALL)])}
+    data = data_dir(tmp_path, d)
+    kw = dict(data_name_or_path=str(data), bpe=None, source_lang="src", target_lang="tgt")
+    hub = DeltaBARTModel.from_pretrained("tiny.bart", delta=str(folders["lora1"]),
+                                         deltas={"mam": str(folders["mam"])}, **kw).eval()
+    assert isinstance(hub, DeltaBARTHub) and hub.delta_names == ["lora1", "mam"]
+    hub.add_delta("pfeiffer", str(folders["pfeiffer"]))
+    sentences = [torch.tensor([d.index(f"w{i + j}") for j in range(3 + i % 3)] + [d.eos()]) for i in range(6)]
+    names = ["mam", None, "pfeiffer", "lora1", "mam", "pfeiffer"]
+    got = hub.generate(sentences, beam=3, max_len_b=6, deltas=names)
+    for tag in folders:
+        alone = DeltaBARTModel.from_pretrained("tiny.bart", delta=str(folders[tag]), **kw).eval()
+        assert isinstance(alone, DeltaBARTHub) and alone.delta_names == [tag]
+        for s, n, hyps in zip(sentences, names, got):
+            if (n or "lora1") == tag:
+                ref = alone.generate([s], beam=3, max_len_b=6)[0]
+                assert [h["tokens"].tolist() for h in hyps] == [h["tokens"].tolist() for h in ref], (n, s)
+                assert [float(h["score"]) for h in hyps] == pytest.approx([float(h["score"]) for h in ref],
+                                                                          abs=1e-5)
+    hub.remove_delta("pfeiffer")
+    with pytest.raises(BankError, match="no delta named 'pfeiffer'"):
+        hub.generate(sentences[:1], deltas=["pfeiffer"])
+    with pytest.raises(BankError, match="never the model's own"):
+        hub.remove_delta("lora1")
+    with pytest.raises(BankError, match="2 entries for 1 sentences"):
+        hub.generate(sentences[:1], deltas=["mam", "mam"])
+
+
+def test_load_hub_base_by_name_with_deltas(tmp_path):
+    """fairseq.bank.load_hub(NAME, {...}): the base by name, deltas as folders and .pt files, each sentence of
+    a mixed generate equal to its delta's own hub, None the plain base; an unknown base is one line."""
+    from unifairseq.core.bank import BankError
+    from unifairseq.fairseq.bank import load_hub
+    from unifairseq.fairseq.models.bart import DeltaBARTModel
+
+    d = tiny_dict()
+    base = tmp_path / "bases" / "tiny.bart" / "model.pt"
+    plain = save_plain_base(base, "lora_attn_bart_base", d, "args")
+    folders = {tag: delta_on(base, tmp_path, tag, arch, flags, d, seed=i)[1] for i, (tag, arch, flags) in enumerate([
+        ("lora1", "lora_attn_bart_base", SMALL), ("mam", "mam_bart_base", SMALL)])}
+    data = data_dir(tmp_path, d)
+    kw = dict(bpe=None, source_lang="src", target_lang="tgt")
+    hub = load_hub("tiny.bart", {"lora1": str(folders["lora1"]), "mam": str(tmp_path / "mam.pt")},
+                   data=str(data), **kw)
+    assert hub.delta_names == ["lora1", "mam"]
+    sentences = [torch.tensor([d.index(f"w{i + j}") for j in range(3 + i % 2)] + [d.eos()]) for i in range(4)]
+    names = ["mam", "lora1", None, "mam"]
+    got = hub.generate(sentences, beam=2, max_len_b=5, deltas=names)
+    plain_hub = hub_of_plain(plain.eval(), data, kw)
+    for tag in [None, *folders]:
+        alone = (plain_hub if tag is None else
+                 DeltaBARTModel.from_pretrained("tiny.bart", delta=str(folders[tag]), data_name_or_path=str(data),
+                                                **kw).eval())
+        for s, n, hyps in zip(sentences, names, got):
+            if n == tag:
+                ref = alone.generate([s], beam=2, max_len_b=5)[0]
+                assert [h["tokens"].tolist() for h in hyps] == [h["tokens"].tolist() for h in ref], (n, s)
+    with pytest.raises(BankError, match="nowhere.bart"):
+        load_hub("nowhere.bart", {}, data=str(data), **kw)
+
+
+def hub_of_plain(model, data, kw):
+    from fairseq import tasks
+    from unifairseq.fairseq.hub import DeltaBARTHub
+
+    args = argparse.Namespace(**vars(model.args))
+    args.data = str(data)
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return DeltaBARTHub.from_model(model, tasks.setup_task(args))

@@ -17,7 +17,7 @@
   checkpoint.py    the delta checkpoint mixin: trained tensors + base fingerprint, base loading
   errorhook.py     unifairseq's user errors as one line under fairseq's command lines
   bank.py          the delta bank's API (load_bank); model_bank.py its mechanism (ModelBank), below the
-                   bank architectures in models/, built on the same layers; bank_hub.py
+                   bank architectures in models/, built on the same layers; hub.py the hub
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and

@@ -21,7 +21,9 @@ import torch
 
 from unifairseq.core.bank import BankError
 from unifairseq.core.config import DeltaConfigError
-from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
+from unifairseq.core.bases import BaseNotFound
+from unifairseq.fairseq.checkpoint_io import find_base, load_checkpoint_file
+from unifairseq.fairseq.hub import hub_class
 from unifairseq.fairseq.model_bank import (BANK_ATTR, ModelBank, attach_bank, build_delta_set, delta_source,
                                            parse_bank_deltas, preset_config, read_delta)
 from unifairseq.fairseq.models.bank import BankBARTModel
@@ -52,15 +54,41 @@ def load_bank(base, deltas: Dict[str, object], task=None, default: Optional[str]
 
 
 
-def build_bank_from_base(path: str, task):
-    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
-    state = load_checkpoint_file(path)
+def load_hub(base: str, deltas: Optional[Dict[str, object]] = None, data: Optional[str] = None,
+             default: Optional[str] = None, **overrides):
+    """The hub (fairseq/hub.py) of one base, found by name or path as everywhere else (core/bases.py), serving
+    `deltas` ({name: delta .pt, delta folder or in-memory state}), each checked against that base; more are
+    added with hub.add_delta. `data`: the folder of the task's dictionaries (default: the base's own folder,
+    as fairseq's from_pretrained reads it); `overrides` are task/model args (source_lang, bpe, ...)."""
+    from fairseq import tasks  # fairseq's task registry: only when a hub is built
+
+    try:
+        path = find_base(base, option="the base NAME_OR_PATH").path
+    except BaseNotFound as e:
+        raise BankError(str(e)) from None
+    args = _base_args(path, load_checkpoint_file(path))
+    args.data = data or os.path.dirname(path)
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    task = tasks.setup_task(args)
+    model = load_bank(build_bank_from_base(path, task, args), deltas or {}, task=task, default=default)
+    return hub_class(model).from_model(model.eval(), task)
+
+
+def _base_args(path: str, state) -> argparse.Namespace:
     args = state.get("args")
     if args is None and state.get("cfg") is not None:
-        args = argparse.Namespace(**dict(state["cfg"]["model"]))
+        cfg = state["cfg"]
+        args = argparse.Namespace(**{**dict(cfg.get("task") or {}), **dict(cfg["model"])})
     if args is None:
         raise BankError(f"{path!r} records no model arguments; give a fairseq checkpoint of the base model")
-    args = argparse.Namespace(**vars(args))
+    return argparse.Namespace(**vars(args))
+
+
+def build_bank_from_base(path: str, task, args: Optional[argparse.Namespace] = None):
+    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
+    state = load_checkpoint_file(path)
+    args = argparse.Namespace(**vars(args if args is not None else _base_args(path, state)))
     args.bank_deltas = None
     family = "roberta" if "roberta" in str(getattr(args, "arch", "")) else "bart"
     cls = BankRobertaModel if family == "roberta" else BankBARTModel
@@ -72,5 +100,5 @@ def build_bank_from_base(path: str, task):
     return model
 
 
-__all__ = ["load_bank", "build_bank_from_base", "attach_bank", "build_delta_set", "read_delta", "preset_config",
+__all__ = ["load_bank", "load_hub", "build_bank_from_base", "attach_bank", "build_delta_set", "read_delta", "preset_config",
            "parse_bank_deltas", "delta_source", "ModelBank", "BANK_ATTR", "BankError", "DeltaConfigError"]

@@ -35,11 +35,9 @@ from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.basefit import other_size
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
                                               base_name_of, find_base, fingerprint, is_delta_only,
-                                              load_checkpoint_file, str_to_tensor, tensor_to_str,
-                                              weights_only_default_off)
+                                              load_checkpoint_file, str_to_tensor, tensor_to_str)
 from unifairseq.fairseq.deltacheck import check_base, check_dictionary, check_tensors
-from unifairseq.fairseq.deltafolder import apply_delta, hub_arguments
-from unifairseq.fairseq.safe_globals import register_safe_globals
+from unifairseq.fairseq.deltafolder import apply_delta
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +54,6 @@ class DeltaCheckpointMixin:
     base_contents: Optional[dict] = None  # version -> content fingerprint (v1 verifies older deltas)
     base_name: Optional[str] = None
     dictionary_fingerprints: Optional[dict] = None  # set by the builder from the task's dictionaries
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".",
-                        delta=None, **kwargs):
-        """fairseq's hub loading, with the torch.load allow-list in place. `model_name_or_path` may be a
-        base name (core/bases.py's search order); `delta=DIR` puts a shared delta folder on that base."""
-        register_safe_globals()
-        model_name_or_path, checkpoint_file, data_name_or_path, kwargs = hub_arguments(
-            model_name_or_path, checkpoint_file, data_name_or_path, delta, kwargs)
-        if weights_only_default_off():
-            # fairseq's hub reads the file with a bare torch.load, which this variable turns into a full
-            # unpickle; fairseq is not patched, so the file is read here first with weights_only=True
-            # (refused in one line if it would run code), and fairseq's second read then finds only
-            # the allow-listed plain objects this one accepted
-            for name in checkpoint_file.split(os.pathsep):
-                load_checkpoint_file(os.path.join(model_name_or_path, name))
-        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     def info(self) -> dict:
         return dict(base_name=self.base_name, base_content=self.base_content,

@@ -17,6 +17,7 @@ from unifairseq.core.accounting import ModelShape, base_bias_params
 from unifairseq.core.config import add_delta_args
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
+from unifairseq.fairseq.hub import FromPretrainedMixin
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import (building, current_plan, fill_missing_delta_keys, plan_for,
                                               prepare_delta_model, register_presets)
@@ -40,7 +41,7 @@ class DeltaIdsMixin:
 
 
 @register_model("delta_bart")
-class DeltaBARTModel(DeltaCheckpointMixin, DeltaIdsMixin, BARTModel):
+class DeltaBARTModel(FromPretrainedMixin, DeltaCheckpointMixin, DeltaIdsMixin, BARTModel):
     @staticmethod
     def add_args(parser):
         BARTModel.add_args(parser)

@@ -22,6 +22,7 @@ from unifairseq.core.config import add_delta_args
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
+from unifairseq.fairseq.hub import FromPretrainedMixin
 from unifairseq.fairseq.deltafolder import adopt_delta_args, register_heads
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
 from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
@@ -61,7 +62,7 @@ def roberta_defaults(args, task) -> None:
 
 
 @register_model("delta_roberta")
-class DeltaRobertaModel(DeltaCheckpointMixin, RobertaModel):
+class DeltaRobertaModel(FromPretrainedMixin, DeltaCheckpointMixin, RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
