@@ -133,6 +133,7 @@ class ImportResult:
 
 
 def convert(src_dir: str, out_dir: str, force: bool = False, seed: int = 0, eps_rescale: bool = True) -> ImportResult:
+    # torch, fairseq and transformers (the tokenizer) only when converting: the module's CLI parses without them
     import torch
     from fairseq import checkpoint_utils, tasks
 

@@ -64,7 +64,7 @@ def build_parser():
 
 
 def _budgets(text: str, base_params: int):
-    from .space import parse_budget
+    from .space import parse_budget  # the space imports torch (core.methods): not at --help time
 
     return {b.strip(): parse_budget(b.strip(), base_params) for b in text.split(",") if b.strip()}
 
@@ -96,6 +96,7 @@ def find_search_base(flag: str) -> str:
 
 
 def _config(a, extra: List[str]) -> dict:
+    # torch (core.methods) and optuna: only once the arguments are parsed, so --help imports neither
     from . import space as sp
     from . import spacefile
     from . import trial as tr
@@ -150,7 +151,7 @@ class Progress:
         self.shown = set()
 
     def __call__(self, study) -> None:
-        from .study import finished
+        from .study import finished  # optuna's (see _config)
 
         ts = finished(study)
         done = sum(1 for x in ts if x.state.is_finished())
@@ -174,6 +175,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     a = build_parser().parse_args(argv)
+    # optuna, matplotlib and torch, once the arguments are parsed (--help and usage errors import none)
     from . import report
     from .study import open_study, reap, work, finished
 

@@ -16,13 +16,15 @@ from typing import Dict, Optional
 
 import torch
 
+from unifairseq.core.bases import BaseNotFound
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.methods import METHODS
 from unifairseq.core.methods.prefix import PrefixProvider
 from unifairseq.core.modules import LinearDelta, is_delta_name
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
-from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
+from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
+from unifairseq.fairseq.checkpoint_io import (find_base, BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS,
                                               DeltaCheckpointError, atomic_save, load_checkpoint_file,
                                               tensor_to_str as _tensor_to_str)
 from unifairseq.tools.share import read_input, write_shared
@@ -149,8 +151,6 @@ def refuse_unmergeable(plan: DeltaPlan) -> None:
 def base_file_for(state: dict, path: str, base_override: Optional[str]) -> str:
     """The base of the delta `state` (read from `path`) by the one lookup (checkpoint.find_base): --base
     (a name or a path), else the delta's recorded name, path and content fingerprint."""
-    from unifairseq.core.bases import BaseNotFound
-    from unifairseq.fairseq.checkpoint_io import find_base
 
     sd = state["model"]
     stored = _tensor_to_str(sd[BASE_PATH_KEY]) if BASE_PATH_KEY in sd else None
@@ -166,7 +166,7 @@ def base_file_for(state: dict, path: str, base_override: Optional[str]) -> str:
 
 def load_base_for(state: dict, path: str, base_override: Optional[str], base_path: Optional[str] = None) -> dict:
     """The base checkpoint of the delta `state` (`base_path` when the caller resolved it already)."""
-    from unifairseq.convert.fairseq_to_hf import upgrade_legacy
+    from unifairseq.convert.fairseq_to_hf import upgrade_legacy  # the HF converter imports transformers
 
     base_path = base_path or base_file_for(state, path, base_override)
 
@@ -301,7 +301,6 @@ def export_unmerge(merged_path: str, src, out: str, force: bool = False) -> dict
 def plain_fairseq_state(state: dict, path: str, what: str) -> dict:
     """`state` with nothing torch's default weights-only load refuses (the args as an OrderedDict:
     plain_args.py says why), so that plain fairseq loads the file without --user-dir or an allow-list."""
-    from unifairseq.fairseq.plain_args import primitive_args, unloadable_objects
 
     new = primitive_args(state)
     left = unloadable_objects(new)

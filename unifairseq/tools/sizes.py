@@ -26,7 +26,7 @@ def measure(method: str, size: str, workdir: str) -> dict:
     from fairseq.tasks.translation import TranslationTask
     from fairseq.trainer import Trainer
 
-    from unifairseq.tools.export import export_inference
+    from unifairseq.tools.export import export_inference  # torch and fairseq, as the imports above
 
     d = dummy_dictionary(BART_VOCAB)
     args = parse_model_args(f"{method}_bart_{size}", ["--cpu", "--optimizer", "adam", "--lr", "1e-4",
