@@ -146,6 +146,15 @@ def test_delta_files_load_refusals_and_memory(tmp_path):
     with pytest.raises(BankError, match="was trained on another base.*allow_base_mismatch"):
         bank.bank.add("other", str(tmp_path / "other.pt"))
     assert "other" not in bank.bank.names
+    # another dictionary: the task's dictionaries are not those the delta file records
+    from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
+
+    assert files["mam"].dictionary_fingerprints and bank.dictionary_fingerprints == files["mam"].dictionary_fingerprints
+    bank.dictionary_fingerprints = {side: "0" * 64 for side in bank.dictionary_fingerprints}
+    with pytest.raises(DeltaCheckpointError, match="the task's source dictionary .* is not the one the delta was "
+                                                   "trained with"):
+        bank.bank.add("mam2", str(tmp_path / "mam.pt"))
+    assert "mam2" not in bank.bank.names
     # another family: a RoBERTa delta (no fingerprint: the tensors themselves do not fit)
     rob, _, _ = tiny_roberta("lora_attn_roberta_base", ["--attn-bn", "4"])
     state = {"cfg": rob.delta_plan.cfg, "model": {k: v for k, v in rob.full_state_dict().items()

@@ -55,6 +55,6 @@ def test_fairseq_train_and_generate_with_a_bank(tmp_path):
              tmp_path / "ckpt" / "checkpoint_last.pt", "--task", "translation", "--beam", "2", "--max-len-b", "5",
              "--batch-size", "8", "--cpu", "--gen-subset", "valid",
              "--model-overrides", "{'bank_default': 'mt'}", cwd=tmp_path)
-    assert f"unifairseq bank: base loaded from {tmp_path / 'base.pt'}" in out
+    assert f"unifairseq: base model loaded from {tmp_path / 'base.pt'}" in out
     assert sum(line.startswith("H-") for line in out.splitlines()) == 8  # (one batch: fairseq-generate
     # translates only 4 of 8 with --batch-size 4 here, the plain base too)

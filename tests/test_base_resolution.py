@@ -141,7 +141,8 @@ def test_merge_base_nonexistent_message(tmp_path, delta, capsys):
 def test_bank_build_and_extract_take_a_base_name(tmp_path, delta, monkeypatch):
     base, pt, folder, d, task = delta
     from unifairseq.core.bank import BankError
-    from unifairseq.fairseq.bank_export import load_bank_checkpoint
+    from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError
+    from unifairseq.tools.bank_build import load_bank_checkpoint
     from unifairseq.fairseq.tasks.bank import BankTaskError
     from unifairseq.tools.bank_build import build_bank_checkpoint
 
@@ -159,8 +160,14 @@ def test_bank_build_and_extract_take_a_base_name(tmp_path, delta, monkeypatch):
     assert model.bank.base_path == moved
     with pytest.raises(BankError, match="base 'nope' not found; tried name 'nope'"):
         load_bank_checkpoint(bank, str(data), "nope")
-    with pytest.raises(BankError, match=f"the recorded path {base} \\(not there\\)"):
-        load_bank_checkpoint(bank, str(data))  # nothing given: the model's own lookup says what it tried
+    # nothing given: a bank checkpoint records its base's name and content as any delta checkpoint does, and the
+    # model's own lookup finds the renamed base by that fingerprint
+    model, _ = load_bank_checkpoint(bank, str(data))
+    assert model.bank.base_path == moved
+    os.rename(moved, moved + ".gone")
+    with pytest.raises(DeltaCheckpointError, match=f"trained on the base {base!r}, which is not there.*the "
+                                                   f"recorded path {base} \\(not there\\)"):
+        load_bank_checkpoint(bank, str(data))  # the lookup says what it tried
 
 
 def _entry_and_folder_models(folder, task, **overrides):

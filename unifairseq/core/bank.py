@@ -79,6 +79,9 @@ class BankError(UnifairseqError, ValueError):
     """A bank request that cannot be served; the message names the deltas and the fix."""
 
 
+BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on a model (a delta_* name: trainable, never base)
+
+
 class DeltaSet(nn.Module):
     """One delta of a bank: modules at their single-model paths + a flat index by site key."""
 

@@ -5,7 +5,8 @@
   layers.py        encoder/decoder layers and stacks through fairseq's build hooks (the FFN site, the
                    BitFit layer norm, a bank's delta_ids through encoder and decoder); sites.py the FFN
                    site and the BitFit layer norm
-  models/          delta_bart / delta_roberta and the <method>_<family>_<size> architectures
+  models/          delta_bart / delta_roberta (one delta, or N with --bank-deltas: bank_* are aliases) and the
+                   <method>_<family>_<size> architectures
   tasks/           translation_rouge, translation_mbart
   optim.py         --optimizer torch_adam
   checkpoint_io.py the bottom layer: checkpoint file I/O, the meta keys, the base lookup, DeltaCheckpointError
@@ -16,8 +17,8 @@
   resume.py        the torn checkpoint_last.pt repair before fairseq-train resumes
   checkpoint.py    the delta checkpoint mixin: trained tensors + base fingerprint, base loading
   errorhook.py     unifairseq's user errors as one line under fairseq's command lines
-  bank.py          the delta bank's API (load_bank); model_bank.py its mechanism (ModelBank), below the
-                   bank architectures in models/, built on the same layers; hub.py the hub
+  bank.py          the delta bank's API (load_bank, load_hub); model_bank.py its mechanism (ModelBank), below
+                   models/, on the same layers; hub.py the hub of every delta model (deltas=[...])
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and

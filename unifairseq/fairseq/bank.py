@@ -7,9 +7,9 @@
     model.bank.remove("sum")
     sample["net_input"]["delta_ids"] = model.bank.ids(["mt", None, "ro"])   # None: bank.default
 
-This module is the API: load_bank (which builds a bank architecture over a base file, so it sits above
-models/bank.py and models/bank_roberta.py) and the names of the mechanism those architectures build on,
-unifairseq.fairseq.model_bank (ModelBank: what a delta of a bank is, what is refused and why).
+This module is the API: load_bank and load_hub (which build a delta model of N deltas over a base file, so they
+sit above models/) and the names of the mechanism, unifairseq.fairseq.model_bank (ModelBank: what a delta of a
+bank is, what is refused and why).
 """
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ import argparse
 import os
 from typing import Dict, Optional
 
-import torch
 
 from unifairseq.core.bank import BankError
 from unifairseq.core.config import DeltaConfigError
 from unifairseq.core.bases import BaseNotFound
 from unifairseq.fairseq.checkpoint_io import find_base, load_checkpoint_file
 from unifairseq.fairseq.hub import hub_class
-from unifairseq.fairseq.model_bank import (BANK_ATTR, ModelBank, attach_bank, build_delta_set, delta_source,
-                                           parse_bank_deltas, preset_config, read_delta)
-from unifairseq.fairseq.models.bank import BankBARTModel
-from unifairseq.fairseq.models.bank_roberta import BankRobertaModel
+from unifairseq.fairseq.deltaread import delta_source, parse_bank_deltas, preset_config, read_delta
+from unifairseq.fairseq.model_bank import BANK_ATTR, ModelBank, attach_bank, build_delta_set
+from unifairseq.fairseq.models.bart import DeltaBARTModel
+from unifairseq.fairseq.models.roberta import DeltaRobertaModel
 
 
 def load_bank(base, deltas: Dict[str, object], task=None, default: Optional[str] = None,
@@ -89,14 +88,10 @@ def build_bank_from_base(path: str, task, args: Optional[argparse.Namespace] = N
     """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
     state = load_checkpoint_file(path)
     args = argparse.Namespace(**vars(args if args is not None else _base_args(path, state)))
-    args.bank_deltas = None
-    family = "roberta" if "roberta" in str(getattr(args, "arch", "")) else "bart"
-    cls = BankRobertaModel if family == "roberta" else BankBARTModel
+    args.bank_deltas = ""  # a model of N deltas (none yet): model_bank.is_bank_args
+    cls = DeltaRobertaModel if "roberta" in str(getattr(args, "arch", "")) else DeltaBARTModel
     model = cls.build_model(args, task)
-    sd = dict(state["model"])
-    model.upgrade_state_dict(sd)
-    torch.nn.Module.load_state_dict(model, sd, strict=True)
-    model.bank.base_path = os.path.abspath(path)
+    model.load_base(path, state)
     return model
 
 

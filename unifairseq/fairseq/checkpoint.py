@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from unifairseq.core import bases
+from unifairseq.core.bank import BANK_ATTR
 from unifairseq.core.modules import base_init_values, is_delta_name
 from unifairseq.fairseq.basefit import other_size
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
@@ -97,6 +98,7 @@ class DeltaCheckpointMixin:
             # the name the delta was trained under stays its base's name, wherever the file is now
             self.base_name = info.get("base_name") or self.base_name
             self.base_content = self.base_content or info.get("base_content")
+            self._load_pending({k.split(".")[1] for k in state_dict if k.startswith(BANK_ATTR + ".")})
             return result
         # before fairseq's upgrades touch the dict; a full checkpoint of a delta model (--delta-save-full)
         # records its base, whose content differs from its own where a plan trains in place (BitFit)
@@ -116,7 +118,24 @@ class DeltaCheckpointMixin:
             self.apply_delta_file(self.delta_file)
         if stored_fp is not None and stored_fp != self.base_fingerprint:
             logger.warning("unifairseq: loaded a full checkpoint whose recorded base fingerprint differs")
+        self._load_pending(())
         return result
+
+    def _load_pending(self, skip) -> None:
+        """A bank's delta files (--bank-deltas) wait for the base (model_bank.ModelBank.add after_base): now it
+        is in. `skip`: deltas whose trained values the checkpoint being resumed holds (they win)."""
+        bank = self.__dict__.get("bank")
+        if bank is not None:
+            bank.load_pending(skip=skip)
+
+    def base_init_values(self, sd, prefix: str = ""):
+        """{key: value} of the delta tensors that start from the base in `sd` (DoRA's magnitude; a bank's
+        BitFit biases and DoRA magnitudes): what fresh deltas hold on that base."""
+        out = base_init_values(self, sd, prefix)
+        bank = self.__dict__.get("bank")
+        if bank is not None:
+            out.update(bank.from_base(sd, prefix))
+        return out
 
     # -------------------------------------------------------------- base
     def _refuse_other_size(self, sd, own, source: str) -> None:
@@ -124,9 +143,9 @@ class DeltaCheckpointMixin:
         if problem:
             raise DeltaCheckpointError(problem)
 
-    def load_base(self, path: str) -> None:
-        """Load the frozen base weights from a (full) fairseq checkpoint file."""
-        state = load_checkpoint_file(path)
+    def load_base(self, path: str, state: Optional[dict] = None) -> None:
+        """Load the frozen base weights from a (full) fairseq checkpoint file (`state`: the file, read already)."""
+        state = state if state is not None else load_checkpoint_file(path)
         sd = state["model"]
         if is_delta_only(sd, self.full_state_dict(), self.delta_plan) and any(k in sd for k in META_KEYS):
             raise DeltaCheckpointError(f"{path!r} is itself a delta checkpoint, not a base model; point "
@@ -142,7 +161,7 @@ class DeltaCheckpointMixin:
                     f"{tuple(own[k].shape)} here (another architecture or dictionary?)")
         # keep the current delta values, except those that start from the base (DoRA's m): under fresh
         # deltas they must come from this base; a delta loaded next overwrites them anyway
-        from_base = base_init_values(self, sd)
+        from_base = self.base_init_values(sd)
         keep = {k: v for k, v in own.items() if is_delta_name(k) and k not in from_base}
         sd = OrderedDict(sd)
         sd.update(keep)

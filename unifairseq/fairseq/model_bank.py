@@ -1,6 +1,6 @@
 """The delta bank on one fairseq model (ModelBank): add / remove deltas, read delta files, build a
-delta's modules at the model's sites. The bank architectures (models/bank.py, models/bank_roberta.py)
-build on this module; the API that also builds a bank model from a base file is unifairseq.fairseq.bank.
+delta's modules at the model's sites. A delta model of N deltas (models/: --bank-deltas, the bank_*
+architectures) builds on this module; the API that also builds a bank model from a base file is unifairseq.fairseq.bank.
 
 A delta of a bank is a `DeltaSet` (core/bank.py) whose modules sit at their single-delta model
 paths, so a delta checkpoint loads into it strictly (every key, every shape) and
@@ -25,92 +25,50 @@ import torch
 import torch.nn as nn
 
 from unifairseq.core.accounting import is_base_name
-from unifairseq.core.bank import Bank, BankError, DeltaSet
+from unifairseq.core.bases import fingerprint_version, same_content
+from unifairseq.core.bank import BANK_ATTR, Bank, BankError, DeltaSet
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.methods import METHODS
 from unifairseq.core.plan import DeltaPlan
-from unifairseq.core.presets import PRESETS
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
-from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, fingerprint,
-                                              load_checkpoint_file, tensor_to_str)
+from unifairseq.fairseq.checkpoint_io import fingerprint
+from unifairseq.fairseq.deltacheck import check_dictionary
+from unifairseq.fairseq.deltaread import delta_source, parse_bank_deltas, read_delta
 from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaTransformerDecoder,
                                        DeltaTransformerEncoder)
 from unifairseq.fairseq.sites import DeltaLayerNorm
 
-BANK_ATTR = "delta_bank"  # the ModuleDict of DeltaSets on the model (a delta_* name: trainable, never base)
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-# ---------------------------------------------------------------- reading a delta
-def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], Optional[str]]":
-    """The ONE place deltas are read: (config, tensors at single-model keys, recorded base fingerprint).
-    `source`: a delta .pt (load_checkpoint_file: never runs code), a safetensors delta folder, or an
-    in-memory state {"cfg": DeltaConfig or dict or args, "model": tensors}."""
-    if isinstance(source, str) and os.path.isdir(source):
-        # a shared delta folder (core/deltafile.py): JSON + safetensors, validated, nothing unpickled.
-        # Its method flags are under "delta" (after the prefix fold attn_mode is prefix_nomlp, which the
-        # folded tensors fit); the bank checks the plan-dependent fingerprint (fingerprint() below, as
-        # .pt deltas record it), which the folder keeps as base.plan_fingerprint.
-        from unifairseq.core.deltafile import DeltaFileError, read_delta as read_folder
-
-        try:
-            config, tensors = read_folder(source)
-        except DeltaFileError as e:
-            raise BankError(str(e)) from None
-        return (_config(config["delta"], source), OrderedDict(tensors),
-                config["base"].get("plan_fingerprint") or None)
-    state = load_checkpoint_file(source) if isinstance(source, str) else source
-    args = state.get("cfg") or state.get("args")
-    if isinstance(args, dict) and "model" in args and not isinstance(args["model"], torch.Tensor):
-        args = args["model"]  # a fairseq checkpoint's cfg: the model's namespace
-    tensors = OrderedDict(state["model"])
-    fp = tensors.pop(FINGERPRINT_KEY, None)
-    tensors.pop(BASE_PATH_KEY, None)
-    tensors.pop(INFO_KEY, None)  # the base's name/content record: the plan fingerprint above is what is checked
-    return _config(args, source), tensors, (tensor_to_str(fp) if fp is not None else None)
+# ---------------------------------------------------------------- the model's flags
+def add_bank_args(parser) -> None:
+    parser.add_argument("--bank-save-full", action="store_true",
+                        help="write the base into checkpoints too (default: the bank's deltas and the base's record)")
+    parser.add_argument("--bank-default", type=str, metavar="NAME",
+                        help="the delta of sentences that name none (default: none; a one-delta bank uses it)")
+    parser.add_argument("--bank-deltas", type=str, metavar="NAME=PATH_OR_PRESET,...",
+                        help="a model of several deltas (a bank), in bank-index order: a delta file, or a preset "
+                             "(PRESET[:key=value...], e.g. mam:attn_bn=16) for a fresh trainable delta")
 
 
-def _config(args, source) -> DeltaConfig:
-    if isinstance(args, DeltaConfig):
-        return args.validate()
-    if isinstance(args, dict):
-        fields = DeltaConfig.__dataclass_fields__
-        return DeltaConfig(**{k: v for k, v in args.items() if k in fields and v is not None}).validate()
-    if args is None:
-        raise BankError(f"delta {source!r} records no configuration (no 'args'/'cfg'): it was not written by a "
-                        "unifairseq delta model")
-    return DeltaConfig.from_args(args)
+def is_bank_args(args) -> bool:
+    """A model of N deltas in a bank: a bank_* architecture (aliases of delta_*), or --bank-deltas given."""
+    return str(getattr(args, "arch", "")).startswith("bank_") or getattr(args, "bank_deltas", None) is not None
 
 
-def preset_config(spec: str) -> DeltaConfig:
-    """`PRESET[:key=value...]`, e.g. `mam:attn_bn=16:ffn_bn=64` (keys: DeltaConfig fields or flag names)."""
-    name, *overrides = spec.split(":")
-    if name not in PRESETS:
-        raise BankError(f"unknown preset {name!r} in --bank-deltas; choose a delta file or one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[name])
-    for item in overrides:
-        key, _, value = item.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if key not in DeltaConfig.__dataclass_fields__ or not value:
-            raise BankError(f"--bank-deltas {spec!r}: {item!r} is not KEY=VALUE with KEY a delta flag "
-                            "(attn_bn, ffn_bn, mid_dim, lora_alpha, ...)")
-        kind = DeltaConfig.__dataclass_fields__[key].type
-        values[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
-    return DeltaConfig(**values).validate()
-
-
-def parse_bank_deltas(text: str) -> "OrderedDict[str, str]":
-    """`name=PATH_OR_PRESET,...` -> {name: source}."""
-    out = OrderedDict()
-    for item in filter(None, (t.strip() for t in (text or "").split(","))):
-        name, eq, source = item.partition("=")
-        if not eq or not source:
-            raise BankError(f"--bank-deltas: {item!r} is not NAME=PATH_OR_PRESET (e.g. sum=mam,mt=lora_attn)")
-        if name in out:
-            raise BankError(f"--bank-deltas: the name {name!r} appears twice; give each delta its own name")
-        out[name] = source
-    return out
+def fill_bank(model, args) -> None:
+    """The deltas of --bank-deltas on a model just built (attach_bank ran)."""
+    start = getattr(args, "finetune_from_model", None) or getattr(args, "restore_file", None)
+    named = start and os.path.basename(start) != "checkpoint_last.pt"
+    for name, source in parse_bank_deltas(getattr(args, "bank_deltas", None) or "").items():
+        # fairseq loads the start checkpoint (the base, or the bank checkpoint being resumed) after
+        # build_model: a delta file's tensors and its base check wait for it (load_state_dict)
+        model.bank.add(name, delta_source(source), after_base=bool(named) and model.bank.base_path is None)
+    if getattr(args, "bank_default", None):
+        model.bank.index(args.bank_default)  # a name the bank has, or the error naming those it has
+        model.bank.default = args.bank_default
 
 
 # ---------------------------------------------------------------- the model side
@@ -121,8 +79,30 @@ class ModelBank(Bank):
         super().__init__(getattr(model, BANK_ATTR))
         object.__setattr__(self, "_model", model)  # plain reference
         self.allow_base_mismatch = False
-        self.base_path: Optional[str] = None  # where the base weights came from (bank checkpoints record it)
         self.pending: "OrderedDict[str, tuple]" = OrderedDict()  # add(after_base=True): loaded by load_pending
+
+    @property
+    def base_path(self) -> Optional[str]:
+        """Where the base weights came from: the model's own record (DeltaCheckpointMixin.base_path)."""
+        return getattr(self._model, "base_path", None)
+
+    @base_path.setter
+    def base_path(self, path: Optional[str]) -> None:
+        self._model.base_path = path
+
+    def from_base(self, state_dict, prefix: str = "") -> "Dict[str, torch.Tensor]":
+        """{key: value} of the bank's tensors that start from the base in `state_dict` (BitFit's biases, DoRA's
+        magnitude): what a fresh delta of the bank holds on that base (as core/modules.base_init_values)."""
+        out = {}
+        for dname, ds in self.sets.items():
+            at = f"{prefix}{BANK_ATTR}.{dname}."
+            for key, m in ds.sites.items():
+                if key[0] == "bias" and prefix + key[1] in state_dict:  # BitFit trains the base's own biases
+                    out[at + key[1]] = state_dict[prefix + key[1]].clone()
+                if key[0] == "proj" and prefix + key[1] + ".weight" in state_dict:
+                    for pname, value in m.from_base(state_dict[prefix + key[1] + ".weight"]).items():
+                        out[f"{at}{key[1]}.{m.module_name}.{pname}"] = value
+        return out
 
     def base_state(self):
         return OrderedDict((k, v) for k, v in nn.Module.state_dict(self._model).items()
@@ -140,17 +120,17 @@ class ModelBank(Bank):
         if name in self.sets:
             raise BankError(f"a delta named {name!r} is already in the bank; remove it first or choose another name")
         if isinstance(delta, DeltaConfig):
-            cfg, tensors, fp = delta.validate(), None, None
+            cfg, tensors, record = delta.validate(), None, {}
         else:
-            cfg, tensors, fp = read_delta(delta)
+            cfg, tensors, record = read_delta(delta)
         ds = build_delta_set(self._model, cfg)
         if tensors is not None:
             self._heads_of(ds, tensors)
             tensors = self._fit(name, ds, tensors)
             if after_base:
-                self.pending[name] = (fp, tensors, delta)
+                self.pending[name] = (record, tensors, delta)
             else:
-                self._check_base(name, cfg, fp, delta)
+                self._check_base(name, cfg, record, delta)
                 ds.load_state_dict(tensors, strict=True)
         dev_dtype = next((p for n, p in self._model.named_parameters() if not n.startswith(BANK_ATTR)), None)
         if dev_dtype is not None:
@@ -166,10 +146,10 @@ class ModelBank(Bank):
         """The tensors of the deltas added with after_base=True, checked against the base now loaded
         (names in `skip`: a bank checkpoint being resumed holds their trained values, which win)."""
         pending, self.pending = self.pending, OrderedDict()
-        for name, (fp, tensors, source) in pending.items():
+        for name, (record, tensors, source) in pending.items():
             if name in skip or name not in self.sets:
                 continue
-            self._check_base(name, self.sets[name].config, fp, source)
+            self._check_base(name, self.sets[name].config, record, source)
             with torch.no_grad():
                 self.sets[name].load_state_dict(tensors, strict=True)
         self.changed()
@@ -210,7 +190,23 @@ class ModelBank(Bank):
                                                     head.to(p.device, p.dtype), ("head", head_name))
         self.changed()
 
-    def _check_base(self, name, cfg, fp, source) -> None:
+    def _check_base(self, name, cfg, record, source) -> None:
+        """The delta's base is this bank's (by the content fingerprint it records, when the base's is known,
+        else by the plan fingerprint), and its dictionaries are the task's (deltacheck.check_dictionary)."""
+        where = f"delta {name!r} ({source if isinstance(source, str) else 'in memory'})"
+        if record.get("dictionary") is not None or isinstance(source, str):
+            # files from before the record have no dictionary entry at all: a warning, as for a model's own delta
+            check_dictionary(self._model, where, record.get("dictionary"), legacy_ok=record.get("dictionary") is None)
+        have = getattr(self._model, "base_contents", None)
+        if record.get("base_content") and have:
+            if not same_content(record["base_content"], have) and not self.allow_base_mismatch:
+                got = have.get(fingerprint_version(record["base_content"]), "?")
+                raise BankError(f"{where} was trained on another base: it records base {record.get('base_name')!r} "
+                                f"with content fingerprint {record['base_content'][:16]}…, this bank's base has "
+                                f"{got[:16]}…; load it onto a bank of its own base, or set "
+                                "model.bank.allow_base_mismatch = True to force it")
+            return
+        fp = record.get("plan_fingerprint")
         if fp is None:
             return
         own = fingerprint(self.base_state(), DeltaPlan(cfg))
@@ -306,6 +302,8 @@ def own_delta_set(model: nn.Module) -> DeltaSet:
                     ds.sites[("prefix", path, kind)] = (getattr(m, attr), plan.at("heads", kind).opts["form"])
             if enc and m.delta_prompt is not None:
                 ds.sites[("prompt", path)] = m.delta_prompt
+    for h, head in getattr(model, "classification_heads", {}).items():  # RoBERTa: the delta's own heads
+        ds.sites[("head", h)] = head
     return ds
 
 
@@ -320,7 +318,6 @@ def serve_with_others(model: nn.Module, own_name: str, others: "OrderedDict[str,
     bank = attach_bank(model)
     bank.sets[own_name] = own
     bank.default = own_name
-    bank.base_path = getattr(model, "base_path", None)
     for name, source in others.items():
         bank.add(name, source)
     bank.changed()
@@ -375,8 +372,3 @@ def _put_projection(ds: DeltaSet, plan: DeltaPlan, spec, path: str, host: nn.Lin
     delta = plan.build(spec, in_features=host.in_features, out_features=host.out_features)
     delta.init_from_base(host.weight)  # DoRA's magnitude starts from this base (a loaded delta overwrites it)
     ds.put(f"{path}.{delta.module_name}", delta, ("proj", path))
-
-
-def delta_source(source: str):
-    """A --bank-deltas value: an existing file/folder is a delta to load, anything else a preset."""
-    return source if os.path.exists(source) else preset_config(source)

@@ -5,7 +5,7 @@ rename: checkpoint_utils.torch_persistent_save) but then *copies* it to the othe
 `checkpoint_last.pt`, `checkpoint_best.pt` -- with PathManager.copy, in place. Killed during that copy,
 `checkpoint_last.pt` is cut short and the next fairseq-train dies in torch's PytorchStreamReader
 traceback. fairseq builds the model before it reads `checkpoint_last.pt`, so the delta model's build
-(models/common.py, models/bank*.py) calls `repair_last_checkpoint` first: an unreadable
+(models/common.py) calls `repair_last_checkpoint` first: an unreadable
 `SAVE_DIR/checkpoint_last.pt` is moved aside to `checkpoint_last.pt.torn` (never deleted) and replaced,
 atomically, by a copy of the newest readable checkpoint of the folder, with a one-line notice; fairseq
 then resumes from that checkpoint's update. With no readable checkpoint to fall back on, nothing is

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     import unifairseq.fairseq
     from unifairseq.core.bank import BankError
     from unifairseq.core.deltafile import DeltaFileError
-    from unifairseq.fairseq.bank_export import one_delta
+    from unifairseq.tools.bank_build import one_delta
     from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, load_checkpoint_file
     from unifairseq.tools import export, export_hf
 

@@ -1,2 +1,2 @@
 """Importing this module runs the @register_model / @register_model_architecture decorators."""
-from unifairseq.fairseq.models import bank, bank_roberta, bart, roberta  # noqa: F401
+from unifairseq.fairseq.models import bart, roberta  # noqa: F401

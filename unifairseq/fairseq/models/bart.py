@@ -9,34 +9,27 @@ from their initialisation, see `upgrade_state_dict_named`).
 """
 from __future__ import annotations
 
-from fairseq.models import register_model
+from fairseq.models import register_model, register_model_architecture
 from fairseq.models.bart import BARTModel
 from fairseq.models.bart.model import bart_base_architecture, bart_large_architecture, mbart_large_architecture
 
+from unifairseq.core.bank import BankError
 from unifairseq.core.accounting import ModelShape, base_bias_params
 from unifairseq.core.config import add_delta_args
 from unifairseq.fairseq.batching import keep_every_batch, no_dropped_batches
 from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
 from unifairseq.fairseq.hub import FromPretrainedMixin
 from unifairseq.fairseq.layers import DeltaTransformerDecoder, DeltaTransformerEncoder
-from unifairseq.fairseq.models.common import (building, current_plan, fill_missing_delta_keys, plan_for,
-                                              prepare_delta_model, register_presets)
+from unifairseq.fairseq.model_bank import add_bank_args
+from unifairseq.fairseq.models.common import (building, current_plan, delta_ids_scope, fill_missing_delta_keys,
+                                              plan_for, prepare_delta_model, register_presets)
 
 
 class DeltaIdsMixin:
-    """The model's forward takes `delta_ids` (LongTensor [B], bank indices; fairseq passes
-    sample["net_input"] on) when a bank serves the model (a bank architecture, or a single-delta model
-    with more deltas, model_bank.serve_with_others): the sites read them for the length of the forward."""
+    """The model's forward takes `delta_ids` when a bank serves the model (models/common.delta_ids_scope)."""
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, *args, delta_ids=None, **kwargs):
-        bank = self.__dict__.get("bank")
-        if bank is None:
-            if delta_ids is not None:
-                raise ValueError("delta_ids given to a model that holds one delta; give it more deltas first "
-                                 "(--add-deltas, unifairseq.fairseq.model_bank.serve_with_others)")
-            return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
-        ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
-        with bank.using(ids):  # the encoder reads them here (BART's forward does not pass them on)
+        with delta_ids_scope(self, delta_ids, src_tokens):  # the encoder reads them (BART passes them no further)
             return super().forward(src_tokens, src_lengths, prev_output_tokens, *args, **kwargs)
 
 
@@ -46,6 +39,7 @@ class DeltaBARTModel(FromPretrainedMixin, DeltaCheckpointMixin, DeltaIdsMixin, B
     def add_args(parser):
         BARTModel.add_args(parser)
         add_delta_args(parser)
+        add_bank_args(parser)
         keep_every_batch(parser)
 
     @classmethod
@@ -65,6 +59,11 @@ class DeltaBARTModel(FromPretrainedMixin, DeltaCheckpointMixin, DeltaIdsMixin, B
     def build_decoder(cls, args, tgt_dict, embed_tokens):
         return DeltaTransformerDecoder(args, tgt_dict, embed_tokens, current_plan(args),
                                        no_encoder_attn=getattr(args, "no_cross_attention", False))
+
+    def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
+        if self.delta_plan.empty:
+            raise BankError("a BART bank has no classification heads; use bank_roberta_base for sentence classification")
+        super().register_classification_head(name, num_classes, inner_dim, **kwargs)
 
     def upgrade_state_dict_named(self, state_dict, name):
         super().upgrade_state_dict_named(state_dict, name)
@@ -87,3 +86,10 @@ def mbart_cc25_architecture(args):
 
 
 register_presets("delta_bart", "mbart", "large", mbart_cc25_architecture, "mbart_large")
+
+
+# the bank architectures: models of N deltas named by --bank-deltas (docs/bank.md); today's command lines and
+# checkpoints name them
+register_model_architecture("delta_bart", "bank_bart_base")(bart_base_architecture)
+register_model_architecture("delta_bart", "bank_bart_large")(bart_large_architecture)
+register_model_architecture("delta_bart", "bank_mbart_large")(mbart_cc25_architecture)

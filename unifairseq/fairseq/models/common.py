@@ -12,12 +12,13 @@ from fairseq.models import register_model_architecture
 from unifairseq.core import bases
 from unifairseq.core.accounting import ModelShape, format_report, freeze_base, parameter_report
 from unifairseq.core.config import DeltaConfigError
-from unifairseq.core.modules import base_init_values, is_delta_name, reset_all_deltas
+from unifairseq.core.modules import is_delta_name, reset_all_deltas
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.checkpoint_io import DeltaCheckpointError, find_base
 from unifairseq.fairseq.ckpt_args import ARCH_PARENT
 from unifairseq.fairseq.deltafolder import adopt_delta_args, task_dictionaries
+from unifairseq.fairseq.model_bank import attach_bank, fill_bank, is_bank_args
 from unifairseq.fairseq.resume import repair_last_checkpoint
 
 logger = logging.getLogger("unifairseq.fairseq.models")
@@ -31,6 +32,13 @@ def plan_for(args, family: str) -> DeltaPlan:
     shared delta folder (`delta_file`), its JSON gives the plan (fairseq/deltafolder.py)."""
     adopt_delta_args(args)
     plan = DeltaPlan.from_args(args)
+    if is_bank_args(args):
+        if not plan.empty:
+            raise DeltaConfigError(
+                f"--arch {getattr(args, 'arch', 'delta_' + family)} with --bank-deltas is a model of several deltas, "
+                f"each with its own method ({plan.describe()} given as flags): name them in --bank-deltas "
+                "(NAME=PRESET[:key=value...] or NAME=FILE) and drop the method flags")
+        return plan
     if plan.empty:
         raise DeltaConfigError(
             f"--arch {getattr(args, 'arch', 'delta_' + family)}: nothing to train. delta_* architectures take the "
@@ -78,7 +86,7 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
     model.delta, model.delta_plan = plan.cfg, plan
     model.delta_report = parameter_report(model, plan, shape)
     logger.info(format_report(getattr(args, "arch", "delta model"), plan, model.delta_report))
-    model.save_delta_only = not getattr(args, "delta_save_full", False)
+    model.save_delta_only = not (getattr(args, "delta_save_full", False) or getattr(args, "bank_save_full", False))
     model.delta_allow_base_mismatch = bool(getattr(args, "delta_allow_base_mismatch", False))
     model.delta_base = getattr(args, "delta_base", None)
     model.delta_file = getattr(args, "delta_file", None)
@@ -95,7 +103,29 @@ def prepare_delta_model(model, args, plan: DeltaPlan, shape: ModelShape, task=No
         model.load_base(found.path)
         if model.delta_file:
             model.apply_delta_file(model.delta_file)
+    if is_bank_args(args):  # N deltas: the model's sites are served by its bank
+        attach_bank(model)
+        fill_bank(model, args)
+        logger.info(f"unifairseq bank: {len(model.bank.names)} deltas ({', '.join(model.bank.names) or 'none yet'}), "
+                    f"{sum(p.numel() for p in model.bank.sets.parameters()):,} delta parameters")
     return model
+
+
+@contextlib.contextmanager
+def delta_ids_scope(model, delta_ids, src_tokens):
+    """The length of a forward given `delta_ids` (LongTensor [B], bank indices; fairseq passes
+    sample["net_input"] on): the model's sites read them from its bank. A model without a bank (one delta,
+    no others added) refuses them."""
+    bank = model.__dict__.get("bank")
+    if bank is None:
+        if delta_ids is not None:
+            raise ValueError("delta_ids given to a model that holds one delta; give it more deltas first "
+                             "(--add-deltas, hub.add_delta, unifairseq.fairseq.model_bank.serve_with_others)")
+        yield None
+        return
+    ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)
+    with bank.using(ids):
+        yield ids
 
 
 def fill_missing_delta_keys(model, state_dict, name: str) -> None:
@@ -104,7 +134,7 @@ def fill_missing_delta_keys(model, state_dict, name: str) -> None:
     prefix = name + "." if name else ""
     own = model.full_state_dict()
     missing = [k for k in own if is_delta_name(k) and prefix + k not in state_dict]
-    from_base = base_init_values(model, state_dict, prefix)  # DoRA's m starts from *this* base's weights
+    from_base = model.base_init_values(state_dict, prefix)  # DoRA's m, a bank's BitFit: from *this* base
     for k in missing:
         state_dict[prefix + k] = from_base.get(prefix + k, own[k])
     if missing:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from fairseq.models import register_model
+import torch
+from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
-from fairseq.models.roberta.model import base_architecture, roberta_base_architecture, roberta_large_architecture
+from fairseq.models.roberta.model import (RobertaClassificationHead, base_architecture, roberta_base_architecture,
+                                          roberta_large_architecture)
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_hasattr
 
@@ -25,7 +27,9 @@ from unifairseq.fairseq.checkpoint import DeltaCheckpointMixin
 from unifairseq.fairseq.hub import FromPretrainedMixin
 from unifairseq.fairseq.deltafolder import adopt_delta_args, register_heads
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
-from unifairseq.fairseq.models.common import fill_missing_delta_keys, plan_for, prepare_delta_model, register_presets
+from unifairseq.fairseq.model_bank import add_bank_args
+from unifairseq.fairseq.models.common import (delta_ids_scope, fill_missing_delta_keys, plan_for, prepare_delta_model,
+                                              register_presets)
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -46,8 +50,8 @@ class DeltaRobertaEncoder(RobertaEncoder):
     def max_positions(self):
         """fairseq's RobertaEncoder answers --max-positions; with prompt tuning the l prompt vectors
         take l of those positions, so inputs must be l tokens shorter (the trainer filters longer
-        ones, sentence_prediction's --shorten-method truncate cuts to this)."""
-        return self.args.max_positions - self.plan.prompt_len
+        ones, sentence_prediction's --shorten-method truncate cuts to this); in a bank, the longest prompt's."""
+        return self.sentence_encoder.max_positions()
 
 
 
@@ -67,6 +71,7 @@ class DeltaRobertaModel(FromPretrainedMixin, DeltaCheckpointMixin, RobertaModel)
     def add_args(parser):
         RobertaModel.add_args(parser)
         add_delta_args(parser)
+        add_bank_args(parser)
         keep_every_batch(parser)
 
     @classmethod
@@ -80,7 +85,40 @@ class DeltaRobertaModel(FromPretrainedMixin, DeltaCheckpointMixin, RobertaModel)
         return prepare_delta_model(model, args, plan, model.delta_shape, task, encoder_decoder=False,
                                    before_base=lambda m: register_heads(m, adopt_delta_args(args)))
 
-    def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
+    def make_classification_head(self, num_classes: int, inner_dim: int = None) -> RobertaClassificationHead:
+        """fairseq's head for this model's args (a bank builds one per delta)."""
+        a = self.args
+        return RobertaClassificationHead(
+            input_dim=a.encoder_embed_dim, inner_dim=inner_dim or a.encoder_embed_dim, num_classes=num_classes,
+            activation_fn=a.pooler_activation_fn, pooler_dropout=a.pooler_dropout, q_noise=a.quant_noise_pq,
+            qn_block_size=a.quant_noise_pq_block_size, do_spectral_norm=a.spectral_norm_classification_head)
+
+    def forward(self, src_tokens, features_only=False, return_all_hiddens=False, classification_head_name=None,
+                delta_ids=None, **kwargs):
+        """With a bank (N deltas), `delta_ids` give each sentence its delta and that delta's own head; heads with
+        fewer classes than the widest in the batch are padded with -inf (softmax and cross-entropy ignore them).
+        The sentence representation is the first non-padding position: <s>, or a delta's first prompt vector
+        (as a single-delta model reads features[:, 0] with its prompt in front)."""
+        with delta_ids_scope(self, delta_ids, src_tokens) as ids:
+            if ids is None or classification_head_name is None:
+                return super().forward(src_tokens, features_only, return_all_hiddens, classification_head_name,
+                                       **kwargs)
+            enc = self.encoder.sentence_encoder(src_tokens, return_all_hiddens=return_all_hiddens,
+                                                token_embeddings=kwargs.get("token_embeddings"))
+        features = enc["encoder_out"][0].transpose(0, 1)  # B x T x C
+        first = (~enc["encoder_padding_mask"][0]).long().argmax(1)  # <s>, or the first prompt vector
+        rep = features[torch.arange(features.size(0), device=features.device), first].unsqueeze(1)  # B x 1 x C
+        extra = {"inner_states": enc["encoder_states"] if return_all_hiddens else None}
+        return self.bank.classify(classification_head_name, rep, ids), extra
+
+    def register_classification_head(self, name, num_classes=None, inner_dim=None, deltas=None, **kwargs):
+        """One delta: fairseq's head, trained and saved with the delta. A bank: the head on every delta that
+        lacks it (or on `deltas`), each task its own head."""
+        if self.delta_plan.empty:
+            for dname in deltas or self.bank.names:
+                if ("head", name) not in self.bank.sets[dname].sites:
+                    self.bank.add_head(dname, name, self.make_classification_head(num_classes, inner_dim))
+            return
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)
         # the head is new and task-specific: it is trained (requires_grad stays True) and saved
         self.delta_report = parameter_report(self, self.delta_plan, self.delta_shape)
@@ -94,3 +132,9 @@ class DeltaRobertaModel(FromPretrainedMixin, DeltaCheckpointMixin, RobertaModel)
 
 register_presets("delta_roberta", "roberta", "base", roberta_base_architecture, "roberta_base", {"mam": GLUE_MAM})
 register_presets("delta_roberta", "roberta", "large", roberta_large_architecture, "roberta_large", {"mam": GLUE_MAM})
+
+
+# the bank architectures: models of N deltas named by --bank-deltas (docs/bank.md); today's command lines and
+# checkpoints name them
+register_model_architecture("delta_roberta", "bank_roberta_base")(roberta_base_architecture)
+register_model_architecture("delta_roberta", "bank_roberta_large")(roberta_large_architecture)
