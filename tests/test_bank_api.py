@@ -189,7 +189,7 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
     plain.load_state_dict(base)
     torch_persistent_save(checkpoint_state(plain, pargs), str(tmp_path / "base.pt"))
     files = {}
-    for i, n in enumerate(["lora_attn", "mam"]):
+    for i, n in enumerate(["lora_attn", "mam", "bitfit"]):  # BitFit: biases that start from the base
         m, _ = single(n, seed=40 + i)
         _, _, args = tiny_model(*spec(n))
         save_delta_file(m, args, tmp_path / f"{n}.pt")
@@ -197,7 +197,7 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
     bank = load_bank(str(tmp_path / "base.pt"), {n: str(tmp_path / f"{n}.pt") for n in files}, task=task,
                      default="mam").eval()
     d, src, lens, prev, _, _ = mixed_batch(3)
-    ids = torch.tensor([1, 0, 1])
+    ids = torch.tensor([1, 0, 2])
 
     def check(model):
         with torch.no_grad():
@@ -211,8 +211,8 @@ def test_load_bank_from_base_file_and_bank_checkpoints(tmp_path):
     ckpt = bank.state_dict()
     assert all(k.startswith("delta_bank.") or k.startswith("unifairseq_meta.") for k in ckpt)
     fresh, _, _ = tiny_model("bank_bart_base", ["--bank-deltas", "lora_attn=lora_attn:attn_bn=5,"
-                                                "mam=mam:attn_bn=5:ffn_bn=6:mid_dim=16"], seed=7)
-    fresh.load_state_dict(ckpt)  # loads base.pt from the recorded path, then the deltas
+                                                "mam=mam:attn_bn=5:ffn_bn=6:mid_dim=16,bitfit=bitfit"], seed=7)
+    fresh.load_state_dict(ckpt)  # loads base.pt from the recorded path, then the deltas (BitFit's trained biases)
     check(fresh.eval())
 
 
