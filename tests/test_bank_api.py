@@ -285,20 +285,26 @@ from methods import IDS, METHODS  # noqa: E402
 
 
 @pytest.mark.parametrize("name,arch,flags,identity", METHODS, ids=IDS)
-def test_single_delta_model_serves_its_delta_mixed_with_others(name, arch, flags, identity):
+def test_single_delta_model_serves_its_delta_mixed_with_others(name, arch, flags, identity, tmp_path):
     """A single-delta model of every method-table row takes more deltas (serve_with_others): a mixed
     batch (its own delta, two others, the plain base) equals each sentence on its own model; the own
-    delta keeps its parameters and state-dict keys. BitFit, which trains the base's biases in place,
-    is refused in one line."""
+    delta keeps its parameters and state-dict keys. BitFit, which trained the base's biases in place, hands
+    them to per-delta bias rows and gets the base file's back (refused in one line when no base file is known)."""
+    from fairseq.checkpoint_utils import torch_persistent_save
+
     from unifairseq.fairseq.model_bank import serve_with_others
+    from unifairseq.tools.tiny_base import checkpoint_state
 
     own, _ = single(name, seed=3)
     others = {"pf": single("pfeiffer", seed=4), "mam": single("mam", seed=5)}
     keys = list(own.state_dict().keys())
     if name == "bitfit":
-        with pytest.raises(BankError, match="trains the base's own biases in place"):
-            serve_with_others(own, "own", {n: s[1] for n, s in others.items()})
-        return
+        with pytest.raises(BankError, match="trains the base's own biases in place.*--delta-base"):
+            serve_with_others(own, "own", {})
+        plain, _, pargs = tiny_model("bart_base")
+        torch.nn.Module.load_state_dict(plain, plain_base()[0], strict=True)
+        torch_persistent_save(checkpoint_state(plain, pargs), str(tmp_path / "base.pt"))
+        own.base_path = str(tmp_path / "base.pt")
     bank = serve_with_others(own, "own", {n: s[1] for n, s in others.items()})
     assert bank.names == ["own", "pf", "mam"] and bank.default == "own"
     d, src, lens, prev, _, _ = mixed_batch(pattern="one_each")

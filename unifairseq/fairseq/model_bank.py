@@ -32,7 +32,7 @@ from unifairseq.core.methods import METHODS
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
-from unifairseq.fairseq.checkpoint_io import fingerprint
+from unifairseq.fairseq.checkpoint_io import fingerprint, load_checkpoint_file
 from unifairseq.fairseq.deltacheck import check_dictionary
 from unifairseq.fairseq.deltaread import delta_source, parse_bank_deltas, read_delta
 from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaTransformerDecoder,
@@ -275,12 +275,8 @@ def attach_bank(model: nn.Module) -> ModelBank:
 def own_delta_set(model: nn.Module) -> DeltaSet:
     """A single-delta model's own delta (its modules where they are) as a delta of a bank on that model:
     the set only indexes them by site key, so nothing is registered or saved twice and the model's
-    parameter names and state-dict keys stay its own."""
+    parameter names and state-dict keys stay its own. BitFit is the exception (_move_biases_out)."""
     plan = model.delta_plan
-    if plan.at("bias") is not None:
-        raise BankError("a delta that trains the base's own biases in place (BitFit) cannot share its model with "
-                        "other deltas: their sentences would see its biases; serve it from a bank model "
-                        "(unifairseq-bank build) instead")
     ds = DeltaSet(plan.cfg)
     if any(isinstance(m, DeltaLinear) and m.merged for m in model.modules()):
         raise BankError("this model's delta is merged into its weights (DeltaLinear.merge): the other deltas' "
@@ -304,7 +300,34 @@ def own_delta_set(model: nn.Module) -> DeltaSet:
                 ds.sites[("prompt", path)] = m.delta_prompt
     for h, head in getattr(model, "classification_heads", {}).items():  # RoBERTa: the delta's own heads
         ds.sites[("head", h)] = head
+    if plan.at("bias") is not None:
+        _move_biases_out(model, plan.at("bias"), ds)
     return ds
+
+
+def _move_biases_out(model: nn.Module, spec, ds: DeltaSet) -> None:
+    """BitFit trained the base's own biases in place; beside other deltas, whose sentences must see the base's,
+    its trained biases become per-delta bias rows of its set (as a bank's BitFit delta holds them) and the
+    model's biases go back to the base file's."""
+    originals = dict(model.__dict__.get("_base_in_place") or {})  # what a delta folder overwrote (deltafolder.py)
+    names = [n for n, _ in model.named_parameters()
+             if not n.startswith(BANK_ATTR) and is_base_name(n) and METHODS[spec.method].trains(n)]
+    if any(n not in originals for n in names):
+        path = getattr(model, "base_path", None)
+        if not path or not os.path.isfile(path):
+            raise BankError("this model's delta trains the base's own biases in place (BitFit): to serve it beside "
+                            "other deltas its base's biases are read back from the base file, which is not known "
+                            f"here ({path!r}); load the delta with its base (--delta-base NAME_OR_PATH)")
+        base = load_checkpoint_file(path)["model"]
+        originals.update({n: base[n] for n in names if n not in originals and n in base})
+    missing = [n for n in names if n not in originals]
+    if missing:
+        raise BankError(f"the base file {model.base_path} has no {missing[0]!r}: it is not this BitFit delta's base")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            ds.put(n, nn.Parameter(params[n].detach().clone()), ("bias", n))
+            params[n].copy_(originals[n])
 
 
 def serve_with_others(model: nn.Module, own_name: str, others: "OrderedDict[str, object]") -> ModelBank:
