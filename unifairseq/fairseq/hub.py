@@ -52,10 +52,15 @@ class DeltasHubMixin:
 
     own_delta = OWN_DELTA
 
-    def _setup_deltas(self) -> None:
+    def __init__(self, cfg, task, model):
+        super().__init__(cfg if cfg is not None else _default_cfg(model), task, model)
         if self.bpe is None:
             self.bpe = _SymbolsBPE()
         self._ids: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_model(cls, model, task, cfg=None):
+        return cls(cfg, task, model)
 
     @property
     def bank(self):
@@ -114,14 +119,6 @@ class DeltasHubMixin:
 class DeltaBARTHub(DeltasHubMixin, BARTHubInterface):
     """fairseq's BART hub; `sample/translate/generate(..., deltas=[...])`."""
 
-    def __init__(self, cfg, task, model):
-        super().__init__(cfg if cfg is not None else _default_cfg(model), task, model)
-        self._setup_deltas()
-
-    @classmethod
-    def from_model(cls, model, task, cfg=None):
-        return cls(cfg, task, model)
-
     def sample(self, sentences, beam: int = 1, verbose: bool = False, deltas=None, **kwargs):
         if isinstance(sentences, str):
             one = [deltas] if deltas is None or isinstance(deltas, str) else deltas
@@ -156,14 +153,6 @@ class DeltaBARTHub(DeltasHubMixin, BARTHubInterface):
 
 class DeltaRobertaHub(DeltasHubMixin, RobertaHubInterface):
     """fairseq's RoBERTa hub; `predict(head, tokens, deltas=[...])` gives each row its own delta's head."""
-
-    def __init__(self, cfg, task, model):
-        super().__init__(cfg if cfg is not None else _default_cfg(model), task, model)
-        self._setup_deltas()
-
-    @classmethod
-    def from_model(cls, model, task, cfg=None):
-        return cls(cfg, task, model)
 
     def predict(self, head: str, tokens: torch.LongTensor, return_logits: bool = False, deltas=None):
         """tokens [B, T] (right-padded with the dictionary's pad) or [T]; deltas: one name (or None) per row.
