@@ -1,6 +1,7 @@
 """unifairseq-search's space (issue 17): read from the method registry, budgets from the plan's
 count (checked against built models and the paper's formulas), the paper grid, YAML grids, and
 the bad-input lines. No training here (tests/test_search_e2e.py runs real trials)."""
+import os
 import subprocess
 from pathlib import Path
 import sys
@@ -193,3 +194,54 @@ def test_base_is_found_by_name_as_by_every_tool(tmp_path, monkeypatch):
     with pytest.raises(SearchError, match=r"^--base: .*nowhere.*") as e:
         find_search_base("nowhere")
     assert "\n" not in str(e.value)
+
+
+FAKE_TRAIN = r'''
+import json, os, sys, time
+folder = sys.argv[sys.argv.index("--save-dir") + 1]
+bn = int(sys.argv[sys.argv.index("--attn-bn") + 1])
+os.makedirs(folder, exist_ok=True)
+json.dump(["fairseq-train", "--attn-bn", str(bn)], open(os.path.join(folder, "train_args.json"), "w"))
+n, value = (3, 80.0 + bn) if bn < 50 else (20, 10.0)  # the last points: low from the first validation on
+with open(os.path.join(folder, "train.log"), "a") as log:
+    for step in range(1, n + 1):
+        rec = {"epoch": step, "valid_accuracy": value + step, "valid_num_updates": step}
+        log.write("2026-12-03 00:00:00 | INFO | valid | " + json.dumps(rec) + "\n")
+        log.flush()
+        time.sleep(0.3)
+'''
+
+
+def test_median_pruning_stops_a_low_run_on_its_validation_records(tmp_path, monkeypatch):
+    """--objective metric: once 5 trials are complete, a run whose validation accuracy lies below their median at
+    the same update is stopped there (its process group ended: its log holds fewer records than it would
+    write), recorded PRUNED, and the study goes on. The runs are a stand-in script writing fairseq's valid
+    records, through the search's own study, objective and run loop."""
+    import optuna
+
+    from unifairseq.core.methods.base import ModelShape
+    from unifairseq.search import study as st
+    from unifairseq.search import trial as tr
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(tr, "command", lambda task, data, folder, flags, *a, **k: [
+        sys.executable, str(script), "--save-dir", folder, *flags])
+    bns = [1, 2, 3, 4, 5, 90, 91]
+    cfg = dict(task="SST-2", data=str(tmp_path), base="unused", tiny=False, epochs=None, seed=0, extra=[],
+               metric="accuracy", maximize=True, objective="metric", sampler="tpe", grid=True,
+               points=[dict(label=f"lora_r{b}", method="lora", flags={"attn_bn": b}, stored=100 * b, group="")
+                       for b in bns],
+               methods=None, budget=10 ** 6, n_trials=len(bns), out=str(tmp_path / "out"), trial_timeout=60,
+               shape=dict(vars(ModelShape.encoder_only(16, 32, 2))), base_params=10 ** 7, budgets="",
+               space_key="paper")
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    st.open_study(url, "prune", cfg)
+    st.work(url, "prune", str(tmp_path / "out"))
+    trials = optuna.load_study(study_name="prune", storage=url).get_trials()
+    states = {t.user_attrs["label"]: t.state.name for t in trials}
+    assert states == {**{f"lora_r{b}": "COMPLETE" for b in bns[:5]}, "lora_r90": "PRUNED", "lora_r91": "PRUNED"}
+    for t in trials:
+        written = len(tr.valid_records(os.path.join(t.user_attrs["folder"], "train.log")))
+        assert written == 3 if t.state.name == "COMPLETE" else 1 <= written < 20, (t.user_attrs["label"], written)
+    assert [t.value for t in trials if t.state.name == "COMPLETE"] == [84.0, 85.0, 86.0, 87.0, 88.0]
