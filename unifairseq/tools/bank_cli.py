@@ -1,4 +1,4 @@
-"""unifairseq-bank: build a bank checkpoint, or extract one delta of it (the commands: fairseq/tasks/bank.py run).
+"""unifairseq-bank: build a bank checkpoint, or extract one delta of it (the commands: tools/bank_build.py run).
 
 The parser is built here, without torch or fairseq, so that `unifairseq-bank --help` imports neither;
 the bank module (which imports fairseq) is imported once the arguments are parsed.
