@@ -72,9 +72,10 @@ def alone_hubs(data, folder, names):
 
 def decode_alone(hubs, delta, text, beam, max_len, lenpen=1.0):
     hub = hubs[delta]
+    hub.model.set_beam_size(beam)  # as the server does (engine.generate): fairseq skips it for beam 1
     with torch.no_grad():
         hyps = hub.generate([hub.encode(text)], beam=beam, max_len_a=0, max_len_b=max_len, lenpen=lenpen,
-                            deltas=None if delta is None else [delta])[0]
+                            deltas=[delta])[0]
     return hyps[0]["tokens"].tolist(), float(hyps[0]["score"])
 
 
@@ -133,7 +134,7 @@ def thread_server(argv):
     settings = settings_from(parser().parse_args(argv))
     app = create_app(settings, loader(settings))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, access_log=False,
-                                           log_config=None, lifespan="on"))
+                                           log_config=None, log_level="warning", lifespan="on"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     try:

@@ -155,6 +155,10 @@ class Engine:
     @torch.no_grad()
     def generate(self, tokens: List[torch.Tensor], deltas: List[Optional[str]], beam: int, max_len: int,
                  lenpen: float, min_len: int = 1) -> List[List[dict]]:
+        # fairseq's SequenceGenerator sets the beamable cross-attention's beam size only when beam > 1: after
+        # a beam search, a greedy batch on the same model would read its encoder states with the last beam
+        # size and fail. The server decodes any mix of beams on one model, so the size is set every time.
+        self.hub.model.set_beam_size(beam)
         return self.hub.generate(tokens, beam=beam, max_len_a=0, max_len_b=max_len, lenpen=lenpen,
                                  min_len=min_len, deltas=deltas)
 
