@@ -131,7 +131,8 @@ def thread_server(argv):
     from unifairseq.serve.cli import loader
     from unifairseq.serve.config import parser, settings_from
 
-    settings = settings_from(parser().parse_args(argv))
+    # --threads 0: the server in this process leaves torch's thread count (the other tests') as it is
+    settings = settings_from(parser().parse_args([*argv, "--threads", "0"]))
     app = create_app(settings, loader(settings))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, access_log=False,
                                            log_config=None, log_level="warning", lifespan="on"))

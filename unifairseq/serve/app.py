@@ -26,7 +26,7 @@ from unifairseq.serve.schema import ClassifyRequest, GenerateRequest
 
 access_log = logging.getLogger("unifairseq.serve.access")
 log = logging.getLogger("unifairseq.serve")
-POLL_S = 0.02  # how often a waiting handler checks whether its client is still there
+POLL_S = 0.05  # how often a waiting handler checks whether its client is still there
 
 
 class ClientGone(Exception):

@@ -47,7 +47,8 @@ def loader(settings: Settings):
         if settings.threads:
             torch.set_num_threads(settings.threads)
         return Engine.load(settings.base, dict(settings.deltas), settings.data, settings.delta_dirs,
-                           bpe=settings.bpe, max_input_tokens=settings.max_input_tokens, **settings.overrides())
+                           bpe=settings.bpe, max_input_tokens=settings.max_input_tokens,
+                           label_dict=settings.label_dict, **settings.overrides())
     return load
 
 

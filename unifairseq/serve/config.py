@@ -36,6 +36,7 @@ class Settings:
     deltas: Dict[str, Optional[str]] = field(default_factory=OrderedDict)  # name -> path (None: in a delta dir)
     delta_dirs: List[str] = field(default_factory=list)
     data: Optional[str] = None
+    label_dict: Optional[str] = None
     bpe: str = "gpt2"
     encoder_json: Optional[str] = None
     vocab_bpe: Optional[str] = None
@@ -55,7 +56,7 @@ class Settings:
     max_len: int = 256
     admin_token: Optional[str] = None
     drain_timeout_s: float = 60.0
-    threads: int = 0
+    threads: int = 1
 
     def overrides(self) -> dict:
         out = {k: v for k, v in (("source_lang", self.source_lang), ("target_lang", self.target_lang),
@@ -81,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
                         "dictionary's space-separated symbols)")
     m.add_argument("--encoder-json", help="GPT-2 BPE encoder.json (default: the packaged one)")
     m.add_argument("--vocab-bpe", help="GPT-2 BPE vocab.bpe (default: the packaged one)")
+    m.add_argument("--label-dict", metavar="FILE", help="RoBERTa: the label dictionary (default: "
+                   "DATA/../label/dict.txt when it exists; else labels are class indices)")
     m.add_argument("--source-lang", help="translation task source language (the dictionary's dict.LANG.txt)")
     m.add_argument("--target-lang", help="translation task target language")
     n = ap.add_argument_group("network")
@@ -96,7 +99,10 @@ def parser() -> argparse.ArgumentParser:
                    help="requests waiting at most; beyond it 429 with Retry-After")
     s.add_argument("--scheduling", choices=("mixed", "one-delta"), default="mixed",
                    help="mixed: a batch holds any deltas (default); one-delta: one delta per batch")
-    s.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (0: torch's default)")
+    s.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads of the model (default 1; 0: torch's default). More pay off only for "
+                        "large models on cores nobody else uses: on a busy machine intra-op threads that wait for "
+                        "each other made small batches 20x slower (docs/serving.md)")
     r = ap.add_argument_group("limits")
     r.add_argument("--request-timeout-s", type=float, default=30.0, help="a request's deadline (504 after it)")
     r.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body size (413 beyond it)")
@@ -140,7 +146,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if v < lo:
             raise ConfigError(f"{flag} {v}: give at least {lo}")
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    return Settings(base=args.base, deltas=deltas, delta_dirs=list(args.delta_dir), data=args.data, bpe=args.bpe,
+    return Settings(base=args.base, deltas=deltas, delta_dirs=list(args.delta_dir), data=args.data, label_dict=args.label_dict, bpe=args.bpe,
                     encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe, source_lang=args.source_lang,
                     target_lang=args.target_lang, host=args.host, port=args.port, max_batch=args.max_batch,
                     max_tokens=args.max_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from fairseq.data import Dictionary
 
 from unifairseq.core.bank import BankError
 from unifairseq.core.deltafile import read_config
@@ -74,6 +75,19 @@ def recorded_base(source: str) -> Optional[str]:
         return None
 
 
+def _label_dictionary(path: Optional[str], data: Optional[str]):
+    """fairseq's label dictionary: --label-dict FILE, else DATA/../label/dict.txt (sentence_prediction's
+    layout: DATA is its input0 folder), else none (labels are the class indices)."""
+    if path is None and data:
+        guess = os.path.join(os.path.dirname(os.path.abspath(data)), "label", "dict.txt")
+        path = guess if os.path.isfile(guess) else None
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ServeError(f"--label-dict {path!r} does not exist; give the label folder's dict.txt")
+    return Dictionary.load(path)
+
+
 class Engine:
     """One loaded hub and what the server needs of it."""
 
@@ -85,6 +99,7 @@ class Engine:
         limit = hub.model.max_positions()
         limit = limit[0] if isinstance(limit, tuple) else limit
         self.max_input_tokens = min(max_input_tokens, int(limit)) if limit else max_input_tokens
+        self.labels = getattr(hub.task, "label_dictionary", None)  # class index -> label (RoBERTa)
         self.infos: Dict[str, DeltaInfo] = {}
         self._names = frozenset()  # what requests may name; swapped whole, read without a lock
         # one forward per scheduled batch: the hub must not split or reorder it by its own sizes
@@ -93,7 +108,8 @@ class Engine:
 
     @classmethod
     def load(cls, base: str, deltas: Dict[str, str], data: Optional[str], delta_dirs: Sequence[str] = (),
-             bpe: str = "gpt2", max_input_tokens: int = 512, **overrides) -> "Engine":
+             bpe: str = "gpt2", max_input_tokens: int = 512, label_dict: Optional[str] = None,
+             **overrides) -> "Engine":
         if bpe == "gpt2":
             enc, voc = resolve_bpe_files(overrides.pop("gpt2_encoder_json", None), overrides.pop("gpt2_vocab_bpe", None))
             overrides.update(bpe="gpt2", gpt2_encoder_json=enc, gpt2_vocab_bpe=voc)
@@ -105,6 +121,8 @@ class Engine:
             raise ServeError(str(e)) from None
         hub.eval()
         engine = cls(hub, delta_dirs, max_input_tokens)
+        if engine.family == "roberta":
+            engine.labels = _label_dictionary(label_dict, data) or engine.labels
         for name, source in deltas.items():
             try:
                 engine.add(name, source or resolve_in(engine.delta_dirs, name))
@@ -148,8 +166,10 @@ class Engine:
         return self.hub.decode(tokens)
 
     def label(self, index: int) -> str:
-        d = getattr(self.hub.task, "label_dictionary", None)
-        return d.string([index + d.nspecial]) if d is not None else str(index)
+        d = self.labels
+        if d is None or index + d.nspecial >= len(d):
+            return str(index)
+        return d.string([index + d.nspecial])
 
     # ------------------------------------------------------------ the scheduler thread only
     @torch.no_grad()
