@@ -291,7 +291,9 @@ class LimitsAndLog:
                 status[0] = msg["status"]
             await send(msg)
 
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        rid = headers.get(b"x-request-id", b"")[:64].decode("ascii", "replace") or None
         try:
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
                 raise _TooLarge()
@@ -301,9 +303,9 @@ class LimitsAndLog:
                 resp = error_response(413, "body", f"the request body is over {self.max_bytes} bytes "
                                       "(--max-request-bytes)")
                 await resp(scope, receive, tracked_send)
-        self._log(scope, status[0] or 499, time.perf_counter() - start)
+        self._log(scope, status[0] or 499, time.perf_counter() - start, rid)
 
-    def _log(self, scope, status: int, seconds: float) -> None:
+    def _log(self, scope, status: int, seconds: float, rid: Optional[str]) -> None:
         path = scope.get("path", "")
         delta = (scope.get("state") or {}).get("delta")
         m = self.state.metrics
@@ -314,4 +316,4 @@ class LimitsAndLog:
         client = scope.get("client") or ("", 0)
         access_log.info(json.dumps({"ts": round(time.time(), 3), "method": scope.get("method"), "path": path,
                                     "status": status, "ms": round(seconds * 1000, 2), "delta": delta,
-                                    "client": f"{client[0]}:{client[1]}"}))
+                                    "client": f"{client[0]}:{client[1]}", "request_id": rid}))
