@@ -254,3 +254,29 @@ def test_put_and_delete_a_delta_while_requests_run(srv):
     for delta, text, (_, _, out) in results[::3]:
         assert out["hypotheses"][0]["tokens"] == decode_alone(srv["hubs"], delta, text, 2, 5)[0]
     assert sorted(x["name"] for x in request(port, "GET", "/v1/deltas")[2]["deltas"]) == sorted(SERVED)
+
+
+def test_text_goes_through_the_scripts_bpe_and_sentencepiece(srv, tmp_path):
+    """--bpe gpt2 (default): the packaged GPT-2 files the scripts use (data/bpe.py), nothing downloaded;
+    --bpe sentencepiece (mBART): the model given. Both as the hub encodes a request's text."""
+    import sentencepiece as spm
+
+    from unifairseq.data.bpe import encode_line, get_encoder
+    from unifairseq.serve.engine import Engine, ServeError
+
+    line = "Parameter-efficient tuning serves many tasks from one frozen model."
+    kw = dict(source_lang="src", target_lang="tgt")
+    eng = Engine.load("tiny.bart", {}, str(srv["data"]), bpe="gpt2", **kw)
+    assert eng.hub.bpe.encode(line) == encode_line(get_encoder(), line)
+    d = srv["d"]
+    want = [d.bos(), *d.encode_line(encode_line(get_encoder(), line), append_eos=False).tolist(), d.eos()]
+    assert eng.encode(line).tolist() == want
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{line} {i} w{i}" for i in range(50)))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=60)
+    eng = Engine.load("tiny.bart", {}, str(srv["data"]), bpe="sentencepiece",
+                      sentencepiece_model=str(tmp_path / "sp.model"), **kw)
+    pieces = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model")).encode(line, out_type=str)
+    assert eng.hub.bpe.encode(line) == " ".join(pieces)
+    with pytest.raises(ServeError, match="--sentencepiece-model"):
+        Engine.load("tiny.bart", {}, str(srv["data"]), bpe="sentencepiece", **kw)

@@ -40,6 +40,7 @@ class Settings:
     bpe: str = "gpt2"
     encoder_json: Optional[str] = None
     vocab_bpe: Optional[str] = None
+    sentencepiece_model: Optional[str] = None
     source_lang: Optional[str] = None
     target_lang: Optional[str] = None
     host: str = "127.0.0.1"
@@ -60,7 +61,8 @@ class Settings:
 
     def overrides(self) -> dict:
         out = {k: v for k, v in (("source_lang", self.source_lang), ("target_lang", self.target_lang),
-                                 ("gpt2_encoder_json", self.encoder_json), ("gpt2_vocab_bpe", self.vocab_bpe))
+                                 ("gpt2_encoder_json", self.encoder_json), ("gpt2_vocab_bpe", self.vocab_bpe),
+                                 ("sentencepiece_model", self.sentencepiece_model))
                if v is not None}
         return out
 
@@ -77,9 +79,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a folder of deltas (repeat); PUT /v1/deltas/NAME takes deltas only from these folders")
     m.add_argument("--all-deltas", action="store_true", help="serve every delta found in the --delta-dir folders")
     m.add_argument("--data", metavar="DIR", help="the dictionaries' folder (default: the base's folder)")
-    m.add_argument("--bpe", choices=("gpt2", "none"), default="gpt2",
-                   help="text encoding: the GPT-2 BPE the scripts use (default), or none (text is the "
-                        "dictionary's space-separated symbols)")
+    m.add_argument("--bpe", choices=("gpt2", "sentencepiece", "none"), default="gpt2",
+                   help="text encoding: the GPT-2 BPE the scripts use (default; BART, RoBERTa), sentencepiece "
+                        "(mBART, with --sentencepiece-model), or none (text is the dictionary's symbols)")
+    m.add_argument("--sentencepiece-model", metavar="FILE", help="mBART: the base's sentence.bpe.model")
     m.add_argument("--encoder-json", help="GPT-2 BPE encoder.json (default: the packaged one)")
     m.add_argument("--vocab-bpe", help="GPT-2 BPE vocab.bpe (default: the packaged one)")
     m.add_argument("--label-dict", metavar="FILE", help="RoBERTa: the label dictionary (default: "
@@ -147,7 +150,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise ConfigError(f"{flag} {v}: give at least {lo}")
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     return Settings(base=args.base, deltas=deltas, delta_dirs=list(args.delta_dir), data=args.data, label_dict=args.label_dict, bpe=args.bpe,
-                    encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe, source_lang=args.source_lang,
+                    encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
+                    sentencepiece_model=args.sentencepiece_model, source_lang=args.source_lang,
                     target_lang=args.target_lang, host=args.host, port=args.port, max_batch=args.max_batch,
                     max_tokens=args.max_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     scheduling=args.scheduling, request_timeout_s=args.request_timeout_s,

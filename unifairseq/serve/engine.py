@@ -113,6 +113,12 @@ class Engine:
         if bpe == "gpt2":
             enc, voc = resolve_bpe_files(overrides.pop("gpt2_encoder_json", None), overrides.pop("gpt2_vocab_bpe", None))
             overrides.update(bpe="gpt2", gpt2_encoder_json=enc, gpt2_vocab_bpe=voc)
+        elif bpe == "sentencepiece":  # mBART's text encoding
+            model = overrides.pop("sentencepiece_model", None)
+            if not model or not os.path.isfile(model):
+                raise ServeError(f"--bpe sentencepiece needs --sentencepiece-model FILE (the base's sentence.bpe.model); "
+                                 f"{model!r} is not a file")
+            overrides.update(bpe="sentencepiece", sentencepiece_model=model)
         else:
             overrides.update(bpe=None)
         try:
