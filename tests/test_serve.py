@@ -173,6 +173,26 @@ def test_bad_input_is_a_4xx_naming_the_field(srv, raw, status, field):
     assert body["error"]["message"]
 
 
+def test_chunked_body_over_the_limit_is_413_and_made_up_deltas_are_one_series(srv):
+    import http.client
+
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(400):
+            yield b"w1 " * 1000  # 1.2 MB in all, over the default 1 MiB, with no Content-Length
+        yield b'"}'
+
+    conn = http.client.HTTPConnection("127.0.0.1", srv["port"], timeout=60)
+    conn.request("POST", "/v1/generate", body=chunks(), headers={"Content-Type": "application/json"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    assert (resp.status, json.loads(resp.read())["error"]["field"]) == (413, "body")
+    conn.close()
+    assert gen(srv, {"delta": "made-up-xyz", "text": "w1"})[0] == 404
+    text = request(srv["port"], "GET", "/metrics")[2]
+    assert "made-up-xyz" not in text and 'delta="(unknown)",status="404"' in text
+
+
 def test_full_queue_is_answered_429_with_retry_after(srv):
     port = srv["port"]
     body = {"delta": "lora", "text": "w3 w4", "max_len": 4}

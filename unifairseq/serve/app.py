@@ -124,6 +124,8 @@ def create_app(settings: Settings, loader: Callable[[], Engine], load_in_backgro
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
+        if request.scope.get(TOO_LARGE):
+            return _too_large(settings.max_request_bytes)
         return error_response(exc.status_code, None, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -265,6 +267,13 @@ class _TooLarge(Exception):
     pass
 
 
+TOO_LARGE = "unifairseq.too_large"  # a scope key: the body passed --max-request-bytes while it streamed in
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return error_response(413, "body", f"the request body is over {limit} bytes (--max-request-bytes)")
+
+
 class LimitsAndLog:
     """ASGI middleware: bodies over --max-request-bytes answered 413 (by Content-Length, or while a
     chunked body streams in); one JSON access-log line per request; the per-delta request counts."""
@@ -283,6 +292,9 @@ class LimitsAndLog:
             if msg.get("type") == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
+                    # FastAPI answers an error while reading the body as its own 400: the flag lets the
+                    # error handler answer 413 instead
+                    scope[TOO_LARGE] = True
                     raise _TooLarge()
             return msg
 
@@ -300,9 +312,7 @@ class LimitsAndLog:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if status[0] == 0:
-                resp = error_response(413, "body", f"the request body is over {self.max_bytes} bytes "
-                                      "(--max-request-bytes)")
-                await resp(scope, receive, tracked_send)
+                await _too_large(self.max_bytes)(scope, receive, tracked_send)
         self._log(scope, status[0] or 499, time.perf_counter() - start, rid)
 
     def _log(self, scope, status: int, seconds: float, rid: Optional[str]) -> None:
@@ -311,7 +321,10 @@ class LimitsAndLog:
         m = self.state.metrics
         if path in ("/v1/generate", "/v1/classify"):
             endpoint = path.rsplit("/", 1)[1]
-            m.requests.inc(endpoint, "(base)" if delta is None else str(delta), str(status))
+            eng = self.state.engine
+            # a label per served delta only: names a client made up must not grow the series without bound
+            label = "(base)" if delta is None else (delta if eng is not None and eng.has(delta) else "(unknown)")
+            m.requests.inc(endpoint, label, str(status))
             m.latency.observe(seconds, endpoint)
         client = scope.get("client") or ("", 0)
         access_log.info(json.dumps({"ts": round(time.time(), 3), "method": scope.get("method"), "path": path,

@@ -195,8 +195,6 @@ class Engine:
         batch = torch.full((len(tokens), width), pad, dtype=torch.long)
         for i, t in enumerate(tokens):
             batch[i, :t.numel()] = t
-        if all(d is None for d in deltas):
-            return self.hub.predict(head, batch)
         return self.hub.predict(head, batch, deltas=deltas)
 
     def add(self, name: str, source: str) -> DeltaInfo:
