@@ -54,6 +54,18 @@ def make_bart(root, deltas=DELTAS, steps=1):
     return d, data, out
 
 
+def delta_of_another_base(root, folder, d, name="otherbase"):
+    """FOLDER/NAME.pt: a LoRA delta trained on a base of other weights (seed 1) than tiny.bart."""
+    other = root / "otherbase" / "model.pt"
+    save_plain_base(other, "lora_attn_bart_base", d, "args", seed=1)
+    trainer, model = make_trainer("lora_attn_bart_base", SMALL, d)
+    model.load_base(str(other))
+    trainer.train_step([toy_sample(d)])
+    trainer.consolidate_optimizer()
+    trainer.save_checkpoint(str(folder / f"{name}.pt"), {})
+    return name
+
+
 def sentence(d, i, n=None):
     n = n or 3 + i % 4
     return " ".join(f"w{(i * 7 + j) % 40}" for j in range(n))

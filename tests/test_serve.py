@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from servehelp import (alone_hubs, decode_alone, free_port, make_bart, request, sentence, server_args,
-                       thread_server)
+from servehelp import (alone_hubs, decode_alone, delta_of_another_base, free_port, make_bart, request, sentence,
+                       server_args, thread_server)
 from unifairseq.core.deltafile import read_delta
 
 TOKEN = "s3cret-token"
@@ -100,7 +100,8 @@ def test_api_contract(srv, caplog):
     assert h["text"] == srv["hubs"]["mam"].decode(torch.tensor(h["tokens"]))
     assert line["status"] == 200 and line["delta"] == "mam" and line["method"] == "POST" and line["ms"] > 0
     text = request(port, "GET", "/metrics")[2]
-    for series in ("unifairseq_serve_queue_depth 0", "unifairseq_serve_deltas 3", "# TYPE unifairseq_serve_batch_size histogram",
+    for series in ("unifairseq_serve_queue_depth 0", "unifairseq_serve_deltas 3",
+                   "# TYPE unifairseq_serve_batch_size histogram",
                    "unifairseq_serve_request_seconds_bucket{endpoint=\"generate\",le=\"+Inf\"}",
                    "unifairseq_serve_batch_deltas_count"):
         assert series in text, series
@@ -240,6 +241,11 @@ def test_admin_auth(srv):
     for name, status in (("nothere", 404), ("..", 400), ("a.b", 400), ("%2e%2e", 400)):
         assert request(port, "PUT", f"/v1/deltas/{name}", headers=AUTH)[0] == status, name
     assert request(port, "PUT", "/v1/deltas/lora", headers=AUTH)[0] == 409
+    other = delta_of_another_base(srv["folder"].parent, srv["folder"], srv["d"])  # validated before visible
+    status, _, out = request(port, "PUT", f"/v1/deltas/{other}", headers=AUTH)
+    assert status == 422 and out["error"]["field"] == "name" and "another base" in out["error"]["message"]
+    assert other not in [x["name"] for x in request(port, "GET", "/v1/deltas")[2]["deltas"]]
+    assert gen(srv, {"delta": other, "text": "w1"})[0] == 404
     assert request(port, "DELETE", "/v1/deltas/nothere", headers=AUTH)[0] == 404
 
 

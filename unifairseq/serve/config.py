@@ -149,7 +149,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if v < lo:
             raise ConfigError(f"{flag} {v}: give at least {lo}")
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    return Settings(base=args.base, deltas=deltas, delta_dirs=list(args.delta_dir), data=args.data, label_dict=args.label_dict, bpe=args.bpe,
+    return Settings(base=args.base, deltas=deltas, delta_dirs=list(args.delta_dir), data=args.data,
+                    label_dict=args.label_dict, bpe=args.bpe,
                     encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
                     sentencepiece_model=args.sentencepiece_model, source_lang=args.source_lang,
                     target_lang=args.target_lang, host=args.host, port=args.port, max_batch=args.max_batch,

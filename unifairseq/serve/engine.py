@@ -1,7 +1,8 @@
 """The model side of the server: one hub (one base, many deltas), its text encoding, the batched forward
 of a list of jobs, and adding or removing deltas. Only the scheduler thread calls `run`, `add` and
 `remove`: a fairseq model is not thread-safe, so every forward and every change happens on that thread,
-between batches (scheduler.Scheduler.call). The request handlers call only the read-only checks (`encode`, `check_tokens`, `has`).
+between batches (scheduler.Scheduler.call). The request handlers call only the read-only checks
+(`encode`, `check_tokens`, `has`).
 """
 from __future__ import annotations
 
@@ -111,13 +112,14 @@ class Engine:
              bpe: str = "gpt2", max_input_tokens: int = 512, label_dict: Optional[str] = None,
              **overrides) -> "Engine":
         if bpe == "gpt2":
-            enc, voc = resolve_bpe_files(overrides.pop("gpt2_encoder_json", None), overrides.pop("gpt2_vocab_bpe", None))
+            enc, voc = resolve_bpe_files(overrides.pop("gpt2_encoder_json", None),
+                                         overrides.pop("gpt2_vocab_bpe", None))
             overrides.update(bpe="gpt2", gpt2_encoder_json=enc, gpt2_vocab_bpe=voc)
         elif bpe == "sentencepiece":  # mBART's text encoding
             model = overrides.pop("sentencepiece_model", None)
             if not model or not os.path.isfile(model):
-                raise ServeError(f"--bpe sentencepiece needs --sentencepiece-model FILE (the base's sentence.bpe.model); "
-                                 f"{model!r} is not a file")
+                raise ServeError("--bpe sentencepiece needs --sentencepiece-model FILE (the base's "
+                                 f"sentence.bpe.model); {model!r} is not a file")
             overrides.update(bpe="sentencepiece", sentencepiece_model=model)
         else:
             overrides.update(bpe=None)
@@ -210,7 +212,8 @@ class Engine:
         heads = {k[1]: int(m.out_proj.weight.size(0)) for k, m in ds.sites.items()
                  if isinstance(k, tuple) and k[0] == "head"}
         info = DeltaInfo(name, bank.delta_config(name).describe(), sum(p.numel() for p in ds.parameters()),
-                         bank.nbytes(name), recorded_base(source) or plan_fp, os.path.basename(os.path.normpath(source)), heads)
+                         bank.nbytes(name), recorded_base(source) or plan_fp,
+                         os.path.basename(os.path.normpath(source)), heads)
         self.infos[name] = info
         self._names = frozenset(self.infos)
         return info

@@ -187,7 +187,8 @@ def _summary(name: str, n: int, records: List[dict], seconds: float, metrics: Di
     ok = [r for r in records if r["status"] == 200]
     lat = [r["seconds"] for r in ok]
     bs = metrics.get("unifairseq_serve_batch_size_sum", 0) / max(1, metrics.get("unifairseq_serve_batch_size_count", 0))
-    bd = metrics.get("unifairseq_serve_batch_deltas_sum", 0) / max(1, metrics.get("unifairseq_serve_batch_deltas_count", 0))
+    bd = (metrics.get("unifairseq_serve_batch_deltas_sum", 0)
+          / max(1, metrics.get("unifairseq_serve_batch_deltas_count", 0)))
     statuses: Dict[str, int] = {}
     for r in records:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
