@@ -17,7 +17,6 @@ Loopback only; bounded: at most --seconds per run and --max-requests per run; it
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
