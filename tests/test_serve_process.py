@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,17 +37,19 @@ def test_sigterm_drains_then_exits_0(tmp_path):
     port = free_port()
     argv = server_args(data, folder, port, "--delta", "lora", "--delta", "mam", "--max-batch", "1",
                        "--max-wait-ms", "0")
-    body = {"text": " ".join(f"w{i}" for i in range(10)), "beam": 2, "min_len": 40, "max_len": 40}
+    body = {"text": " ".join(f"w{i}" for i in range(10)), "beam": 4, "min_len": 60, "max_len": 60}
     with subprocess_server(argv, env={"UNIFAIRSEQ_BASES": str(tmp_path / "bases")}) as proc:
         wait_ready(port, proc)
         with ThreadPoolExecutor(12) as pool:
             accepted = [pool.submit(request, port, "POST", "/v1/generate", {**body, "delta": ("lora", "mam")[i % 2]})
                         for i in range(12)]
-            for _ in range(500):  # all 12 accepted: one computing, the others queued
+            for _ in range(1000):  # all 12 accepted (queued, computing or done; one per batch), some still queued
                 text = request(port, "GET", "/metrics")[2]
-                if "unifairseq_serve_queue_depth 11" in text:
+                depth = int(re.search(r"^unifairseq_serve_queue_depth (\d+)", text, re.M).group(1))
+                done = re.search(r'^unifairseq_serve_batches_total\{kind="generate"\} (\d+)', text, re.M)
+                if depth >= 2 and depth + (int(done.group(1)) if done else 0) >= 11:
                     break
-                time.sleep(0.01)
+                time.sleep(0.005)
             else:
                 raise AssertionError("the requests were not queued")
             proc.send_signal(signal.SIGTERM)
@@ -57,7 +60,7 @@ def test_sigterm_drains_then_exits_0(tmp_path):
             answers = [f.result(timeout=120) for f in accepted]
         assert [a[0] for a in answers] == [200] * 12, "every accepted request is answered"
         lengths = [len(a[2]["hypotheses"][0]["tokens"]) for a in answers]
-        assert lengths == [41] * 12, lengths  # 40 tokens (min_len = max_len), then </s>
+        assert lengths == [61] * 12, lengths  # 60 tokens (min_len = max_len), then </s>
         assert proc.wait(timeout=60) == 0
         log = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
     assert any(r.get("msg") == "drained" for r in log)
