@@ -292,7 +292,7 @@ def test_single_delta_model_serves_its_delta_mixed_with_others(name, arch, flags
     them to per-delta bias rows and gets the base file's back (refused in one line when no base file is known)."""
     from fairseq.checkpoint_utils import torch_persistent_save
 
-    from unifairseq.fairseq.model_bank import serve_with_others
+    from unifairseq.fairseq.own_delta import serve_with_others
     from unifairseq.tools.tiny_base import checkpoint_state
 
     own, _ = single(name, seed=3)
@@ -330,7 +330,7 @@ def test_single_delta_model_serves_its_delta_mixed_with_others(name, arch, flags
 
 
 def test_a_merged_own_delta_is_refused():
-    from unifairseq.fairseq.model_bank import serve_with_others
+    from unifairseq.fairseq.own_delta import serve_with_others
 
     own, _ = single("lora_attn", seed=3)
     for m in own.modules():

@@ -18,7 +18,8 @@
   checkpoint.py    the delta checkpoint mixin: trained tensors + base fingerprint, base loading
   errorhook.py     unifairseq's user errors as one line under fairseq's command lines
   bank.py          the delta bank's API (load_bank, load_hub); model_bank.py its mechanism (ModelBank), below
-                   models/, on the same layers; hub.py the hub of every delta model (deltas=[...])
+                   models/, on the same layers; deltaread.py the one reader of deltas; own_delta.py a
+                   single-delta model serving more; hub.py the hub of every delta model (deltas=[...])
   safe_globals.py  the torch.load allow-list for fairseq checkpoints (registered where loading happens)
 
 `register()` does what `--user-dir user_dir` does: registers the safe globals, models, tasks and

@@ -10,7 +10,7 @@
 
 `deltas` names one delta per sentence. A bank model (bank_* architectures, fairseq.bank.load_bank)
 holds its deltas already; a single-delta model is the case N = 1, and `add_delta` gives it more
-(model_bank.serve_with_others: its own delta keeps its modules and keys, under the name `own_delta`).
+(own_delta.serve_with_others: its own delta keeps its modules and keys, under the name `own_delta`).
 The ids travel as sample["net_input"]["delta_ids"] through fairseq's own batching, each batch ordered
 by delta (core/bank.by_delta), so hypotheses come back in the input order as fairseq's hub returns
 them. Without a BPE in the config, sentences are the dictionary's own space-separated symbols.
@@ -31,7 +31,7 @@ from fairseq.models.roberta.hub_interface import RobertaHubInterface
 from unifairseq.core.bank import BankError, by_delta
 from unifairseq.fairseq.checkpoint_io import load_checkpoint_file, weights_only_default_off
 from unifairseq.fairseq.deltafolder import hub_arguments
-from unifairseq.fairseq.model_bank import serve_with_others
+from unifairseq.fairseq.own_delta import serve_with_others
 from unifairseq.fairseq.safe_globals import register_safe_globals
 
 OWN_DELTA = "own"  # the name a single-delta model's own delta takes once it serves others
@@ -88,6 +88,19 @@ class DeltasHubMixin:
                             "deltas added with hub.add_delta can be removed, never the model's own")
         self.bank.remove(name)
 
+    def delta_info(self, name: str) -> dict:
+        """What a served delta is: its method, its parameters and bytes, the base fingerprint it records (the
+        content fingerprint, else the plan fingerprint of older files; None for a fresh or in-memory delta)
+        and its classification heads."""
+        bank = self.bank
+        if bank is None:
+            raise BankError(f"no delta named {name!r} added to this hub; it serves {', '.join(self.delta_names)}")
+        rec = bank.records.get(name) or {}
+        params = list(bank.sets[bank.names[bank.index(name)]].parameters())
+        return dict(name=name, method=bank.delta_config(name).describe(), parameters=sum(p.numel() for p in params),
+                    bytes=bank.nbytes(name), base_fingerprint=rec.get("base_content") or rec.get("plan_fingerprint"),
+                    heads=bank.heads(name))
+
     def _moved(self) -> None:
         """A delta added after the hub moved its model (hub.cuda(), .half()) lands where the base is."""
         p = next(self.model.parameters())
@@ -130,6 +143,11 @@ class DeltaBARTHub(DeltasHubMixin, BARTHubInterface):
         return self.sample(sentences, beam=beam, verbose=verbose, deltas=deltas, **kwargs)
 
     def generate(self, tokenized_sentences, *args, deltas=None, **kwargs):
+        # fairseq sets the beamable cross-attention's beam size only for beam > 1: a greedy decode after a beam
+        # search on the same hub would read the encoder states with the last beam size
+        beam = args[0] if args else kwargs.get("beam", 5)
+        if hasattr(self.model, "set_beam_size"):
+            self.model.set_beam_size(beam)
         if deltas is None and self._ids is not None:
             return super().generate(tokenized_sentences, *args, **kwargs)
         return self._with_ids(len(tokenized_sentences), deltas,

@@ -32,7 +32,7 @@ from unifairseq.core.methods import METHODS
 from unifairseq.core.plan import DeltaPlan
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
-from unifairseq.fairseq.checkpoint_io import fingerprint, load_checkpoint_file
+from unifairseq.fairseq.checkpoint_io import fingerprint
 from unifairseq.fairseq.deltacheck import check_dictionary
 from unifairseq.fairseq.deltaread import delta_source, parse_bank_deltas, read_delta
 from unifairseq.fairseq.layers import (DeltaDecoderLayer, DeltaEncoderLayer, DeltaTransformerDecoder,
@@ -79,6 +79,7 @@ class ModelBank(Bank):
         super().__init__(getattr(model, BANK_ATTR))
         object.__setattr__(self, "_model", model)  # plain reference
         self.allow_base_mismatch = False
+        self.records: Dict[str, dict] = {}  # name -> what the delta records of its base (deltaread.read_delta)
         self.pending: "OrderedDict[str, tuple]" = OrderedDict()  # add(after_base=True): loaded by load_pending
 
     @property
@@ -139,6 +140,7 @@ class ModelBank(Bank):
             p.requires_grad_(True)
         ds.train(self._model.training)
         self.sets[name] = ds
+        self.records[name] = record
         self.changed()
         return self.index(name)
 
@@ -219,6 +221,7 @@ class ModelBank(Bank):
     def remove(self, name: str) -> None:
         self.index(name)
         del self.sets[name]
+        self.records.pop(name, None)
         if self.default == name:
             self.default = None
         self.changed()
@@ -226,6 +229,11 @@ class ModelBank(Bank):
     def delta_state(self, name: str) -> "OrderedDict[str, torch.Tensor]":
         """This delta's tensors at single-delta model keys (what its delta checkpoint holds)."""
         return self.sets[self.names[self.index(name)]].state_dict()
+
+    def heads(self, name: str) -> Dict[str, int]:
+        """A delta's classification heads (RoBERTa): head name -> classes."""
+        ds = self.sets[self.names[self.index(name)]]
+        return {k[1]: int(m.out_proj.weight.size(0)) for k, m in ds.sites.items() if k[0] == "head"}
 
     def delta_config(self, name: str) -> DeltaConfig:
         return self.sets[self.names[self.index(name)]].config
@@ -269,81 +277,6 @@ def attach_bank(model: nn.Module) -> ModelBank:
             m.ffn_site.path, m.ffn_site.bank = path, bank
     for p in model.parameters():
         p.requires_grad_(False)
-    return bank
-
-
-def own_delta_set(model: nn.Module) -> DeltaSet:
-    """A single-delta model's own delta (its modules where they are) as a delta of a bank on that model:
-    the set only indexes them by site key, so nothing is registered or saved twice and the model's
-    parameter names and state-dict keys stay its own. BitFit is the exception (_move_biases_out)."""
-    plan = model.delta_plan
-    ds = DeltaSet(plan.cfg)
-    if any(isinstance(m, DeltaLinear) and m.merged for m in model.modules()):
-        raise BankError("this model's delta is merged into its weights (DeltaLinear.merge): the other deltas' "
-                        "sentences would see it; unmerge it first")
-    for path, m in model.named_modules():
-        if path.startswith(BANK_ATTR):
-            continue
-        if isinstance(m, DeltaLinear) and m.delta is not None:
-            ds.sites[("proj", path)] = m.delta
-        elif isinstance(m, DeltaMultiheadAttention) and m.delta_out is not None:
-            ds.sites[("attn_out", path)] = m.delta_out
-        elif isinstance(m, _LAYERS) and getattr(m, "delta_ffn", None) is not None:
-            ds.sites[("ffn", path)] = m.delta_ffn.delta_adapter
-        elif isinstance(m, _STACKS):
-            enc = isinstance(m, DeltaTransformerEncoder)
-            for kind, attr in (("self", "delta_prefix"),) if enc else (("self", "delta_prefix_self"),
-                                                                      ("cross", "delta_prefix_cross")):
-                if getattr(m, attr, None) is not None:
-                    ds.sites[("prefix", path, kind)] = (getattr(m, attr), plan.at("heads", kind).opts["form"])
-            if enc and m.delta_prompt is not None:
-                ds.sites[("prompt", path)] = m.delta_prompt
-    for h, head in getattr(model, "classification_heads", {}).items():  # RoBERTa: the delta's own heads
-        ds.sites[("head", h)] = head
-    if plan.at("bias") is not None:
-        _move_biases_out(model, plan.at("bias"), ds)
-    return ds
-
-
-def _move_biases_out(model: nn.Module, spec, ds: DeltaSet) -> None:
-    """BitFit trained the base's own biases in place; beside other deltas, whose sentences must see the base's,
-    its trained biases become per-delta bias rows of its set (as a bank's BitFit delta holds them) and the
-    model's biases go back to the base file's."""
-    originals = dict(model.__dict__.get("_base_in_place") or {})  # what a delta folder overwrote (deltafolder.py)
-    names = [n for n, _ in model.named_parameters()
-             if not n.startswith(BANK_ATTR) and is_base_name(n) and METHODS[spec.method].trains(n)]
-    if any(n not in originals for n in names):
-        path = getattr(model, "base_path", None)
-        if not path or not os.path.isfile(path):
-            raise BankError("this model's delta trains the base's own biases in place (BitFit): to serve it beside "
-                            "other deltas its base's biases are read back from the base file, which is not known "
-                            f"here ({path!r}); load the delta with its base (--delta-base NAME_OR_PATH)")
-        base = load_checkpoint_file(path)["model"]
-        originals.update({n: base[n] for n in names if n not in originals and n in base})
-    missing = [n for n in names if n not in originals]
-    if missing:
-        raise BankError(f"the base file {model.base_path} has no {missing[0]!r}: it is not this BitFit delta's base")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n in names:
-            ds.put(n, nn.Parameter(params[n].detach().clone()), ("bias", n))
-            params[n].copy_(originals[n])
-
-
-def serve_with_others(model: nn.Module, own_name: str, others: "OrderedDict[str, object]") -> ModelBank:
-    """A single-delta model (its base and delta loaded) that decodes mixed batches with more deltas: a
-    bank on it holding its own delta as `own_name` (bank index 0, the default) and `others` (name ->
-    delta file or folder), each checked against the base as ModelBank.add checks any delta."""
-    if getattr(model, "delta_plan", None) is None:
-        raise BankError(f"{type(model).__name__} is not a delta model: --add-deltas needs a delta checkpoint "
-                        "(--path DELTA.pt or a delta folder's model.pt)")
-    own = own_delta_set(model)
-    bank = attach_bank(model)
-    bank.sets[own_name] = own
-    bank.default = own_name
-    for name, source in others.items():
-        bank.add(name, source)
-    bank.changed()
     return bank
 
 

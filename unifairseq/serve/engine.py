@@ -6,7 +6,6 @@ between batches (scheduler.Scheduler.call). The request handlers call only the r
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -14,13 +13,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from fairseq.data import Dictionary
 
-from unifairseq.core.bank import BankError
-from unifairseq.core.deltafile import read_config
 from unifairseq.data.bpe import resolve_bpe_files
 from unifairseq.errors import UnifairseqError
 from unifairseq.fairseq.bank import load_hub
-from unifairseq.fairseq.checkpoint_io import INFO_KEY, load_checkpoint_file, tensor_to_str
-from unifairseq.fairseq.model_bank import NAME_RE, read_delta
+from unifairseq.fairseq.model_bank import NAME_RE
 
 HEAD = "sentence_classification_head"  # fairseq's default classification head name
 
@@ -62,18 +58,6 @@ def resolve_in(dirs: Sequence[str], name: str) -> str:
     where = ", ".join(dirs) or "no --delta-dir was given"
     raise InputError("name", f"no delta {name!r} in the delta folders ({where}): put NAME/ or NAME.pt there",
                      status=404)
-
-
-def recorded_base(source: str) -> Optional[str]:
-    """The content fingerprint of the base a delta was trained on, as it records it (core/bases.py; the
-    delta folder's JSON, a delta .pt's meta record), or None for older files."""
-    try:
-        if os.path.isdir(source):
-            return (read_config(source).get("base") or {}).get("fingerprint")
-        info = load_checkpoint_file(source)["model"].get(INFO_KEY)
-        return json.loads(tensor_to_str(info)).get("fingerprint") if info is not None else None
-    except (ValueError, KeyError, OSError):
-        return None
 
 
 def _label_dictionary(path: Optional[str], data: Optional[str]):
@@ -125,7 +109,7 @@ class Engine:
             overrides.update(bpe=None)
         try:
             hub = load_hub(base, {}, data=data, **overrides)
-        except BankError as e:
+        except UnifairseqError as e:  # the base not found (BankError), or not a base (DeltaCheckpointError)
             raise ServeError(str(e)) from None
         hub.eval()
         engine = cls(hub, delta_dirs, max_input_tokens)
@@ -183,10 +167,6 @@ class Engine:
     @torch.no_grad()
     def generate(self, tokens: List[torch.Tensor], deltas: List[Optional[str]], beam: int, max_len: int,
                  lenpen: float, min_len: int = 1) -> List[List[dict]]:
-        # fairseq's SequenceGenerator sets the beamable cross-attention's beam size only when beam > 1: after
-        # a beam search, a greedy batch on the same model would read its encoder states with the last beam
-        # size and fail. The server decodes any mix of beams on one model, so the size is set every time.
-        self.hub.model.set_beam_size(beam)
         return self.hub.generate(tokens, beam=beam, max_len_a=0, max_len_b=max_len, lenpen=lenpen,
                                  min_len=min_len, deltas=deltas)
 
@@ -203,17 +183,12 @@ class Engine:
         """Validate and add a delta (hub.add_delta checks fingerprint, dictionary and shapes); it is visible to
         requests only once it is in."""
         try:
-            _, _, plan_fp = read_delta(source)
             self.hub.add_delta(name, source)
-        except BankError as e:
+        except UnifairseqError as e:  # BankError; DeltaCheckpointError (another dictionary)
             raise InputError("name", str(e), status=409 if "already" in str(e) else 422) from None
-        bank = self.hub.bank
-        ds = bank.sets[name]
-        heads = {k[1]: int(m.out_proj.weight.size(0)) for k, m in ds.sites.items()
-                 if isinstance(k, tuple) and k[0] == "head"}
-        info = DeltaInfo(name, bank.delta_config(name).describe(), sum(p.numel() for p in ds.parameters()),
-                         bank.nbytes(name), recorded_base(source) or plan_fp,
-                         os.path.basename(os.path.normpath(source)), heads)
+        i = self.hub.delta_info(name)
+        info = DeltaInfo(name, i["method"], i["parameters"], i["bytes"], i["base_fingerprint"],
+                         os.path.basename(os.path.normpath(source)), i["heads"])
         self.infos[name] = info
         self._names = frozenset(self.infos)
         return info

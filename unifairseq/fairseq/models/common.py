@@ -120,7 +120,7 @@ def delta_ids_scope(model, delta_ids, src_tokens):
     if bank is None:
         if delta_ids is not None:
             raise ValueError("delta_ids given to a model that holds one delta; give it more deltas first "
-                             "(--add-deltas, hub.add_delta, unifairseq.fairseq.model_bank.serve_with_others)")
+                             "(--add-deltas, hub.add_delta, unifairseq.fairseq.own_delta.serve_with_others)")
         yield None
         return
     ids = bank.batch_ids(delta_ids, src_tokens.size(0), src_tokens.device)

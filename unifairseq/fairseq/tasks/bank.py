@@ -36,7 +36,8 @@ from fairseq.tasks.translation import load_langpair_dataset
 # BankTaskError and split_tag are imported from here too
 from unifairseq.core.bank import by_delta, restore_order, take_rows
 from unifairseq.fairseq.deltaread import parse_bank_deltas
-from unifairseq.fairseq.model_bank import NAME_RE, serve_with_others
+from unifairseq.fairseq.model_bank import NAME_RE
+from unifairseq.fairseq.own_delta import serve_with_others
 from unifairseq.fairseq.tasks.bank_inputs import BankTaskError, check_lengths, check_names, read_delta_file, split_tag
 from unifairseq.fairseq.tasks.summarization import TranslationRougeConfig, TranslationRougeTask
 
