@@ -31,6 +31,7 @@ from unifairseq.core.modules import is_delta_name
 from unifairseq.fairseq.checkpoint_io import find_base
 from unifairseq.fairseq.deltacheck import (check_arch, check_base, check_dictionary, check_shape, check_tensors,
                                            family_of, refuse)
+from unifairseq.fairseq.deltaread import read_folder_delta
 
 logger = logging.getLogger("unifairseq.fairseq.models")
 
@@ -83,7 +84,7 @@ def register_heads(model, config) -> None:
 def apply_delta(model, folder: str) -> None:
     """The folder's tensors on the base now in `model`, after checking it is the delta's base."""
     folder = os.path.abspath(folder)
-    config, tensors = deltafile.read_delta(folder)
+    config, tensors = read_folder_delta(folder)
     base = config["base"]
     check_arch(folder, config)
     arch = getattr(getattr(model, "args", None), "arch", None)

@@ -1,13 +1,15 @@
 """The one reader of deltas: a delta `.pt` (never runs code), a shared delta folder (JSON + safetensors,
-validated, nothing unpickled), an in-memory state, or a preset spec for a fresh delta -- as
-(config, tensors at single-model keys, recorded base fingerprint). The bank (model_bank.ModelBank.add),
-`--bank-deltas` and `--add-deltas` read through here."""
+validated, nothing unpickled), an in-memory state, or a preset spec for a fresh delta -- as a `Delta`
+(config, tensors at single-model keys, the record of its base, and the folder's JSON or the .pt's state as
+read). The bank (model_bank.ModelBank.add, `--bank-deltas`, `--add-deltas`, the hub's add_delta), a folder
+on a loaded base (deltafolder.apply_delta) and the exporters (tools/share.py) read through here."""
 from __future__ import annotations
 
 import json
 import os
 from collections import OrderedDict
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 
@@ -18,24 +20,26 @@ from unifairseq.core.presets import PRESETS
 from unifairseq.fairseq.checkpoint_io import BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, load_checkpoint_file, tensor_to_str
 
 
-def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], dict]":
-    """(config, tensors at single-model keys, the delta's record of its base). `source`: a delta .pt
-    (load_checkpoint_file: never runs code), a safetensors delta folder, or an in-memory state
-    {"cfg": DeltaConfig or dict or args, "model": tensors}. The record: plan_fingerprint (the base under the
-    delta's plan, checkpoint_io.fingerprint), base_content and base_name (core/bases.py), dictionary
-    ({side: sha256}; None where the file records none); each None where the source does not say."""
+@dataclass
+class Delta:
+    config: DeltaConfig  # the method flags that rebuild its plan
+    tensors: "OrderedDict[str, torch.Tensor]"  # at single-model keys, no meta entries
+    record: dict  # plan_fingerprint, base_content, base_name, dictionary: each None where the source does not say
+    folder: Optional[dict] = None  # a delta folder's validated JSON (core/deltafile.py)
+    state: Optional[dict] = None  # a .pt's checkpoint as read (args/cfg, "model" with its meta entries)
+
+
+def read(source) -> Delta:
+    """`source`: a delta .pt (load_checkpoint_file: never runs code), a safetensors delta folder (DeltaFileError
+    when it fails its checks), or an in-memory state {"cfg": DeltaConfig or dict or args, "model": tensors}."""
     if isinstance(source, str) and os.path.isdir(source):
-        # a shared delta folder (core/deltafile.py): JSON + safetensors, validated, nothing unpickled.
-        # Its method flags are under "delta" (after the prefix fold attn_mode is prefix_nomlp, which the
-        # folded tensors fit).
-        try:
-            config, tensors = read_folder(source)
-        except DeltaFileError as e:
-            raise BankError(str(e)) from None
+        # a shared delta folder: its method flags are under "delta" (after the prefix fold attn_mode is
+        # prefix_nomlp, which the folded tensors fit)
+        config, tensors = read_folder(source)
         base = config["base"]
         record = dict(plan_fingerprint=base.get("plan_fingerprint") or None, base_content=base.get("fingerprint"),
                       base_name=base.get("name"), dictionary=config.get("dictionary"))
-        return _config(config["delta"], source), OrderedDict(tensors), record
+        return Delta(_config(config["delta"], source), OrderedDict(tensors), record, folder=config)
     state = load_checkpoint_file(source) if isinstance(source, str) else source
     args = state.get("cfg") or state.get("args")
     if isinstance(args, dict) and "model" in args and not isinstance(args["model"], torch.Tensor):
@@ -48,7 +52,22 @@ def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], dict]":
     record = dict(plan_fingerprint=tensor_to_str(fp) if fp is not None else None,
                   base_content=info.get("base_content"), base_name=info.get("base_name"),
                   dictionary=info.get("dictionary"))
-    return _config(args, source), tensors, record
+    return Delta(_config(args, source), tensors, record, state=state)
+
+
+def read_folder_delta(folder: str) -> "tuple[dict, Dict[str, torch.Tensor]]":
+    """A delta folder's validated JSON and its tensors (what the folder's own tools need)."""
+    d = read(folder)
+    return d.folder, d.tensors
+
+
+def read_delta(source) -> "tuple[DeltaConfig, Dict[str, torch.Tensor], dict]":
+    """(config, tensors, record) for the bank: a folder that fails its checks is a BankError."""
+    try:
+        d = read(source)
+    except DeltaFileError as e:
+        raise BankError(str(e)) from None
+    return d.config, d.tensors, d.record
 
 
 def _config(args, source) -> DeltaConfig:

@@ -17,7 +17,7 @@ from unifairseq import __version__
 from unifairseq.core import bases
 from unifairseq.core.config import DeltaConfig
 from unifairseq.core.deltafile import (CONFIG_NAME, ENTRY_NAME, DeltaFileError, _sha256, is_delta_folder, read_config,
-                                       read_delta, write_delta)
+                                       write_delta)
 from unifairseq.core.deltaschema import SHAPE_ARGS
 from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, INFO_KEY, META_KEYS, DeltaCheckpointError,
                                               atomic_save, base_name_of, file_content_fingerprint, find_base,
@@ -25,6 +25,7 @@ from unifairseq.fairseq.checkpoint_io import (BASE_PATH_KEY, FINGERPRINT_KEY, IN
 from unifairseq.fairseq.ckpt_args import model_args, parent_arch, set_model_arg
 from unifairseq.fairseq.deltacheck import check_arch, family_of
 from unifairseq.fairseq.deltafolder import dictionary_fingerprint
+from unifairseq.fairseq.deltaread import read_folder_delta
 from unifairseq.plugin import user_dir
 
 HEAD_PREFIX = "classification_heads."
@@ -118,7 +119,7 @@ def check_entry(folder: str, config: dict = None) -> None:
     config = config or read_config(folder)
     if "entry" not in config:
         return
-    config, tensors = read_delta(folder)  # its sha256 checked, and the entry's
+    config, tensors = read_folder_delta(folder)  # its sha256 checked, and the entry's
     entry = os.path.join(folder, ENTRY_NAME)
     state = load_checkpoint_file(entry)
     sd = {k: v for k, v in state["model"].items() if k not in META_KEYS}
@@ -168,7 +169,7 @@ def read_input(path: str, base_flag=None, with_base_args: bool = False) -> dict:
     if not is_delta_folder(path):
         return load_checkpoint_file(path)
 
-    config, tensors = read_delta(path)
+    config, tensors = read_folder_delta(path)
     check_arch(path, config)
     rec = config["base"]
     own = dict(arch=config["arch"], **config["delta"])
