@@ -185,3 +185,22 @@ def test_default_data_root(monkeypatch):
     assert default_data_root() == "/some/where" and resolve_data_root("/flag")[0] == "/flag"
     monkeypatch.delenv("UNIFAIRSEQ_DATA")
     assert default_data_root() == os.path.normpath(REPO.parent / "shared" / "data")
+
+
+def test_plot_marks_the_stored_delta_beside_the_trained_one(tmp_path):
+    """The demo's plot puts each method at its trained and at its stored (inference file) share of the base:
+    prefix tuning trains its reparametrization MLP, and stores only the folded 2·l·d vectors per layer."""
+    from unifairseq.demo.report import plot, stored_pct
+
+    base = 22_744_506
+    rows = [dict(name="prefix", label="Prefix tuning", trainable=2_715_778, inference_params=221_954,
+                 dev_accuracy=0.805, base=base),
+            dict(name="lora", label="LoRA", trainable=222_338, inference_params=222_338, dev_accuracy=0.835,
+                 base=base),
+            dict(name="full", label="Full fine-tuning", trainable=22_893_116, dev_accuracy=0.853, base=base)]
+    for r in rows:
+        r["trainable_pct"] = 100.0 * r["trainable"] / base
+    assert stored_pct(rows[0]) == pytest.approx(100.0 * 221_954 / base) and stored_pct(rows[2]) is None
+    plot(rows, str(tmp_path / "p.png"), "t", 872, 0.509)
+    png = (tmp_path / "p.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
