@@ -17,7 +17,6 @@ import argparse
 import os
 from typing import Dict, Optional
 
-
 from unifairseq.core.bank import BankError
 from unifairseq.core.config import DeltaConfigError
 from unifairseq.core.bases import BaseNotFound
@@ -65,12 +64,13 @@ def load_hub(base: str, deltas: Optional[Dict[str, object]] = None, data: Option
         path = find_base(base, option="the base NAME_OR_PATH").path
     except BaseNotFound as e:
         raise BankError(str(e)) from None
-    args = _base_args(path, load_checkpoint_file(path))
+    state = load_checkpoint_file(path)  # read once: its args set the task up, its weights are the base
+    args = _base_args(path, state)
     args.data = data or os.path.dirname(path)
     for k, v in overrides.items():
         setattr(args, k, v)
     task = tasks.setup_task(args)
-    model = load_bank(build_bank_from_base(path, task, args), deltas or {}, task=task, default=default)
+    model = load_bank(build_bank_from_base(path, task, args, state), deltas or {}, task=task, default=default)
     return hub_class(model).from_model(model.eval(), task)
 
 
@@ -84,9 +84,10 @@ def _base_args(path: str, state) -> argparse.Namespace:
     return argparse.Namespace(**vars(args))
 
 
-def build_bank_from_base(path: str, task, args: Optional[argparse.Namespace] = None):
-    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once."""
-    state = load_checkpoint_file(path)
+def build_bank_from_base(path: str, task, args: Optional[argparse.Namespace] = None, state: Optional[dict] = None):
+    """A bank model (no deltas yet) over a plain fairseq base checkpoint: the base is read once (`state`: the
+    file, read already)."""
+    state = state if state is not None else load_checkpoint_file(path)
     args = argparse.Namespace(**vars(args if args is not None else _base_args(path, state)))
     args.bank_deltas = ""  # a model of N deltas (none yet): model_bank.is_bank_args
     cls = DeltaRobertaModel if "roberta" in str(getattr(args, "arch", "")) else DeltaBARTModel

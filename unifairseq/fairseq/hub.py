@@ -78,8 +78,7 @@ class DeltasHubMixin:
         checked against the base and the dictionaries; nothing else is reloaded."""
         if self.bank is None:
             serve_with_others(self.model, self.own_delta, OrderedDict())
-        self.bank.add(name, source)
-        self._moved()
+        self.bank.add(name, source)  # on the base's device and dtype, wherever the hub moved the model
 
     def remove_delta(self, name: str) -> None:
         plan = getattr(self.model, "delta_plan", None)
@@ -100,11 +99,6 @@ class DeltasHubMixin:
         return dict(name=name, method=bank.delta_config(name).describe(), parameters=sum(p.numel() for p in params),
                     bytes=bank.nbytes(name), base_fingerprint=rec.get("base_content") or rec.get("plan_fingerprint"),
                     heads=bank.heads(name))
-
-    def _moved(self) -> None:
-        """A delta added after the hub moved its model (hub.cuda(), .half()) lands where the base is."""
-        p = next(self.model.parameters())
-        self.bank.sets.to(device=p.device, dtype=p.dtype)
 
     def _delta_ids(self, n: int, deltas: Optional[Sequence[Optional[str]]]) -> Optional[torch.Tensor]:
         if deltas is None:

@@ -316,10 +316,19 @@ def build_delta_set(model: nn.Module, cfg: DeltaConfig) -> DeltaSet:
                 ds.put(f"{path}.delta_prompt", plan.build(spec, dim=m.embed_tokens.embedding_dim), ("prompt", path))
     spec = plan.at("bias")
     if spec is not None:
-        for name, p in model.named_parameters():
-            if not name.startswith(BANK_ATTR) and is_base_name(name) and METHODS[spec.method].trains(name):
-                ds.put(name, nn.Parameter(p.detach().clone()), ("bias", name))
+        put_bias_rows(ds, model, spec)
     return ds
+
+
+def put_bias_rows(ds: DeltaSet, model: nn.Module, spec) -> list:
+    """A bias-site method's rows in `ds`: a copy of each base bias it trains (BitFit), at the base parameter's
+    name; returns those names."""
+    names = []
+    for name, p in model.named_parameters():
+        if not name.startswith(BANK_ATTR) and is_base_name(name) and METHODS[spec.method].trains(name):
+            ds.put(name, nn.Parameter(p.detach().clone()), ("bias", name))
+            names.append(name)
+    return names
 
 
 def _put_projection(ds: DeltaSet, plan: DeltaPlan, spec, path: str, host: nn.Linear) -> None:

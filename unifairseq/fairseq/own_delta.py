@@ -9,14 +9,12 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from unifairseq.core.accounting import is_base_name
 from unifairseq.core.bank import BANK_ATTR, BankError, DeltaSet
-from unifairseq.core.methods import METHODS
 from unifairseq.core.modules import DeltaLinear
 from unifairseq.fairseq.attention import DeltaMultiheadAttention
 from unifairseq.fairseq.checkpoint_io import load_checkpoint_file
 from unifairseq.fairseq.layers import DeltaTransformerEncoder
-from unifairseq.fairseq.model_bank import _LAYERS, _STACKS, ModelBank, attach_bank
+from unifairseq.fairseq.model_bank import _LAYERS, _STACKS, ModelBank, attach_bank, put_bias_rows
 
 
 def own_delta_set(model: nn.Module) -> DeltaSet:
@@ -56,9 +54,8 @@ def _move_biases_out(model: nn.Module, spec, ds: DeltaSet) -> None:
     """BitFit trained the base's own biases in place; beside other deltas, whose sentences must see the base's,
     its trained biases become per-delta bias rows of its set (as a bank's BitFit delta holds them) and the
     model's biases go back to the base file's."""
+    names = put_bias_rows(ds, model, spec)  # the trained values; `ds` is not on the model yet
     originals = dict(model.__dict__.get("_base_in_place") or {})  # what a delta folder overwrote (deltafolder.py)
-    names = [n for n, _ in model.named_parameters()
-             if not n.startswith(BANK_ATTR) and is_base_name(n) and METHODS[spec.method].trains(n)]
     if any(n not in originals for n in names):
         path = getattr(model, "base_path", None)
         if not path or not os.path.isfile(path):
@@ -73,7 +70,6 @@ def _move_biases_out(model: nn.Module, spec, ds: DeltaSet) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n in names:
-            ds.put(n, nn.Parameter(params[n].detach().clone()), ("bias", n))
             params[n].copy_(originals[n])
 
 
