@@ -79,8 +79,9 @@ def single_delta_state(model, args, name: str) -> dict:
     base_sd = bank.base_state()
     sd[FINGERPRINT_KEY] = str_to_tensor(fingerprint(base_sd, DeltaPlan(cfg)))  # what the model's check compares
     sd[BASE_PATH_KEY] = str_to_tensor(bank.base_path or "")
-    content = content_fingerprint(load_checkpoint_file(bank.base_path)["model"]) if bank.base_path and \
-        os.path.isfile(bank.base_path) else content_fingerprint(base_sd)  # of the base file, as delta models do
+    # of the base file, as delta models record it: the model fingerprinted that file when it loaded it
+    content = model.base_content or (content_fingerprint(load_checkpoint_file(bank.base_path)["model"])
+                                     if bank.base_path and os.path.isfile(bank.base_path) else content_fingerprint(base_sd))
     info = dict(base_name=base_name_of(bank.base_path, getattr(args, "delta_base", None)), base_content=content,
                 dictionary=getattr(model, "dictionary_fingerprints", None) or {})
     sd[INFO_KEY] = str_to_tensor(json.dumps(info, sort_keys=True))
