@@ -151,6 +151,9 @@ def test_bad_storage_task_metric_data_are_one_line(tmp_path):
     (["--data", "{tmp}/none", "--tiny"], "--data {tmp}/none: no such folder"),
     (["--worker", "--storage", "sqlite:///{tmp}/x.db", "--study", "nope"], "--study nope: no such study"),
     (["--data", "{tmp}", "--tiny", "--metric", "bleu"], "--metric bleu: the SST-2 runs do not produce it"),
+    (["--demo", "--tiny"], "--demo trains SST-2 on the packaged MiniLM itself; drop --tiny"),
+    (["--data", "{tmp}", "--tiny", "--train-examples", "64"], "--train-examples is for --demo"),
+    (["--demo", "--data", "{tmp}/none", "--out", "{tmp}/o"], "--demo: GLUE SST-2 not found: expected {tmp}/none/glue/SST-2/train.tsv"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -245,3 +248,36 @@ def test_median_pruning_stops_a_low_run_on_its_validation_records(tmp_path, monk
         written = len(tr.valid_records(os.path.join(t.user_attrs["folder"], "train.log")))
         assert written == 3 if t.state.name == "COMPLETE" else 1 <= written < 20, (t.user_attrs["label"], written)
     assert [t.value for t in trials if t.state.name == "COMPLETE"] == [84.0, 85.0, 86.0, 87.0, 88.0]
+
+
+def test_demo_grid_is_the_adapter_at_four_designs_and_matched_budgets():
+    """--space demo (what --demo walks): sequential vs parallel FFN, attention vs FFN, plain vs scaled, each the
+    adapter's form, sized to the largest r within each budget on MiniLM's shape (d 384, d_ff 1536, 6 layers)."""
+    shape, base = ModelShape.encoder_only(384, 1536, 6), 22_744_506
+    points = sp.paper_grid(shape, base, ["0.1%", "5%"], sp.DEMO_GROUPS, mam=False)
+    kinds = [(p.flags.get("attn_mode"), p.flags.get("ffn_mode"), p.flags.get("ffn_option") or p.flags.get("attn_option"),
+              p.flags.get("ffn_adapter_scalar"), p.group, p.extra["budget"]) for p in points]
+    designs = [(None, "adapter", "sequential", 1.0, "insertion"), (None, "adapter", "parallel", 1.0, "insertion"),
+               ("adapter", None, "parallel", None, "representation"), (None, "adapter", "parallel", 4.0, "composition")]
+    assert kinds == [d + (b,) for b in ("0.1%", "5%") for d in designs]
+    d, L = 384, 6
+    for p in points:
+        budget = sp.parse_budget(p.extra["budget"], base)
+        r = p.flags.get("ffn_bn") or p.flags.get("attn_bn")
+        assert p.stored == 2 * r * d * L <= budget < 2 * (r + 1) * d * L  # the paper's 2rd, the largest r that fits
+    assert [p.flags.get("ffn_bn") or p.flags.get("attn_bn") for p in points] == [4] * 4 + [246] * 4
+
+
+def test_markdown_table_marks_the_front():
+    from unifairseq.search import report
+
+    rows = [dict(number=0, state="COMPLETE", label="adapter.ffn.parallel ffn_bn=4", group="insertion", budget="0.1%",
+                 stored_params=18432, stored_pct=0.081, metric=80.5, wall_s=12.3),
+            dict(number=1, state="COMPLETE", label="adapter.ffn.sequential ffn_bn=4", group="insertion",
+                 budget="0.1%", stored_params=18432, stored_pct=0.081, metric=79.0, wall_s=11.0),
+            dict(number=2, state="FAIL", label="adapter.attn.parallel attn_bn=4", group="representation", budget="",
+                 stored_params="", stored_pct="", metric="", wall_s="")]
+    lines = report.markdown(rows, dict(metric="accuracy", maximize=True)).splitlines()
+    assert lines[2] == "| 0 | `adapter.ffn.parallel ffn_bn=4` | insertion | 0.1% | 18,432 | 0.081 | 80.5 * | 12 | COMPLETE |"
+    assert lines[3].endswith("| 79 | 11 | COMPLETE |") and lines[4].endswith("|  |  | FAIL |")
+    assert report.design("adapter.ffn.parallel.s=4.0 ffn_bn=246") == "adapter.ffn.parallel.s=4.0"

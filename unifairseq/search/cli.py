@@ -17,13 +17,16 @@ Rerunning the same command resumes the study: finished trials are kept, a trial 
 left running is marked failed and run once more. Outputs: OUT/trials.csv, OUT/pareto.png,
 OUT/best.json, and the best command per budget. Everything after '--' goes to fairseq-train.
 See docs/search.md (Slurm workers, optuna-dashboard).
+
+    unifairseq-search --demo      SST-2 on the packaged all-MiniLM-L6-v2 weights (as scripts/demo.sh):
+                                  8 trials, about 11 min on 2 idle CPU cores; OUT = runs/search_demo
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from unifairseq import cli
 
@@ -36,16 +39,25 @@ PROG = "unifairseq-search"
 def build_parser():
     ap = cli.parser(PROG, __doc__)
     ap.add_argument("--task", choices=sorted(TASKS), default="SST-2", help="the task (default SST-2)")
+    ap.add_argument("--demo", action="store_true",
+                    help="SST-2 on the packaged all-MiniLM-L6-v2 weights, as scripts/demo.sh: the demo grid (sequential "
+                         "vs parallel, attention vs FFN, plain vs scaled adapters) at 0.1%% and 5%%, 2 workers, one "
+                         "epoch of --train-examples sentences per trial; --data is then the data root holding "
+                         "glue/SST-2 (default $UNIFAIRSEQ_DATA, else <repo>/../shared/data)")
+    ap.add_argument("--train-examples", type=int, default=None,
+                    help="--demo: training sentences sampled (seeded) from train.tsv (default 6400: 200 updates)")
     ap.add_argument("--data", help="the preprocessing script's output folder (DATA/bin, DATA/meta.json)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--base", help="the pretrained model the deltas train on: a base name (unifairseq-base) or its model.pt")
     g.add_argument("--tiny", action="store_true", help="the scripts' --tiny mode: a tiny random base (tests, CPU)")
-    ap.add_argument("--space", default="registry", help="registry (default), paper, or FILE.yaml")
+    ap.add_argument("--space", default=None,
+                    help="registry (default), paper, demo (--demo's four adapter designs), or FILE.yaml")
     ap.add_argument("--methods", default=None, help="registry space: only these methods (comma-separated)")
     ap.add_argument("--budget", default=None, help="stored-parameter budget: a percentage of the base (0.5%%) "
                                                    "or a count; points above it are not trained")
-    ap.add_argument("--budgets", default="0.1%,1%,5%",
-                    help="the paper grid's budgets and the report's (comma-separated; default 0.1%%,1%%,5%%)")
+    ap.add_argument("--budgets", default=None,
+                    help="the paper grid's budgets and the report's (comma-separated; default 0.1%%,1%%,5%%; "
+                         "--demo: 0.1%%,5%%)")
     ap.add_argument("--metric", default=None, help="the validation metric (default: the task's, e.g. accuracy)")
     ap.add_argument("--objective", choices=("pareto", "metric"), default="pareto",
                     help="pareto: metric and stored parameters (default); metric: the metric alone, with pruning")
@@ -54,10 +66,14 @@ def build_parser():
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the script's)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trial-timeout", type=float, default=None, help="seconds; a longer trial is stopped, failed")
-    ap.add_argument("--out", default="runs/search", help="output folder (default runs/search)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/search; --demo: runs/search_demo)")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///OUT/search.db)")
     ap.add_argument("--study", default="search", help="study name (default search)")
-    ap.add_argument("--workers", type=int, default=1, help="local worker processes on the study (default 1)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="local worker processes on the study (default 1; --demo: 2, or 1 on a 1-core machine)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads per trial, OMP_NUM_THREADS of its fairseq-train (default: torch's own; "
+                         "--demo: cores / workers, so that the workers do not contend)")
     ap.add_argument("--worker", action="store_true", help="run as one more worker of --storage/--study")
     ap.add_argument("--reference", type=float, default=None, help="full fine-tuning's metric: a line in the plot")
     return ap
@@ -95,6 +111,42 @@ def find_search_base(flag: str) -> str:
         raise SearchError(f"--base: {e}") from None
 
 
+def resolve(a, extra: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """Fill the defaults that depend on --demo (and, with --demo, make its inputs); returns the trials'
+    extra fairseq-train flags and their environment."""
+    cores = os.cpu_count() or 1
+    if a.demo:
+        given = [f for f, v in (("--base", a.base), ("--tiny", a.tiny)) if v]
+        if given or a.task != "SST-2":
+            raise SearchError(f"--demo trains SST-2 on the packaged MiniLM itself; drop {(given or ['--task'])[0]}")
+        from . import demo  # the demo's inputs (transformers' tokenizer, the converter): only with --demo
+
+        a.out = a.out or demo.DEMO_OUT
+        a.space = a.space or demo.DEMO_SPACE
+        a.budgets = a.budgets or demo.DEMO_BUDGETS
+        a.workers = a.workers or min(2, cores)
+        a.epochs = a.epochs or 1
+        inputs = demo.prepare(os.path.abspath(a.out), a.data, a.train_examples or demo.DEMO_TRAIN, a.seed)
+        a.data, a.base = inputs["data"], inputs["base"]
+        extra = [*inputs["model_flags"], "--lr", demo.DEMO_LR, *extra]  # the user's own flags still come last
+        if a.threads is None:
+            a.threads = max(1, cores // a.workers)
+    elif a.train_examples is not None:
+        raise SearchError("--train-examples is for --demo; other searches train on the whole --data")
+    a.out = a.out or "runs/search"
+    a.space = a.space or "registry"
+    a.budgets = a.budgets or "0.1%,1%,5%"
+    a.workers = 1 if a.workers is None else a.workers
+    if a.workers < 1:
+        raise SearchError(f"--workers {a.workers}: give 1 or more")
+    env = dict(os.environ)
+    if a.threads is not None:
+        if a.threads < 1:
+            raise SearchError(f"--threads {a.threads}: give 1 or more")
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    return extra, env
+
+
 def _config(a, extra: List[str]) -> dict:
     # torch (core.methods) and optuna: only once the arguments are parsed, so --help imports neither
     from . import space as sp
@@ -124,8 +176,11 @@ def _config(a, extra: List[str]) -> dict:
         grid, points = False, []
         sp.registry_space(shape, budget, methods)  # bad methods and impossible budgets fail here
     else:
+        budgets = [b.strip() for b in a.budgets.split(",") if b.strip()]
         if a.space == "paper":
-            points = sp.paper_grid(shape, base_params, [b.strip() for b in a.budgets.split(",") if b.strip()])
+            points = sp.paper_grid(shape, base_params, budgets)
+        elif a.space == "demo":
+            points = sp.paper_grid(shape, base_params, budgets, sp.DEMO_GROUPS, mam=False)
         else:
             points = spacefile.file_grid(a.space, shape)
         points = sp.within(points, budget)
@@ -135,10 +190,10 @@ def _config(a, extra: List[str]) -> dict:
     return dict(task=a.task, data=data, base=base, tiny=a.tiny, epochs=a.epochs, seed=a.seed, extra=extra,
                 metric=metric, maximize=spec.maximize[metric], objective=a.objective, sampler=a.sampler,
                 grid=grid, points=[dict(label=p.label, method=p.method, flags=p.flags, stored=p.stored,
-                                        group=p.group) for p in points],
+                                        group=p.group, budget=p.extra.get("budget", "")) for p in points],
                 methods=methods, budget=budget, n_trials=a.n_trials, out=out, trial_timeout=a.trial_timeout,
                 shape=dict(vars(shape)), base_params=base_params, budgets=a.budgets,
-                space_key=a.space if a.space in ("registry", "paper") else os.path.abspath(a.space))
+                space_key=a.space if a.space in ("registry", "paper", "demo") else os.path.abspath(a.space))
 
 
 class Progress:
@@ -182,10 +237,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if a.worker:
         if not a.storage:
             raise SearchError("--worker needs --storage URL and --study NAME (the study a search started)")
-        work(a.storage, a.study)
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
+        work(a.storage, a.study, env=env)
         return 0
-    if a.workers < 1:
-        raise SearchError(f"--workers {a.workers}: give 1 or more")
+    extra, env = resolve(a, extra)
     cfg = _config(a, extra)
     url = a.storage or f"sqlite:///{os.path.join(cfg['out'], 'search.db')}"
     study, cfg = open_study(url, a.study, cfg)
@@ -194,11 +249,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"[{PROG}] trials {', '.join(map(str, reaped))} were left running by a killed search: failed, "
               "retried once", flush=True)
     procs = [subprocess.Popen([sys.executable, "-m", "unifairseq.search.cli", "--worker", "--storage", url,
-                               "--study", a.study]) for _ in range(a.workers - 1)]
+                               "--study", a.study], env=env) for _ in range(a.workers - 1)]
     progress = Progress(len(cfg["points"]) if cfg["grid"] else cfg["n_trials"])
     progress.shown = {t.number for t in finished(study) if t.state.is_finished()}  # a resumed study's old ones
     try:
-        work(url, a.study, cfg["out"], progress=progress)
+        work(url, a.study, cfg["out"], env=env, progress=progress)
         for p in procs:
             p.wait()
         progress(study)

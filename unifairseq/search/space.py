@@ -289,12 +289,22 @@ PAPER_GROUPS = {
     # sec. 4.6: plain vs scaled composition of the parallel FFN adapter
     "composition": [dict(ffn_mode="adapter", ffn_option="parallel", ffn_adapter_scalar=4.0)],
 }
+# --demo: the paper's three comparisons that one form of delta (the adapter) shows on its own, so that a
+# difference is the dimension's and not the functional form's: sequential vs parallel at the FFN,
+# attention vs FFN (the parallel adapter at either), plain vs scaled (s = 1 vs s = 4)
+DEMO_GROUPS = {
+    "insertion": [dict(ffn_mode="adapter", ffn_option="sequential", ffn_adapter_scalar=1.0),
+                  dict(ffn_mode="adapter", ffn_option="parallel", ffn_adapter_scalar=1.0)],
+    "representation": [dict(attn_mode="adapter", attn_option="parallel")],
+    "composition": [dict(ffn_mode="adapter", ffn_option="parallel", ffn_adapter_scalar=4.0)],
+}
 
 
-def paper_grid(shape: ModelShape, base_params: int, budgets: Sequence[str] = ("0.1%", "1%", "5%")) -> List[Point]:
-    """The paper's comparisons as one grid: each design of PAPER_GROUPS at each budget (its size the
-    largest that fits), and MAM (a prefix of about a tenth of the budget + the scaled parallel FFN
-    adapter on the rest)."""
+def paper_grid(shape: ModelShape, base_params: int, budgets: Sequence[str] = ("0.1%", "1%", "5%"),
+               groups: Dict[str, List[dict]] = PAPER_GROUPS, mam: bool = True) -> List[Point]:
+    """The paper's comparisons as one grid: each design of `groups` at each budget (its size the
+    largest that fits), and, with `mam`, MAM (a prefix of about a tenth of the budget + the scaled
+    parallel FFN adapter on the rest)."""
     points: List[Point] = []
     seen = set()
 
@@ -306,7 +316,7 @@ def paper_grid(shape: ModelShape, base_params: int, budgets: Sequence[str] = ("0
 
     for b in budgets:
         n = parse_budget(b, base_params)
-        for group, designs in PAPER_GROUPS.items():
+        for group, designs in groups.items():
             for want in designs:
                 d = _design(**want)
                 side = d.sides()[0].side
@@ -315,13 +325,15 @@ def paper_grid(shape: ModelShape, base_params: int, budgets: Sequence[str] = ("0
                     p = make_point(d, {side: size}, shape, group)
                     p.extra["budget"] = b
                     add(p)
-        mam = Design(_design(attn_mode="prefix", attn_option="concat").attn,
-                     _design(ffn_mode="adapter", ffn_option="parallel", ffn_adapter_scalar=4.0).ffn)
-        l = max(1, largest_size(Design(mam.attn, None).flags(), "attn", shape, n // 10))
+        if not mam:
+            continue
+        mam_design = Design(_design(attn_mode="prefix", attn_option="concat").attn,
+                            _design(ffn_mode="adapter", ffn_option="parallel", ffn_adapter_scalar=4.0).ffn)
+        l = max(1, largest_size(Design(mam_design.attn, None).flags(), "attn", shape, n // 10))
         if l:
-            r = largest_size(mam.flags({"attn": l}), "ffn", shape, n)
+            r = largest_size(mam_design.flags({"attn": l}), "ffn", shape, n)
             if r:
-                p = make_point(mam, {"attn": l, "ffn": r}, shape, "mam")
+                p = make_point(mam_design, {"attn": l, "ffn": r}, shape, "mam")
                 p.extra["budget"] = b
                 add(p)
     if not points:

@@ -195,15 +195,16 @@ def objective_for(cfg: dict, out: str, env: Optional[dict] = None):
             label = trial.suggest_categorical("point", list(points))
             p = points[label]
             flags, method, stored, group = p["flags"], p["method"], p["stored"], p["group"]
+            budget = p.get("budget", "")  # the grid's budget this point was sized for (a study of older code: none)
         else:
             label = trial.suggest_categorical("design", list(entries))
             e = entries[label]
             sizes = {s: trial.suggest_int(f"{label}.{sp.SIZE_FLAG[s]}", lo, hi, log=True)
                      for s, (lo, hi) in sorted(e.ranges.items())}
             p = sp.make_point(e.design, sizes, shape)
-            flags, method, stored, group, label = p.flags, p.method, p.stored, "", p.label
+            flags, method, stored, group, label, budget = p.flags, p.method, p.stored, "", p.label, ""
         folder = os.path.join(out, "trials", f"{trial.number:04d}")
-        attrs = dict(label=label, method=method, flags=flags, stored=stored, group=group,
+        attrs = dict(label=label, method=method, flags=flags, stored=stored, group=group, budget=budget,
                      stored_pct=100.0 * stored / cfg["base_params"], folder=folder, host=socket.gethostname(),
                      pid=os.getpid(), error="", log_tail="")
         for k, v in attrs.items():
