@@ -50,7 +50,7 @@ def test_demo_trains_real_minilm_trials_through_train_glue(tmp_path):
     meta = json.loads((out / "demo_inputs" / "sst2" / "meta.json").read_text())
     assert meta["train_examples"] == 64 and meta["valid_examples"] == 872  # the whole dev set
     assert len((out / "demo_inputs" / "raw" / "train.input0").read_text().splitlines()) == 64
-    assert f"| 0 | `{rows[0]['label']}` | file |  | 18,432 | 0.081 | {float(rows[0]['metric']):g} * |" \
+    assert f"| 0 | `{rows[0]['label']}` | file |  | 18,432 | 0.081 | {round(float(rows[0]['metric']), 4)} * |" \
         in (out / "trials.md").read_text()
     # the same command again resumes: the inputs are reused and the finished trial is not rerun
     stamps = [(out / "demo_inputs" / "prepared.json").stat().st_mtime, (folder / "train.log").stat().st_mtime]

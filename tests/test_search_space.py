@@ -279,5 +279,5 @@ def test_markdown_table_marks_the_front():
                  stored_params="", stored_pct="", metric="", wall_s="")]
     lines = report.markdown(rows, dict(metric="accuracy", maximize=True)).splitlines()
     assert lines[2] == "| 0 | `adapter.ffn.parallel ffn_bn=4` | insertion | 0.1% | 18,432 | 0.081 | 80.5 * | 12 | COMPLETE |"
-    assert lines[3].endswith("| 79 | 11 | COMPLETE |") and lines[4].endswith("|  |  | FAIL |")
+    assert lines[3].endswith("| 79.0 | 11 | COMPLETE |") and lines[4].endswith("|  |  | FAIL |")
     assert report.design("adapter.ffn.parallel.s=4.0 ffn_bn=246") == "adapter.ffn.parallel.s=4.0"

@@ -122,7 +122,7 @@ def markdown(rows_: List[dict], cfg: dict) -> str:
     lines = [f"| # | design | comparison | budget | stored params | % of base | valid {cfg['metric']} | wall s | state |",
              "|---:|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows_:
-        metric = "" if r["metric"] == "" else f"{r['metric']:g}" + (" *" if r["number"] in on_front else "")
+        metric = "" if r["metric"] == "" else str(round(float(r["metric"]), 4)) + (" *" if r["number"] in on_front else "")
         stored = f"{r['stored_params']:,}" if r["stored_params"] != "" else ""
         pct = f"{r['stored_pct']:.3f}" if r["stored_pct"] != "" else ""
         wall = f"{float(r['wall_s']):.0f}" if r["wall_s"] != "" else ""
