@@ -88,6 +88,7 @@ def test_grid_search_end_to_end(data, tmp_path):
                          for f in front for o in rows)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "budget 5000:" in proc.stdout and "fairseq-train" in proc.stdout
+    dashboard_shows(out / "search.db", rows, front)
     # the same command again: the study is done, nothing reruns
     mtime = (out / "trials" / "0000" / "train.log").stat().st_mtime
     search(out, "--data", data, "--space", grid(tmp_path, THREE), "--budget", "5000")
@@ -95,6 +96,37 @@ def test_grid_search_end_to_end(data, tmp_path):
     # ... and the same study with other settings is refused, not silently mixed
     proc = search(out, "--data", data, "--space", grid(tmp_path, THREE), "--budget", "6000", check=False)
     assert proc.returncode == 2 and "was made with another budget (5000, now 6000)" in proc.stderr, proc.stderr
+
+
+def dashboard_shows(db, rows, front):
+    """`optuna-dashboard sqlite:///OUT/search.db` (a real server on loopback) serves the study: its trials with
+    the CSV's metric and stored count, and Optuna's own Pareto front equal to ours."""
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "optuna-dashboard"), f"sqlite:///{db}",
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=tool_env())
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        (study,) = studies
+        assert study["study_name"] == "search" and study["directions"] == ["maximize", "minimize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0",
+                                    timeout=30) as r:
+            doc = json.load(r)
+        shown = {t["number"]: t["values"] for t in doc["trials"] if t["state"] == "Complete"}
+        assert shown == {int(r["number"]): [float(r["metric"]), float(r["stored_params"])] for r in rows}
+        assert sorted(t["number"] for t in doc["best_trials"]) == sorted(int(f["number"]) for f in front)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(data, tmp_path):
