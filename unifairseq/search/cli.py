@@ -4,7 +4,15 @@ insertion, composition, size) on Optuna, each trial a real fairseq-train run of 
     unifairseq-search --task SST-2 --data DATA --base roberta.base/model.pt --space paper --out runs/s
     unifairseq-search --task SST-2 --data DATA --tiny --budget 1% --n-trials 20 --out runs/s
     unifairseq-search --task SST-2 --data DATA --tiny --space my_space.yaml --workers 2 --out runs/s
+    unifairseq-search --task XSum --data DATA --base bart.large/model.pt --space paper --out runs/x
+    unifairseq-search --task en-ro --data DATA --tiny --space my_space.yaml --out runs/e
     unifairseq-search --worker --storage postgresql://host/db --study NAME      (one more worker)
+
+Tasks: SST-2 and MNLI (scripts/train_glue.sh; metric accuracy), XSum (scripts/train_xsum.sh, which
+selects on ROUGE-2 with --eval-rouge; metric rouge2, rouge1 or rougeL of its validation subset),
+en-ro (scripts/train_enro.sh; metric bleu: the search adds the script's BLEU-selection flags,
+--eval-bleu ..., to every trial). `loss` is every task's other metric. XSum/en-ro trials train by
+updates: --epochs is GLUE's; give -- --max-update N --total-num-update N instead.
 
 Spaces: `registry` (default: every method of the registry, alone or one per side, sizes sampled on
 a log scale; TPE on two objectives, metric and stored parameters), `paper` (the paper's comparisons
@@ -38,7 +46,9 @@ PROG = "unifairseq-search"
 
 def build_parser():
     ap = cli.parser(PROG, __doc__)
-    ap.add_argument("--task", choices=sorted(TASKS), default="SST-2", help="the task (default SST-2)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="SST-2",
+                    help="the task (default SST-2): SST-2, MNLI (train_glue.sh), XSum (train_xsum.sh, ROUGE), "
+                         "en-ro (train_enro.sh, BLEU)")
     ap.add_argument("--demo", action="store_true",
                     help="SST-2 on the packaged all-MiniLM-L6-v2 weights, as scripts/demo.sh: the demo grid (sequential "
                          "vs parallel, attention vs FFN, plain vs scaled adapters) at 0.1%% and 5%%, 2 workers, one "
@@ -58,12 +68,14 @@ def build_parser():
     ap.add_argument("--budgets", default=None,
                     help="the paper grid's budgets and the report's (comma-separated; default 0.1%%,1%%,5%%; "
                          "--demo: 0.1%%,5%%)")
-    ap.add_argument("--metric", default=None, help="the validation metric (default: the task's, e.g. accuracy)")
+    ap.add_argument("--metric", default=None, help="the validation metric (default: the task's: accuracy, "
+                                                   "XSum rouge2, en-ro bleu; loss for every task)")
     ap.add_argument("--objective", choices=("pareto", "metric"), default="pareto",
                     help="pareto: metric and stored parameters (default); metric: the metric alone, with pruning")
     ap.add_argument("--sampler", choices=("tpe", "nsga2"), default="tpe", help="registry space sampler")
     ap.add_argument("--n-trials", type=int, default=20, help="registry space: trials in all (default 20)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the script's)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the script's; GLUE only: "
+                                                             "XSum/en-ro trials take -- --max-update N)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trial-timeout", type=float, default=None, help="seconds; a longer trial is stopped, failed")
     ap.add_argument("--out", default=None, help="output folder (default runs/search; --demo: runs/search_demo)")
@@ -86,13 +98,13 @@ def _budgets(text: str, base_params: int):
 
 
 def _make_tiny_base(task: str, data: str, out: str) -> str:
-    """The base every --tiny trial shares, made as the scripts' --tiny mode makes it."""
+    """The base every --tiny trial shares, made as the task's script's --tiny mode makes it (a RoBERTa for
+    GLUE, a BART for XSum, an mBART for en-ro, with the script's arguments), so the counts are the trained model's."""
+    from .trial import tiny_base_command
+
     path = os.path.join(out, "tiny_base.pt")
     if not os.path.isfile(path):
-        sub = "input0" if task in ("SST-2", "MNLI") else ""
-        cmd = [sys.executable, "-m", "unifairseq.tools.tiny_base", "roberta", os.path.join(data, "bin", sub), path,
-               "--max-positions", "512", "--layers", "2", "--dim", "64", "--ffn-dim", "128", "--heads", "4"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(tiny_base_command(task, data, path), capture_output=True, text=True)
         if proc.returncode != 0:
             raise SearchError(f"making the tiny base failed: {proc.stderr.strip().splitlines()[-1:]}")
     return path
@@ -157,8 +169,9 @@ def _config(a, extra: List[str]) -> dict:
     spec = tr.task_spec(a.task)
     metric = a.metric or spec.metrics[0]
     tr.check_metric(a.task, metric)
+    tr.check_epochs(a.task, a.epochs)
     if not a.data:
-        raise SearchError("--data DIR is required (the output of scripts/preprocess_glue.sh)")
+        raise SearchError(f"--data DIR is required (the output of {spec.preprocess.split(' --')[0]})")
     data = os.path.abspath(a.data)
     tr.check_data(a.task, data)
     out = os.path.abspath(a.out)

@@ -214,7 +214,7 @@ def objective_for(cfg: dict, out: str, env: Optional[dict] = None):
             raise optuna.TrialPruned("over budget")
         argv = [a for k, v in flags.items() for a in (sp.flag(k), str(v))]
         cmd = tr.command(cfg["task"], cfg["data"], folder, argv, cfg["base"], cfg["tiny"], cfg["epochs"],
-                         cfg["seed"], cfg["extra"])
+                         cfg["seed"], cfg["extra"], metric=cfg["metric"])
         if cfg["tiny"]:
             os.makedirs(folder, exist_ok=True)
             link = os.path.join(folder, "tiny_base.pt")
