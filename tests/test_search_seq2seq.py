@@ -128,7 +128,7 @@ def test_bleu_flags_only_for_the_bleu_metric():
     assert xsum[-1] == "--"  # train_xsum.sh selects on ROUGE-2 itself
 
 
-def test_paper_grid_counts_on_an_encoder_decoder_equal_the_built_models():
+def test_paper_grid_and_registry_counts_on_an_encoder_decoder_equal_the_built_models():
     """The paper grid on a BART's shape: prefix and LoRA act on every attention (encoder, decoder, cross),
     adapters on both stacks' FFNs; the plan's count is what a built delta_bart_large reports."""
     shape = ModelShape.encoder_decoder(DIM, FFN_DIM, LAYERS, LAYERS)
@@ -146,6 +146,17 @@ def test_paper_grid_counts_on_an_encoder_decoder_equal_the_built_models():
         if kind == ("prefix", None):
             assert p.stored == 2 * f["attn_bn"] * DIM * 3 * LAYERS  # P_k, P_v at 3 attentions per layer pair
     assert {("prefix", None), (None, "adapter"), ("prefix", "adapter")} <= seen
+    # the registry space on the same shape, under a budget: each side's largest size fits it (the other
+    # side at its smallest), and counts as its built model does
+    entries = sp.registry_space(shape, 2_000)
+    assert {e.design.method for e in entries} >= {"prefix", "adapter", "lora"}
+    for e in entries[::max(1, len(entries) // 6)]:
+        for side, (_, hi) in e.ranges.items():
+            sizes = {s: (hi if s == side else lo) for s, (lo, _) in e.ranges.items()}
+            p = sp.make_point(e.design, sizes, shape)
+            assert p.stored <= 2_000, p.label
+            model, _, _ = tiny_model("delta_bart_large", p.argv())
+            assert model.delta_report["formula"] == p.stored, p.label
 
 
 # ===================================================================== end to end
