@@ -103,7 +103,6 @@ def test_metric_data_and_epochs_lines(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--task", "XSum", "--data", "{tmp}", "--tiny", "--epochs", "2"],
      "--epochs: scripts/train_xsum.sh trains by updates and has no epochs"),
-    (["--task", "en-ro", "--data", "{tmp}", "--tiny", "--metric", "rouge2"], "--metric rouge2: the en-ro runs"),
     (["--task", "en-ro", "--data", "{tmp}", "--tiny"], "train.en_XX-ro_RO.en_XX.idx is missing"),
 ])
 def test_cli_lines(tmp_path, args, message):

@@ -154,6 +154,8 @@ def test_bad_storage_task_metric_data_are_one_line(tmp_path):
     (["--demo", "--tiny"], "--demo trains SST-2 on the packaged MiniLM itself; drop --tiny"),
     (["--data", "{tmp}", "--tiny", "--train-examples", "64"], "--train-examples is for --demo"),
     (["--demo", "--data", "{tmp}/none", "--out", "{tmp}/o"], "--demo: GLUE SST-2 not found: expected {tmp}/none/glue/SST-2/train.tsv"),
+    (["--task", "XSum", "--data", "{tmp}", "--tiny", "--metric", "accuracy"],
+     "--metric accuracy: the XSum runs do not produce it; choose one of rouge2, rouge1, rougeL, loss"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
