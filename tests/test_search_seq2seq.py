@@ -281,6 +281,18 @@ def test_enro_grid_search_on_bleu_and_on_loss(enro_data, tmp_path):
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = json.loads((out / "best.json").read_text())
     assert best["metric"] == "bleu" and best["front"]
+    # the BLEU a trial records is the BLEU a user gets by hand: eval_enro.sh on the validation split, on
+    # the trial's last checkpoint (a BLEU-selected run's checkpoint loads weights-only), equals its last record
+    top = max(rows, key=lambda r: float(r["metric"]))
+    folder = out / "trials" / f"{int(top['number']):04d}"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "eval_enro.sh"), str(folder / "checkpoint_last.pt"), "--data",
+                           str(enro_data), "--subset", "valid", "--tiny", "--out", str(tmp_path / "eval")], cwd=REPO,
+                          env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    assert scores["n"] == 16 and scores["decoding"] == {"beam": 5, "max_len_b": 200, "lenpen": 1.0}
+    last = log_records(folder, "valid")[-1]
+    assert scores["bleu"] == pytest.approx(float(last["valid_bleu"]), abs=0.006)  # fairseq logs 2 decimals
     # --metric loss: the script's own selection (validation loss), no BLEU decoding
     out = tmp_path / "loss"
     space.write_text("points:\n  - attn_mode: prefix\n    attn_bn: 4\n", encoding="utf-8")

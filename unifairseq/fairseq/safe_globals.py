@@ -5,7 +5,8 @@ TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns off; fairseq is not patched, so that re
 checkpoint.load_checkpoint_file always passes weights_only=True). Official checkpoints
 (bart.large, mbart.cc25, roberta.base) and the ones fairseq-train writes hold a few
 plain Python objects besides tensors: `argparse.Namespace` (the training args) and
-fairseq's logging meters (in `extra_state`); distributed training sends the loaded checkpoint from
+fairseq's logging meters (in `extra_state`; with `--eval-bleu` they hold numpy arrays of BLEU's
+n-gram counts, so numpy's array reconstruction and dtypes are allowed too); distributed training sends the loaded checkpoint from
 rank 0 to the others, the config as omegaconf containers and fairseq's `_TensorPlaceholder` inside.
 Rather than turning the weights-only
 safety off, the exact classes are added to torch's allow-list, so every other global
@@ -36,6 +37,14 @@ def _fairseq_checkpoint_globals():
 
         allowed += [_TensorPlaceholder, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
                     typing.Any, dict, list, int, collections.defaultdict]
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    try:  # --eval-bleu: fairseq logs BLEU's n-gram counts as numpy arrays, which its meters keep (extra_state)
+        import numpy as np
+
+        core = getattr(np, "_core", None) or np.core  # numpy 2 / 1
+        allowed += [np.ndarray, np.dtype, core.multiarray._reconstruct]
+        allowed += [type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32)]
     except (ImportError, AttributeError):  # pragma: no cover
         pass
     return allowed
