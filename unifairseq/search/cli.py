@@ -27,7 +27,7 @@ OUT/best.json, and the best command per budget. Everything after '--' goes to fa
 See docs/search.md (Slurm workers, optuna-dashboard).
 
     unifairseq-search --demo      SST-2 on the packaged all-MiniLM-L6-v2 weights (as scripts/demo.sh):
-                                  8 trials, about 11 min on 2 idle CPU cores; OUT = runs/search_demo
+                                  8 trials, about 8 min on 2 idle CPU cores; OUT = runs/search_demo
 """
 from __future__ import annotations
 
