@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from unifairseq import cli
 
 from .errors import SearchError
-from .trial import TASKS
+from .trial import TASKS, tiny_base_command
 
 PROG = "unifairseq-search"
 
@@ -100,8 +100,6 @@ def _budgets(text: str, base_params: int):
 def _make_tiny_base(task: str, data: str, out: str) -> str:
     """The base every --tiny trial shares, made as the task's script's --tiny mode makes it (a RoBERTa for
     GLUE, a BART for XSum, an mBART for en-ro, with the script's arguments), so the counts are the trained model's."""
-    from .trial import tiny_base_command
-
     path = os.path.join(out, "tiny_base.pt")
     if not os.path.isfile(path):
         proc = subprocess.run(tiny_base_command(task, data, path), capture_output=True, text=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import List, Optional
 
 from .errors import SearchError
@@ -67,8 +68,6 @@ def prepare(out: str, data_root: Optional[str], n_train: int, seed: int) -> dict
     os.makedirs(sst2, exist_ok=True)
     bin_dir = os.path.join(sst2, "bin")
     if os.path.isdir(bin_dir):
-        import shutil
-
         shutil.rmtree(bin_dir)
     os.replace(data["bin"], bin_dir)  # preprocess_glue.sh's layout: DATA/bin/{input0,label}
     meta = dict(task="SST-2", num_classes=2, pair=False, train_examples=data["n_train"],
