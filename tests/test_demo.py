@@ -74,6 +74,9 @@ def test_quick_demo_outputs(quick):
     assert all(m["over_time_share"] for m in res["methods"]) and len(res["warnings"]) == 4
     full, mam = res["methods"]
     assert full["trainable"] > full["base"]  # everything, plus the classification head
+    # the full model's inference file holds exactly what trained: the LM head tied to the embedding once
+    assert full["inference_params"] == full["trainable"]
+    assert 4 * full["inference_params"] <= full["inference_bytes"] < 4 * full["inference_params"] + 2_000_000
     assert mam["trainable"] < 0.25 * mam["base"] and 0 < mam["formula"] < 0.05 * mam["base"]
     # a delta checkpoint is a small fraction of the full one
     assert mam["inference_bytes"] < 0.05 * full["inference_bytes"]

@@ -10,8 +10,9 @@ Three numbers are reported for every model:
 """
 from __future__ import annotations
 
-from typing import Dict, Union
+from typing import Dict, List, Mapping, Union
 
+import torch
 import torch.nn as nn
 
 from unifairseq.core.config import DeltaConfig
@@ -29,6 +30,21 @@ def as_plan(delta: PlanLike) -> DeltaPlan:
 def formula_count(delta: PlanLike, shape: ModelShape) -> int:
     """The paper's parameter count for a method on a model shape (App. B)."""
     return as_plan(delta).formula(shape)
+
+
+def distinct_parameters(state: Mapping[str, object]) -> List[str]:
+    """The names of a state dict's parameters as named_parameters() sees them: a tied one (RoBERTa's LM
+    head output is its embedding; a checkpoint keeps the sharing, as its bytes show) once, under its first
+    name, and fairseq's buffers (version counters, `_float_tensor`) not at all."""
+    names, seen = [], set()
+    for n, t in state.items():
+        if not torch.is_tensor(t) or n.endswith(("version", "_float_tensor")):
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            names.append(n)
+    return names
 
 
 def is_base_name(name: str) -> bool:

@@ -152,12 +152,15 @@ def export_sizes(is_delta: bool, name: str, checkpoint: str, workdir: str) -> di
         res = export_inference(checkpoint, out, force=True)
         return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=res["bytes"],
                     inference_file=out, inference_params=res["params"])
-    from ..fairseq.checkpoint_io import load_checkpoint_file  # torch + fairseq: in the export process only
+    # torch + fairseq: in the export process only
+    from ..core.accounting import distinct_parameters
+    from ..fairseq.checkpoint_io import load_checkpoint_file
 
     state = load_checkpoint_file(checkpoint)  # weights-only, with fairseq's allow-list
     state["last_optimizer_state"] = None
     torch.save(state, out)
-    params = sum(v.numel() for v in state["model"].values() if torch.is_tensor(v))
+    model = state["model"]
+    params = sum(model[n].numel() for n in distinct_parameters(model))  # the tied LM head once, as the file holds it; no buffers
     return dict(checkpoint_bytes=os.path.getsize(checkpoint), inference_bytes=os.path.getsize(out),
                 inference_file=out, inference_params=params)
 

@@ -21,6 +21,7 @@ import time
 import warnings
 from typing import Dict, List, Optional, Tuple
 
+from unifairseq.core.accounting import distinct_parameters
 from unifairseq.core.methods import ModelShape
 
 from . import space as sp
@@ -39,16 +40,8 @@ def base_shape(base: str) -> Tuple[ModelShape, int]:
 
     state = load_checkpoint_file(base)
     model = state.get("model", state)
-    # the model's parameters, as named_parameters() sees them: tied weights (the LM head's output
-    # projection is the embedding) once, buffers (version counters) not at all
-    names, seen = [], set()
-    for n, t in model.items():
-        if n.startswith("classification_heads.") or n.endswith(("version", "_float_tensor")):
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key not in seen:
-            seen.add(key)
-            names.append(n)
+    # the model's parameters (tied weights once, no buffers), without a classification head
+    names = distinct_parameters({n: t for n, t in model.items() if not n.startswith("classification_heads.")})
     total = sum(model[n].numel() for n in names)
     bias = sum(model[n].numel() for n in names if n.endswith("bias"))
     layers: Dict[str, set] = {"encoder": set(), "decoder": set()}
