@@ -147,6 +147,29 @@ def test_prefix_mlp_cache_not_recomputed_per_step_and_invalidated_by_updates():
         assert torch.allclose(per_layer, prov(1), atol=1e-6)
 
 
+def test_prefix_cache_sees_fairseqs_optimizer_steps():
+    """fairseq's Adam writes through `p.data`, which leaves the version counters as they were: a validation
+    after more training must not reuse the MLP output cached at the one before (it did: every later
+    validation of a prefix or MAM run repeated the first one's loss)."""
+    from fairseq.optim.adam import Adam
+
+    prov = PrefixProvider(2, L_PREFIX, C, mid_dim=8)
+    opt = Adam(prov.parameters(), lr=0.1)
+    prov.eval()
+    with torch.no_grad():
+        first = prov(0).clone()  # validation 1: cached
+    prov.train()
+    versions = [p._version for p in prov.parameters()]
+    prov(0).square().sum().backward()
+    opt.step()
+    assert [p._version for p in prov.parameters()] == versions  # why a version key alone cannot see it
+    prov.eval()
+    with torch.no_grad():
+        again = prov(0)  # validation 2
+        assert not torch.allclose(again, first)
+        assert torch.equal(again, prov._mlp(None)[0])  # the new weights' prefix
+
+
 def test_fold_prefix_mlp_keeps_outputs():
     prov = PrefixProvider(2, L_PREFIX, C, mid_dim=8)
     with torch.no_grad():

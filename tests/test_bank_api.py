@@ -229,6 +229,31 @@ def test_stack_cache_off_gives_the_same_numbers_and_keeps_no_copies():
     assert torch.equal(cached, plain)
 
 
+def test_stacked_parameters_see_fairseqs_optimizer_steps():
+    """A bank trained with fairseq and validated between updates: the stacks cached at one validation
+    are not reused at the next, although fairseq's Adam (it writes through `p.data`) leaves the version
+    counters as they were."""
+    from fairseq.optim.adam import Adam
+
+    bank, _ = make_bank(["lora_attn", "lora_attn@2", "pfeiffer", "pfeiffer@2"])  # twins: stacked groups
+    d, src, lens, prev, _, _ = mixed_batch()
+    ids = torch.tensor([0, 1, 2, 3, 1])
+    with torch.no_grad():
+        first, _ = bank(src, lens, prev, delta_ids=ids)  # validation 1: stacks cached
+    bank.train()
+    params = [p for n, p in bank.named_parameters() if n.startswith("delta_bank.")]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    Adam(params, lr=0.05).step()
+    bank.eval()
+    with torch.no_grad():
+        again, _ = bank(src, lens, prev, delta_ids=ids)  # validation 2
+        bank.bank.stack_cache = False
+        fresh, _ = bank(src, lens, prev, delta_ids=ids)
+    assert not torch.allclose(again, first)
+    assert torch.equal(again, fresh)
+
+
 def test_mbart_bank_equals_single_delta_models():
     """Pre-LN mBART (parallel adapters read the residual stream): a mixed batch = each delta alone."""
     from unifairseq.core.modules import is_delta_name

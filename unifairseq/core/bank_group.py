@@ -58,7 +58,10 @@ class Group:
             return {n: torch.stack([p[n] for p in per]) for n in names}
         if not self.cache:  # memory first: stack per call, freed after it
             return {n: torch.stack([p[n] for p in per]) for n in names}
-        key = tuple((p[n].data_ptr(), p[n]._version) for p in per for n in names)
+        # the members' train()/eval() switches too: fairseq's optimizer steps leave _version as it was
+        # (DeltaModule.mode_switches)
+        key = (tuple(getattr(m, "mode_switches", 0) for m in self.modules),
+               *((p[n].data_ptr(), p[n]._version) for p in per for n in names))
         if self._cache is None or self._cache[0] != key:  # inference: stacked once per set of weights
             self._cache = (key, {n: torch.stack([p[n] for p in per]) for n in names})
         return self._cache[1]

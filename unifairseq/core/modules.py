@@ -34,6 +34,18 @@ class DeltaModule(nn.Module):
     after it is built, which would overwrite e.g. LoRA's zero W_up.
     """
 
+    # How many times train()/eval() was called on this module: part of the key of every inference cache
+    # of a delta's weights (the prefix MLP's output, a bank's stacked parameters). Those caches are also
+    # keyed on the parameters' version counters, which load_state_dict and no_grad updates advance, but
+    # fairseq's optimizers write through `p.data`, which leaves them as they were; fairseq calls
+    # model.train() before every update and model.eval() before validating, so a cache made at one
+    # validation is never reused at the next.
+    mode_switches = 0
+
+    def train(self, mode: bool = True):
+        self.mode_switches += 1
+        return super().train(mode)
+
     def reset_delta_parameters(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

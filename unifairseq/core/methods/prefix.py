@@ -139,10 +139,10 @@ class PrefixProvider(DeltaModule):
 
     def _cached(self) -> torch.Tensor:
         """Inference: the MLP runs once per set of weights, not once per layer or decoding step.
-        Keyed on the parameters' in-place version counters, so an optimizer step or a
-        load_state_dict invalidates it."""
+        Keyed on the parameters' in-place version counters (load_state_dict, no_grad updates) and on
+        train()/eval() switches (fairseq's optimizer steps: see DeltaModule.mode_switches)."""
         params = (self.wte.weight, self.mlp_down.weight, self.mlp_down.bias, self.mlp_up.weight, self.mlp_up.bias)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        key = (self.mode_switches, *((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._mlp(None).detach())
         return self._cache[1]
