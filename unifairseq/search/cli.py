@@ -149,12 +149,17 @@ def resolve(a, extra: List[str]) -> Tuple[List[str], Dict[str, str]]:
     a.workers = 1 if a.workers is None else a.workers
     if a.workers < 1:
         raise SearchError(f"--workers {a.workers}: give 1 or more")
+    return extra, trial_env(a.threads)
+
+
+def trial_env(threads: Optional[int]) -> Dict[str, str]:
+    """The environment of this process's trials: ours, with OMP_NUM_THREADS = --threads when given."""
     env = dict(os.environ)
-    if a.threads is not None:
-        if a.threads < 1:
-            raise SearchError(f"--threads {a.threads}: give 1 or more")
-        env["OMP_NUM_THREADS"] = str(a.threads)
-    return extra, env
+    if threads is not None:
+        if threads < 1:
+            raise SearchError(f"--threads {threads}: give 1 or more")
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
 def _config(a, extra: List[str]) -> dict:
@@ -169,7 +174,7 @@ def _config(a, extra: List[str]) -> dict:
     tr.check_metric(a.task, metric)
     tr.check_epochs(a.task, a.epochs)
     if not a.data:
-        raise SearchError(f"--data DIR is required (the output of {spec.preprocess.split(' --')[0]})")
+        raise SearchError(f"--data DIR is required (the output of {spec.preprocess_script})")
     data = os.path.abspath(a.data)
     tr.check_data(a.task, data)
     out = os.path.abspath(a.out)
@@ -248,8 +253,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if a.worker:
         if not a.storage:
             raise SearchError("--worker needs --storage URL and --study NAME (the study a search started)")
-        env = dict(os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}))
-        work(a.storage, a.study, env=env)
+        work(a.storage, a.study, env=trial_env(a.threads))
         return 0
     extra, env = resolve(a, extra)
     cfg = _config(a, extra)

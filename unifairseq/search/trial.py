@@ -41,6 +41,11 @@ class TaskSpec:
     has_epochs: bool = True  # the script has --epochs (train_glue.sh); the others train by updates
     tiny_base: tuple = ()  # python -m unifairseq.tools.tiny_base KIND [ARG...], as the script's --tiny calls it
 
+    @property
+    def preprocess_script(self) -> str:
+        """`preprocess` without its options (scripts/preprocess_glue.sh SST-2), for "give the output of ..." lines."""
+        return self.preprocess.split(" --")[0]
+
 
 def _mbart_langs() -> str:
     """mbart.cc25's language codes, as scripts/lib.sh sets them for train_enro.sh (its --langs default):
@@ -114,7 +119,7 @@ def check_data(task: str, data: str) -> None:
     spec = task_spec(task)
     fix = spec.preprocess.format(data=data)
     if not os.path.isdir(data):
-        raise SearchError(f"--data {data}: no such folder; give the output of {fix.split(' --')[0]}")
+        raise SearchError(f"--data {data}: no such folder; give the output of {spec.preprocess_script}")
     where = data_bin(task, data)
     for f in spec.split_files:
         if not os.path.isfile(os.path.join(where, f)):
